@@ -1,0 +1,165 @@
+// Futex words in shared memory: sleeping and waking without locks, and without a syscall when
+// nobody sleeps.
+//
+// Synchronization
+//   The waiter and the waker close a Dekker pair:
+//     waiter: waiters += 1  [W1, seq_cst RMW]; fence seq_cst [F1]; re-check the condition; sleep
+//             on `epoch` only if it still holds the value read before W1.
+//     waker:  publish (release store by the caller); fence seq_cst [F2]; read waiters [R2];
+//             if non-zero: epoch += 1, FUTEX_WAKE.
+//   With F1 and F2 both seq_cst, either the waker's R2 sees W1 (so it bumps the epoch and wakes,
+//   and a waiter that has not yet entered the kernel finds the epoch changed and returns at once),
+//   or the waiter's re-check sees the publish (so it does not sleep). No wake-up is lost.
+//   Sleeps are always bounded by the caller (slices), so a waker that died between its publish
+//   and its FUTEX_WAKE strands nobody for longer than one slice.
+//   The futex is shared (no FUTEX_PRIVATE_FLAG): waiter and waker may be different processes.
+#pragma once
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <ctime>
+
+#include "shmq/core/layout.hpp"
+
+namespace shmq {
+
+// An absolute point on CLOCK_MONOTONIC (std::chrono::steady_clock is CLOCK_MONOTONIC on Linux).
+class Deadline {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  static constexpr Deadline never() noexcept { return Deadline(Clock::time_point::max()); }
+  static Deadline now() noexcept { return Deadline(Clock::now()); }   // poll once, do not wait
+  static Deadline at(Clock::time_point tp) noexcept { return Deadline(tp); }
+  template <class Rep, class Period>
+  static Deadline in(std::chrono::duration<Rep, Period> d) noexcept {
+    const auto now = Clock::now();
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d);
+    if (ns.count() <= 0) return Deadline(now);
+    if (ns > Clock::time_point::max() - now) return never();
+    return Deadline(now + ns);
+  }
+
+  constexpr bool is_never() const noexcept { return tp_ == Clock::time_point::max(); }
+  bool expired() const noexcept { return !is_never() && Clock::now() >= tp_; }
+  constexpr Clock::time_point time_point() const noexcept { return tp_; }
+  // The earlier of this deadline and now + slice: how blocking calls bound each sleep.
+  template <class Rep, class Period>
+  Deadline capped(std::chrono::duration<Rep, Period> slice) const noexcept {
+    const Deadline s = in(slice);
+    return s.tp_ < tp_ ? s : *this;
+  }
+
+ private:
+  constexpr explicit Deadline(Clock::time_point tp) noexcept : tp_(tp) {}
+  Clock::time_point tp_;
+};
+
+namespace core {
+
+enum class FutexResult : std::uint8_t {
+  woken,        // FUTEX_WAKE reached us (or a spurious wake: callers always re-check)
+  changed,      // the word no longer held the expected value (EAGAIN)
+  timed_out,
+  interrupted,  // a signal handler ran (EINTR)
+};
+
+inline timespec to_timespec(Deadline d) noexcept {
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      d.time_point().time_since_epoch())
+                      .count();
+  timespec ts{};
+  ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+  ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+  return ts;
+}
+
+// Sleeps while *word == expected, until `deadline` (absolute, CLOCK_MONOTONIC).
+inline FutexResult futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
+                              Deadline deadline) noexcept {
+  // FUTEX_WAIT_BITSET takes an absolute timeout; plain FUTEX_WAIT takes a relative one.
+  timespec ts{};
+  const timespec* tsp = nullptr;
+  if (!deadline.is_never()) {
+    ts = to_timespec(deadline);
+    tsp = &ts;
+  }
+  const long rc = ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_BITSET,
+                            expected, tsp, nullptr, FUTEX_BITSET_MATCH_ANY);
+  if (rc == 0) return FutexResult::woken;
+  switch (errno) {
+    case EAGAIN: return FutexResult::changed;
+    case ETIMEDOUT: return FutexResult::timed_out;
+    case EINTR: return FutexResult::interrupted;
+    default: return FutexResult::woken;  // EFAULT/EINVAL cannot happen on a mapped, aligned word
+  }
+}
+
+// Wakes up to `count` waiters of `word`; returns how many were woken.
+inline int futex_wake(std::atomic<std::uint32_t>* word, int count) noexcept {
+  const long rc =
+      ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, count, nullptr,
+                nullptr, 0);
+  return rc < 0 ? 0 : static_cast<int>(rc);
+}
+
+// A sleeping place for one condition ("data available", "space available"), 8 bytes, placed in
+// shared memory by its owner on a cache line of its own.
+struct WaitWord {
+  std::atomic<std::uint32_t> epoch;    // bumped by every wake; the futex word
+  std::atomic<std::uint32_t> waiters;  // how many are between W1 and their decrement
+
+  void init() noexcept {
+    // relaxed: init runs before the segment is published (the publish is a release store).
+    epoch.store(0, std::memory_order_relaxed);
+    waiters.store(0, std::memory_order_relaxed);
+  }
+
+  // Sleeps until `ready()` holds, `deadline` passes, or a signal arrives. `ready` is re-checked
+  // after registering as a waiter, so a concurrent notify() cannot be missed. Returns the last
+  // futex result (woken also when ready() held without sleeping).
+  template <class Ready>
+  FutexResult wait(Ready&& ready, Deadline deadline) noexcept {
+    // acquire: pairs with the release increment in notify(); the value is only compared.
+    const std::uint32_t seen = epoch.load(std::memory_order_acquire);
+    // [W1] seq_cst: first half of the Dekker pair (see the Synchronization block).
+    waiters.fetch_add(1, std::memory_order_seq_cst);
+    // [F1] seq_cst: orders W1 before the re-check below; pairs with [F2] in notify().
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    FutexResult r = FutexResult::woken;
+    if (!ready()) r = futex_wait(&epoch, seen, deadline);
+    // release: no data is published by leaving; release keeps the decrement after the sleep.
+    waiters.fetch_sub(1, std::memory_order_release);
+    return r;
+  }
+
+  // Called after the caller's release store that made the condition true. Issues FUTEX_WAKE only
+  // if someone registered as a waiter. Returns true if a wake syscall was issued.
+  bool notify(int count = INT_MAX) noexcept {
+    // [F2] seq_cst: orders the caller's publish before R2; pairs with [F1] in wait().
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // [R2] relaxed: the fence above gives the ordering; the value only gates the syscall.
+    if (waiters.load(std::memory_order_relaxed) == 0) return false;
+    // release: a waiter that reads the new epoch (acquire) also sees the caller's publish.
+    epoch.fetch_add(1, std::memory_order_release);
+    futex_wake(&epoch, count);
+    return true;
+  }
+
+  // True if anyone is registered as a waiter (a guess: it may change at once).
+  bool has_waiters_guess() const noexcept {
+    // relaxed: statistics and tests only.
+    return waiters.load(std::memory_order_relaxed) != 0;
+  }
+};
+static_assert(sizeof(WaitWord) == 8, "WaitWord is two 32-bit words");
+
+}  // namespace core
+}  // namespace shmq

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -30,6 +31,11 @@
 namespace shmq {
 
 enum class SegmentKind : std::uint32_t { pipe = 1, queue = 2 };
+
+enum SegmentFlags : std::uint32_t {
+  kUnlinkWhenUnused = 1u << 0,  // a generated name: the last process to detach unlinks it
+  kAnonymous = 1u << 1,         // a memfd, never reachable by name
+};
 
 enum class SegmentState : std::uint32_t { initializing = 0x494E4954, ready = 0x52454459, closed = 0x434C5344 };
 
@@ -76,6 +82,8 @@ struct alignas(core::kCacheLine) SegmentHeader {
   std::uint32_t owner_uid;
   std::uint32_t creator_pid;
   std::uint32_t header_bytes;       // kHeaderBytes
+  std::uint32_t flags;              // SegmentFlags
+  std::uint32_t reserved0;
   std::uint64_t total_bytes;        // the file size
   std::uint64_t body_offset;        // == header_bytes
   std::uint64_t body_bytes;         // total_bytes - body_offset
@@ -91,7 +99,10 @@ static_assert(sizeof(SegmentHeader) <= kHeaderBytes, "the header must fit its ar
 static_assert(std::is_standard_layout_v<SegmentHeader>, "the header is shared between processes");
 
 // Byte offsets of the OFD locks. Locks may lie beyond EOF; they never touch the data.
+// Attachment is a shared (read) lock every Segment mapping holds through its own fd: a probe for
+// a write lock on that byte tells whether any other process still has the segment open.
 inline constexpr off_t kCreatorLockByte = 1ll << 40;
+inline constexpr off_t kAttachLockByte = (1ll << 40) + 1;
 inline constexpr off_t kRoleLockBase = (1ll << 40) + 64;          // + role index
 inline constexpr off_t kParticipantLockBase = (1ll << 40) + 1024; // + slot index
 
@@ -127,6 +138,9 @@ class Participant {
   bool valid() const noexcept { return fd_ >= 0; }
   std::uint32_t index() const noexcept { return index_; }
   std::uint32_t generation() const noexcept { return generation_; }
+  // The slot in the header. join() leaves its claim[] words as the previous (dead) holder left
+  // them: the channel must resolve those claims before reusing the words.
+  ParticipantSlot* slot() const noexcept { return slot_; }
   void release() noexcept;
 
  private:
@@ -158,7 +172,10 @@ class RoleLock {
 // the same segment.
 class Segment {
  public:
-  static Result<Segment> create(const SegmentConfig& config);
+  // Creates the file, the header and (through `init_body`, called while the segment is still
+  // `initializing` and no opener can use it) the channel's body; then publishes `ready` [S1].
+  static Result<Segment> create(const SegmentConfig& config,
+                                const std::function<void(Segment&)>& init_body = {});
   static Result<Segment> open(std::string_view name, SegmentKind expected,
                               const OpenOptions& options = {});
   // Opens by name without checking the kind (the CLI).
@@ -172,7 +189,7 @@ class Segment {
   Segment& operator=(Segment&&) noexcept;
   Segment(const Segment&) = delete;
   Segment& operator=(const Segment&) = delete;
-  ~Segment();  // unmaps; if this segment was created unlink_when_unused and no participant is alive, unlinks
+  ~Segment();  // unmaps; for a generated name (kUnlinkWhenUnused), the last one out unlinks
 
   bool valid() const noexcept { return base_ != nullptr; }
   SegmentHeader& header() const noexcept { return *reinterpret_cast<SegmentHeader*>(base_); }
@@ -196,6 +213,9 @@ class Segment {
   std::uint32_t live_participants() const noexcept;
   // Whether the creator still holds its creation lock (only while state == initializing).
   bool creator_alive() const noexcept;
+  // Whether any Segment mapping other than this one (in any process, this one included) is
+  // attached. One syscall.
+  bool others_attached() const noexcept;
 
   // Opens a new file description of this segment (for a lock that must not be shared with
   // other handles in this process).
@@ -208,6 +228,7 @@ class Segment {
   std::uint64_t size_ = 0;
   int fd_ = -1;
   std::string name_;
+  int attach_fd_ = -1;  // holds the shared attach lock; its own description, never dup'ed
   bool unlink_when_unused_ = false;
 };
 

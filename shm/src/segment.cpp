@@ -184,6 +184,19 @@ std::string segment_path(std::string_view name) {
   return p;
 }
 
+Result<bool> segment_in_use(std::string_view name) {
+  if (!valid_segment_name(name))
+    return Error(Errc::invalid_name, "invalid segment name '" + std::string(name) + "'");
+  const int fd = ::open(segment_path(name).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return sys_error(errno, "cannot open " + quoted(name));
+  bool used = byte_locked(fd, kAttachLockByte) || byte_locked(fd, kCreatorLockByte);
+  for (std::uint32_t i = 0; !used && i < kMaxParticipants; ++i)
+    used = byte_locked(fd, kParticipantLockBase + i);
+  for (std::uint32_t r = 0; !used && r < kRoleBytes; ++r) used = byte_locked(fd, kRoleLockBase + r);
+  ::close(fd);
+  return used;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Participant and RoleLock
 

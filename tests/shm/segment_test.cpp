@@ -412,3 +412,21 @@ TEST_CASE("segment: truncated, foreign-mode and foreign-owner files are rejected
     CHECK(r.error().code == Errc::system);  // O_NOFOLLOW: ELOOP
   }
 }
+
+TEST_CASE("segment: segment_in_use follows attachments and ignores header bytes") {
+  const std::string name = unique_name("inuse");
+  Cleanup cleanup{name};
+  {
+    auto sut = Segment::create(config_for(name));
+    REQUIRE(sut.has_value());
+    auto used = segment_in_use(name);
+    REQUIRE(used.has_value());
+    CHECK(*used);
+  }
+  auto unused = segment_in_use(name);
+  REQUIRE(unused.has_value());
+  CHECK_FALSE(*unused);
+  tamper(name, [](SegmentHeader& h) { h.magic = 0; });
+  CHECK_FALSE(*segment_in_use(name));
+  CHECK(segment_in_use(unique_name("absent")).error().code == Errc::not_found);
+}

@@ -124,6 +124,11 @@ bool valid_segment_name(std::string_view name) noexcept;
 std::string random_segment_name();
 std::string segment_path(std::string_view name);  // "/dev/shm/shmq.<name>"
 
+// Whether any process has the named segment attached or is still creating it, read from the
+// kernel's locks alone: it trusts no byte of the file, so it also answers for corrupt segments
+// (what `shmq gc` needs). not_found if there is no such file.
+Result<bool> segment_in_use(std::string_view name);
+
 // A participant's claim of one table slot. Move-only; releasing closes its own fd, which drops
 // the kernel lock.
 class Participant {

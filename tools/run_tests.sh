@@ -43,7 +43,7 @@ setup_variant() {
   local dir=$1; shift
   if [ ! -f "$dir/build.ninja" ]; then
     "$MESON" setup "$dir" --buildtype=debugoptimized -Dbench=disabled -Dtools=disabled \
-      -Dinstall_lib=false "$@" >/dev/null || return 1
+      -Dinstall_lib=false "$@" >/dev/null 2>&1 || return 1
   fi
   "$MESON" compile -C "$dir" -j "$jobs" >/dev/null || { "$MESON" compile -C "$dir" 2>&1 | tail -40; return 1; }
 }

@@ -63,8 +63,10 @@ if want asan; then
 fi
 
 if want tsan; then
+  # g++ 12 warns that TSan does not model atomic_thread_fence (wait.hpp's Dekker fences); the
+  # fences stay, the warning may not fail the build.
   echo "== building the suites with TSan"
-  if setup_variant build-tsan -Db_sanitize=thread -Db_lundef=false; then
+  if setup_variant build-tsan -Db_sanitize=thread -Db_lundef=false -Dcpp_args=-Wno-tsan; then
     TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 SHMQ_TEST_SCALE=0.1 \
       run_meson_suites build-tsan "tsan"
   else
@@ -74,7 +76,7 @@ fi
 
 if want fuzz && [ -x tools/fuzz.sh ]; then
   echo "== fuzzing briefly"
-  if tools/fuzz.sh --ci; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("fuzz"); fi
+  if tools/fuzz.sh 20; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("fuzz"); fi
 fi
 
 if want python; then

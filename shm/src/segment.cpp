@@ -204,6 +204,7 @@ Participant::Participant(Participant&& o) noexcept
     : fd_(std::exchange(o.fd_, -1)),
       index_(o.index_),
       generation_(o.generation_),
+      owner_pid_(o.owner_pid_),
       slot_(std::exchange(o.slot_, nullptr)) {}
 
 Participant& Participant::operator=(Participant&& o) noexcept {
@@ -212,6 +213,7 @@ Participant& Participant::operator=(Participant&& o) noexcept {
     fd_ = std::exchange(o.fd_, -1);
     index_ = o.index_;
     generation_ = o.generation_;
+    owner_pid_ = o.owner_pid_;
     slot_ = std::exchange(o.slot_, nullptr);
   }
   return *this;
@@ -221,7 +223,8 @@ Participant::~Participant() { release(); }
 
 void Participant::release() noexcept {
   if (fd_ < 0) return;
-  if (slot_ != nullptr) {
+  // A forked child that drops an inherited participant must not mark its parent's slot free.
+  if (slot_ != nullptr && static_cast<std::uint32_t>(::getpid()) == owner_pid_) {
     // relaxed: a display hint; the lock dropped by close() below is what survivors trust.
     slot_->state.store(static_cast<std::uint32_t>(SlotState::free), std::memory_order_relaxed);
   }
@@ -511,6 +514,7 @@ Result<Participant> Segment::join(Role role) {
     p.fd_ = *fd;
     p.index_ = i;
     p.slot_ = &slot;
+    p.owner_pid_ = static_cast<std::uint32_t>(::getpid());
     // release: [S2] the new generation is published after we hold the lock; survivors that read
     // it (acquire) know claims tagged with an older generation belong to a dead holder.
     std::uint32_t gen = slot.generation.fetch_add(1, std::memory_order_acq_rel) + 1;

@@ -153,6 +153,7 @@ class Participant {
   int fd_ = -1;
   std::uint32_t index_ = 0;
   std::uint32_t generation_ = 0;
+  std::uint32_t owner_pid_ = 0;
   ParticipantSlot* slot_ = nullptr;
 };
 

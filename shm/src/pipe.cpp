@@ -1,0 +1,234 @@
+// Pipe: segment set-up and validation, roles, liveness. The hot path is inline in pipe.hpp.
+#include "shmq/shm/pipe.hpp"
+
+#include <cstring>
+#include <utility>
+
+namespace shmq {
+namespace {
+
+// Segments round their body up to whole pages; the body must be the rings plus less than a page.
+constexpr std::uint64_t kPageBytes = 4096;
+
+std::string pipe_label(const Segment& seg) {
+  return seg.name().empty() ? std::string("anonymous pipe") : "pipe '" + seg.name() + "'";
+}
+
+std::string dir_text(unsigned directions) {
+  return directions == 1 ? "1 direction" : std::to_string(directions) + " directions";
+}
+
+ChannelParams read_params(const Segment& seg) noexcept {
+  ChannelParams p;  // read once: another process controls the shared bytes
+  std::memcpy(&p, &seg.header().params, sizeof p);
+  return p;
+}
+
+Result<void> check_shape(const Segment& seg, const ChannelParams& p) {
+  const std::string who = pipe_label(seg);
+  if (p.directions != 1 && p.directions != 2)
+    return Error(Errc::corrupt, who + " declares " + std::to_string(p.directions) +
+                                    " directions (a pipe has 1 or 2); the segment is corrupt");
+  if (!core::SpscRing::valid_capacity(p.capacity))
+    return Error(Errc::corrupt, who + " declares a ring capacity of " + std::to_string(p.capacity) +
+                                    " bytes, not a power of two from " +
+                                    std::to_string(core::SpscRing::kMinCapacity) + " to " +
+                                    std::to_string(core::SpscRing::kMaxCapacity) +
+                                    "; the segment is corrupt");
+  const std::uint64_t need = Pipe::body_bytes_for(p.capacity, p.directions);
+  const std::uint64_t have = seg.body_bytes();
+  if (have < need || have - need >= kPageBytes)
+    return Error(Errc::size_mismatch,
+                 who + " has " + std::to_string(have) + " body bytes but " + dir_text(p.directions) +
+                     " of " + std::to_string(p.capacity) + "-byte rings need " + std::to_string(need) +
+                     " (rounded up to a page); the segment is corrupt or not a pipe of this version");
+  return {};
+}
+
+Result<void> check_ring(const Segment& seg, std::span<std::byte> mem, std::uint64_t capacity,
+                        unsigned direction) {
+  if (core::SpscRing::check(mem, capacity) == Status::ok) return {};
+  const auto* c = core::SpscRing::control(mem);
+  // relaxed: values for the message only; check() already decided.
+  const std::uint64_t head = c->head.load(std::memory_order_relaxed);
+  const std::uint64_t tail = c->tail.load(std::memory_order_relaxed);
+  core::Stats::bump(seg.stats(direction).corrupt_events);
+  return Error(Errc::corrupt,
+               pipe_label(seg) + ": the ring of direction " + std::to_string(direction) +
+                   " is invalid (magic " + (c->magic == core::spsc::kRingMagic ? "ok" : "bad") +
+                   ", capacity " + std::to_string(c->capacity) + " of " + std::to_string(capacity) +
+                   ", head " + std::to_string(head) + ", tail " + std::to_string(tail) +
+                   "; a pipe needs head <= tail <= head + capacity, both 8-byte aligned)");
+}
+
+Error bad_direction(const Segment& seg, unsigned direction, unsigned directions) {
+  return Error(Errc::invalid_argument, "direction " + std::to_string(direction) + " does not exist: " +
+                                           pipe_label(seg) + " has " + dir_text(directions));
+}
+
+// Shared by writer() and reader(): the role lock first (refusal is the common failure), then a
+// participant slot for display, then the state.
+template <class State>
+Result<std::unique_ptr<State>> make_end(const std::shared_ptr<Segment>& seg, unsigned direction,
+                                        bool reader) {
+  auto role = seg->acquire_role(detail::pipe_role(direction, reader));
+  if (!role) return std::move(role).error();
+  auto participant = seg->join(reader ? Role::reader : Role::writer);
+  if (!participant) return std::move(participant).error();
+  auto st = std::make_unique<State>();
+  st->end.segment = seg;
+  st->end.role = std::move(*role);
+  st->end.participant = std::move(*participant);
+  st->end.direction = direction;
+  st->end.owner_pid = ::getpid();
+  return st;
+}
+
+}  // namespace
+
+// ---- Pipe
+
+Result<Pipe> Pipe::create(const PipeConfig& config) {
+  if (!core::SpscRing::valid_capacity(config.capacity))
+    return Error(Errc::invalid_argument,
+                 "pipe capacity " + std::to_string(config.capacity) + " must be a power of two from " +
+                     std::to_string(core::SpscRing::kMinCapacity) + " to " +
+                     std::to_string(core::SpscRing::kMaxCapacity) + " bytes");
+  const unsigned directions = config.duplex ? 2 : 1;
+  SegmentConfig sc;
+  sc.name = config.name;
+  sc.kind = SegmentKind::pipe;
+  sc.params.capacity = config.capacity;
+  sc.params.directions = directions;
+  sc.body_bytes = body_bytes_for(config.capacity, directions);
+  sc.anonymous = config.anonymous;
+  sc.unlink_when_unused = config.name.empty() && !config.anonymous;
+  const std::uint64_t ring_bytes = core::SpscRing::required_bytes(config.capacity);
+  auto init = [&](Segment& seg) {
+    for (unsigned d = 0; d < directions; ++d) {
+      core::SpscRing::init_in({seg.body() + d * ring_bytes, ring_bytes}, config.capacity);
+    }
+  };
+  return adopt(Segment::create(sc, init));
+}
+
+Result<Pipe> Pipe::open(std::string_view name, const OpenOptions& options) {
+  return adopt(Segment::open(name, SegmentKind::pipe, options));
+}
+
+Result<Pipe> Pipe::from_fd(int fd, const OpenOptions& options) {
+  return adopt(Segment::from_fd(fd, SegmentKind::pipe, options));
+}
+
+Result<Pipe> Pipe::adopt(Result<Segment> seg) {
+  if (!seg) return std::move(seg).error();
+  Pipe pipe;
+  pipe.seg_ = std::make_shared<Segment>(std::move(*seg));
+  const ChannelParams p = read_params(*pipe.seg_);
+  if (auto ok = check_shape(*pipe.seg_, p); !ok) return std::move(ok).error();
+  pipe.capacity_ = p.capacity;
+  pipe.directions_ = p.directions;
+  for (unsigned d = 0; d < pipe.directions_; ++d) {
+    if (auto ok = check_ring(*pipe.seg_, pipe.ring_memory(d), pipe.capacity_, d); !ok)
+      return std::move(ok).error();
+  }
+  return pipe;
+}
+
+std::span<std::byte> Pipe::ring_memory(unsigned direction) const noexcept {
+  const std::uint64_t bytes = core::SpscRing::required_bytes(capacity_);
+  return {seg_->body() + direction * bytes, bytes};
+}
+
+Result<PipeWriter> Pipe::writer(unsigned direction) {
+  if (direction >= directions_) return bad_direction(*seg_, direction, directions_);
+  auto st = make_end<detail::PipeWriterState>(seg_, direction, false);
+  if (!st) return std::move(st).error();
+  if ((*st)->ring.attach(ring_memory(direction), capacity_, &seg_->stats(direction)) != Status::ok)
+    return Error(Errc::corrupt, pipe_label(*seg_) + ": the ring of direction " +
+                                    std::to_string(direction) + " has invalid positions");
+  PipeWriter w;
+  w.st_ = std::move(*st);
+  return w;
+}
+
+Result<PipeReader> Pipe::reader(unsigned direction) {
+  if (direction >= directions_) return bad_direction(*seg_, direction, directions_);
+  auto st = make_end<detail::PipeReaderState>(seg_, direction, true);
+  if (!st) return std::move(st).error();
+  if ((*st)->ring.attach(ring_memory(direction), capacity_, &seg_->stats(direction)) != Status::ok)
+    return Error(Errc::corrupt, pipe_label(*seg_) + ": the ring of direction " +
+                                    std::to_string(direction) + " has invalid positions");
+  PipeReader r;
+  r.st_ = std::move(*st);
+  return r;
+}
+
+// ---- PipeWriter
+
+bool PipeWriter::reader_alive() const noexcept {
+  if (!st_) return false;
+  const core::SpscRingControl* c = st_->ring.control();
+  if (c == nullptr || st_->ring.reader_gone()) return false;
+  // relaxed: a counter; before the first reader attaches there is nobody to be dead.
+  if (c->reader_attached.load(std::memory_order_relaxed) == 0) return true;
+  return st_->end.segment->role_held(detail::pipe_role(st_->end.direction, true));
+}
+
+Status PipeWriter::check_reader() noexcept {
+  st_->end.polls = 0;
+  if (reader_alive()) return Status::full;
+  st_->ring.set_reader_gone();
+  return st_->ring.note(Status::closed);
+}
+
+void PipeWriter::close() noexcept {
+  if (!st_) return;
+  if (::getpid() == st_->end.owner_pid) {
+    st_->ring.close();
+  } else {
+    st_->ring.detach();  // a forked child: the parent still owns the role and the stream
+  }
+  st_.reset();  // closes the role and participant fds, unmaps if last
+}
+
+// ---- PipeReader
+
+bool PipeReader::writer_alive() const noexcept {
+  if (!st_) return false;
+  const core::SpscRingControl* c = st_->ring.control();
+  if (c == nullptr) return false;
+  // relaxed: a flag gating a decision; recv re-reads tail after it (see poll_empty()).
+  if (c->writer_closed.load(std::memory_order_relaxed) != 0) return false;
+  // relaxed: a counter; before the first writer attaches there is nobody to be dead.
+  if (c->writer_attached.load(std::memory_order_relaxed) == 0) return true;
+  return st_->end.segment->role_held(detail::pipe_role(st_->end.direction, false));
+}
+
+bool PipeReader::check_writer() noexcept {
+  st_->end.polls = 0;
+  if (writer_alive()) return true;
+  st_->ring.set_writer_gone();  // the caller reads once more: drain, or closed
+  return false;
+}
+
+Status PipeReader::wait_data(Deadline d, core::Backoff& backoff) noexcept {
+  if (d.expired()) return Status::timeout;
+  if (backoff.spin()) return Status::ok;
+  const core::FutexResult r = st_->ring.sleep(d);
+  if (r == core::FutexResult::interrupted) return Status::interrupted;
+  if (r == core::FutexResult::timed_out && !writer_alive()) st_->ring.set_writer_gone();
+  return Status::ok;
+}
+
+void PipeReader::close() noexcept {
+  if (!st_) return;
+  if (::getpid() == st_->end.owner_pid) {
+    st_->ring.close();
+  } else {
+    st_->ring.detach();
+  }
+  st_.reset();
+}
+
+}  // namespace shmq

@@ -1,0 +1,310 @@
+// Queue: a multi-producer multi-consumer message queue in a shared-memory segment, for any number
+// of writers and readers in any number of processes; any message size.
+//
+//   auto q = shmq::Queue::create({.name = "jobs", .slots = 4096, .slot_size = 256});
+//   auto tx = q->writer();                 // each handle joins a participant slot
+//   tx->send(bytes, shmq::Deadline::never());
+//   auto rx = q->reader();
+//   shmq::Message m;
+//   rx->recv(m, shmq::Deadline::in(1s));   // m.bytes() points into shared memory until released
+//
+// Segment body: QueueBodyHeader, then the core::MpmcRing (core/mpmc_ring.hpp: layout, claim
+// protocol, crash recovery, Synchronization tags Q1-Q6).
+//
+// Messages larger than a slot spill into a file of their own, /dev/shm/shmq.<tag>.x<position in
+// 16 hex digits> (<tag> is the queue's name, or a random "memfd-..." tag for anonymous queues).
+// Why a file per message, named by the slot position the writer claimed:
+//   - any size, with no allocator shared between processes that a crash could leave inconsistent:
+//     the kernel owns the space;
+//   - the name follows from the position alone, so whoever recovers a slot from a dead writer or
+//     reader (core::ClaimRegistry::reclaim) unlinks exactly the right file without trusting any
+//     bytes the dead process may have half-written;
+//   - the writer claims the slot before creating the file, so a position, and therefore a name,
+//     is never used twice; the reader maps the file and unlinks it at once, so the mapping (zero
+//     copy) lives exactly as long as the Message, and a reader killed while holding it leaves
+//     nothing behind (the kernel frees an unlinked, unmapped file). The slot stays held until the
+//     Message is released, so such a message is counted `abandoned` like any other;
+//   - if every participant dies, the files of a named queue go with it: Queue::unlink() and the
+//     CLI's gc remove "shmq.<name>.x*" (remove_spill_files()).
+//   The cost, one create + mmap per large message, is small next to copying a message larger than
+//   a slot (typically kilobytes to megabytes).
+//
+// Synchronization (beyond the ring's)
+//   [J1] unfinished_tasks: tasks_added() increments before the put commits (the commit [Q1] then
+//        orders it before any task_done() of a reader); task_done() decrements with acq_rel and
+//        notifies tasks_done when it reaches 0; join() loads it with acquire.
+//   Spill files are written through their own mapping before the slot commit [Q1]; the reader
+//   maps them after its acquire of the slot, so the bytes are visible (same physical pages).
+//
+// Threads: a Queue may be shared by threads (handles are created under no lock of ours but
+// join() is thread-safe). Each QueueWriter / QueueReader is used by one thread at a time;
+// Message::release() of a zero-copy message may run in any thread.
+// Fork: handles remember the pid that made them; in another process (a forked child) their
+// destructors only close descriptors and unmap.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "shmq/core/fault.hpp"
+#include "shmq/core/mpmc_ring.hpp"
+#include "shmq/core/result.hpp"
+#include "shmq/core/stats.hpp"
+#include "shmq/core/status.hpp"
+#include "shmq/core/wait.hpp"
+#include "shmq/shm/message.hpp"
+#include "shmq/shm/segment.hpp"
+
+namespace shmq {
+
+struct QueueConfig {
+  std::string name;            // "" → a random name, unlinked when the last user leaves
+  std::uint64_t slots = 4096;  // power of two, at least 2 (Queue(maxsize=1): slots 2, maxsize 1)
+  std::uint64_t slot_size = 256;  // payload bytes per slot (multiple of 8); larger messages spill
+  std::uint64_t maxsize = 0;   // bound in messages (Python's Queue(maxsize)); 0 = slots
+  bool anonymous = false;      // memfd: shared by fork only
+  // Test hooks: start positions and futex words near their wrap points.
+  std::uint64_t initial_position = 0;
+  std::uint32_t initial_epoch = 0;
+};
+
+inline constexpr std::uint64_t kQueueBodyMagic = 0x3145555551514D53ull;  // "SMQQUEU1"
+inline constexpr std::size_t kSpillTagBytes = kMaxNameLength + 8;
+
+// The first bytes of a queue segment's body.
+struct alignas(core::kCacheLine) QueueBodyHeader {
+  // ---- immutable after creation
+  std::uint64_t magic;
+  std::uint64_t slots;
+  std::uint64_t slot_size;
+  std::uint64_t maxsize;
+  std::uint64_t ring_offset;  // from the body's start
+  std::uint64_t ring_bytes;
+  char spill_tag[kSpillTagBytes];  // NUL-terminated; the <tag> of spill file names
+  // ---- JoinableQueue
+  alignas(core::kCacheLine) std::atomic<std::int64_t> unfinished_tasks;  // [J1]
+  alignas(core::kCacheLine) core::WaitWord tasks_done;                    // join() sleeps here
+};
+static_assert(std::is_standard_layout_v<QueueBodyHeader>, "shared between processes");
+static_assert(sizeof(QueueBodyHeader) % core::kCacheLine == 0, "the ring starts on a cache line");
+static_assert(std::atomic<std::int64_t>::is_always_lock_free);
+
+class Queue;
+class QueueWriter;
+class QueueReader;
+
+namespace detail {
+struct QueueShared;
+struct QueueWriterState;
+struct QueueReaderState;
+
+// A spilled message mapped by a reader (slow path, in queue.cpp).
+struct SpillMap {
+  void* base = nullptr;
+  std::size_t length = 0;
+  std::span<const std::byte> bytes() const noexcept {
+    return {static_cast<const std::byte*>(base), length};
+  }
+};
+Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out) noexcept;
+void unmap_spill(SpillMap& m) noexcept;
+core::MpmcReader& reader_core(QueueReaderState& s) noexcept;
+QueueShared& reader_shared(QueueReaderState& s) noexcept;
+}  // namespace detail
+
+// A claimed place for one message of n bytes, written in place. Move-only; destruction aborts.
+class QueueClaim {
+ public:
+  QueueClaim() = default;
+  QueueClaim(QueueClaim&& o) noexcept;
+  QueueClaim& operator=(QueueClaim&& o) noexcept;
+  QueueClaim(const QueueClaim&) = delete;
+  QueueClaim& operator=(const QueueClaim&) = delete;
+  ~QueueClaim() { abort(); }
+
+  std::span<std::byte> bytes() const noexcept { return {data_, size_}; }
+  // Publishes the first `used` bytes (<= bytes().size()).
+  void commit(std::size_t used) noexcept;
+  void abort() noexcept;
+  bool valid() const noexcept { return owner_ != nullptr; }
+  Status status() const noexcept { return status_; }
+
+ private:
+  friend class QueueWriter;
+  detail::QueueWriterState* owner_ = nullptr;
+  core::MpmcClaim claim_{};
+  std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  void* spill_base_ = nullptr;  // the spill file's mapping, for a message larger than a slot
+  std::size_t spill_len_ = 0;
+  std::uint16_t kind_ = 0;
+  Status status_ = Status::closed;
+};
+
+// A writer handle. Move-only; one thread at a time.
+class QueueWriter {
+ public:
+  QueueWriter() = default;
+  QueueWriter(QueueWriter&&) noexcept;
+  QueueWriter& operator=(QueueWriter&&) noexcept;
+  ~QueueWriter();
+
+  // ok | full | too_big (only if a spill file cannot be created) | closed | corrupt.
+  // Never blocks; allocation-free for messages that fit a slot.
+  [[nodiscard]] Status try_send(std::span<const std::byte> msg, std::uint16_t kind = 0) noexcept;
+  // ok | timeout | interrupted | closed | too_big | corrupt.
+  [[nodiscard]] Status send(std::span<const std::byte> msg, Deadline d,
+                            std::uint16_t kind = 0) noexcept;
+  // Zero-copy write of up to n bytes (any n: beyond slot_size the claim is a spill mapping).
+  // At most 3 claims outstanding per writer. !valid() if there is no room; status() says why.
+  [[nodiscard]] QueueClaim try_claim(std::size_t n, std::uint16_t kind = 0) noexcept;
+  [[nodiscard]] QueueClaim claim(std::size_t n, Deadline d, std::uint16_t kind = 0) noexcept;
+  // Sends msgs in order, one claim (one CAS) per run of slot-sized messages; returns how many
+  // were sent before the deadline (Deadline::now(): no waiting). *why: the reason for stopping.
+  std::size_t send_many(std::span<const std::span<const std::byte>> msgs, Deadline d,
+                        std::uint16_t kind = 0, Status* why = nullptr) noexcept;
+  std::size_t max_claim() const noexcept;  // the largest n try_claim can satisfy (any)
+  std::uint64_t slot_size() const noexcept;
+  bool valid() const noexcept { return s_ != nullptr; }
+  core::WaitWord* space_wait_word() noexcept;
+  bool writable_guess() const noexcept;
+  void close() noexcept;  // leaves the queue (frees the participant slot); the queue stays open
+
+ private:
+  friend class Queue;
+  friend class QueueClaim;
+  Status send_spilled(std::span<const std::byte> msg, std::uint16_t kind, Deadline d) noexcept;
+  std::unique_ptr<detail::QueueWriterState> s_;
+};
+
+// A reader handle. Move-only; one thread at a time. Zero-copy messages must be released before
+// the handle is destroyed.
+class QueueReader {
+ public:
+  QueueReader() = default;
+  QueueReader(QueueReader&&) noexcept;
+  QueueReader& operator=(QueueReader&&) noexcept;
+  ~QueueReader();
+
+  // ok | empty | closed (closed and drained) | corrupt. Up to 3 messages are held zero copy at a
+  // time; beyond that a message is copied into a buffer the Message owns.
+  [[nodiscard]] Status try_recv(Message& out) noexcept;
+  // ok | timeout | interrupted | closed | corrupt.
+  [[nodiscard]] Status recv(Message& out, Deadline d) noexcept;
+  // Calls fn(std::span<const std::byte>, std::uint16_t kind) for up to `max` messages taken
+  // with one claim; the bytes are valid only during the call; fn must not throw. try_: never
+  // waits; the other waits until at least one message arrives or the deadline passes.
+  template <class F>
+  std::size_t try_recv_many(F&& fn, std::size_t max, Status* why = nullptr) noexcept;
+  template <class F>
+  std::size_t recv_many(F&& fn, std::size_t max, Deadline d, Status* why = nullptr) noexcept;
+
+  bool valid() const noexcept { return s_ != nullptr; }
+  core::WaitWord* data_wait_word() noexcept;  // for wait_any
+  bool ready_guess() const noexcept;          // a message (or closed) is waiting
+  void close() noexcept;                      // leaves the queue; the queue stays open
+
+ private:
+  friend class Queue;
+  template <class F>
+  auto deliver(F& fn) noexcept;
+  std::unique_ptr<detail::QueueReaderState> s_;
+};
+
+class Queue {
+ public:
+  static Result<Queue> create(const QueueConfig& config);
+  static Result<Queue> open(std::string_view name, const OpenOptions& options = {});
+  static Result<Queue> from_fd(int fd, const OpenOptions& options = {});  // anonymous queues
+  // Removes a named queue and its spill files.
+  static Result<void> unlink(std::string_view name);
+  // Removes "shmq.<name>.x<16 hex>" files in /dev/shm; returns how many. For gc and rm.
+  static Result<std::size_t> remove_spill_files(std::string_view name);
+  // Whether a /dev/shm file name ("shmq.jobs.x00000000000000a1") is a spill file; if so and
+  // queue_name is given, stores the queue's name there.
+  static bool is_spill_file_name(std::string_view file_name, std::string* queue_name = nullptr);
+
+  Queue() = default;
+  Queue(Queue&&) noexcept = default;
+  Queue& operator=(Queue&&) noexcept = default;
+  ~Queue();
+
+  Result<QueueWriter> writer();
+  Result<QueueReader> reader();
+
+  std::size_t size_guess() const noexcept;  // never negative, never above capacity()
+  std::uint64_t capacity() const noexcept;  // maxsize if set, else slots
+  std::uint64_t slots() const noexcept;
+  std::uint64_t slot_size() const noexcept;
+  std::uint64_t maxsize() const noexcept;   // 0 if unbounded (== slots)
+
+  // JoinableQueue support [J1].
+  void tasks_added(std::int64_t n) noexcept;  // call before the put becomes visible
+  Result<void> task_done() noexcept;          // invalid_argument if it would go below 0
+  Status join(Deadline d) noexcept;           // ok | timeout | interrupted
+  std::int64_t unfinished_tasks_guess() const noexcept;
+
+  // Shuts the whole queue down: writers get `closed`, readers drain and then get `closed`.
+  void close() noexcept;
+  bool closed() const noexcept;
+
+  bool valid() const noexcept { return shared_ != nullptr; }
+  const std::string& name() const noexcept;
+  const Segment& segment() const noexcept;
+  core::Stats& stats() const noexcept;
+  core::WaitWord* data_wait_word() noexcept;
+
+ private:
+  static Result<Queue> attach(Segment seg);
+  std::shared_ptr<detail::QueueShared> shared_;
+};
+
+// Fault injection for crash tests: stop this process (SIGSTOP) the next time it passes `kp`
+// (after letting `skip` passes go). Also armed at load time from the environment:
+// SHMQ_KILL_POINT=<name>[:<skip>], e.g. SHMQ_KILL_POINT=before_commit:100.
+void arm_kill_point(core::KillPoint kp, std::uint64_t skip = 0) noexcept;
+void disarm_kill_point() noexcept;
+
+// ---- templates
+
+template <class F>
+auto QueueReader::deliver(F& fn) noexcept {
+  return [this, &fn](const core::MpmcView& v) {
+    if ((v.flags & core::kSlotSpilled) == 0) {
+      fn(v.bytes(), v.kind);
+      return;
+    }
+    detail::SpillMap m;
+    if (detail::map_spill(detail::reader_shared(*s_), v, m) == Status::ok) {
+      fn(m.bytes(), v.kind);
+      detail::unmap_spill(m);
+    }
+  };
+}
+
+template <class F>
+std::size_t QueueReader::try_recv_many(F&& fn, std::size_t max, Status* why) noexcept {
+  if (!s_) {
+    if (why != nullptr) *why = Status::closed;
+    return 0;
+  }
+  return detail::reader_core(*s_).try_recv_many(deliver(fn), max, why);
+}
+
+template <class F>
+std::size_t QueueReader::recv_many(F&& fn, std::size_t max, Deadline d, Status* why) noexcept {
+  if (!s_) {
+    if (why != nullptr) *why = Status::closed;
+    return 0;
+  }
+  return detail::reader_core(*s_).recv_many(deliver(fn), max, d, why);
+}
+
+}  // namespace shmq

@@ -1,0 +1,685 @@
+// Queue: segment set-up and validation, participant handles, spill files, JoinableQueue
+// counters and the kill-point handler. The lock-free protocol lives in core/mpmc_ring.hpp.
+#include "shmq/shm/queue.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <utility>
+
+namespace shmq {
+namespace detail {
+
+namespace {
+constexpr const char* kShmDir = "/dev/shm/";
+constexpr std::size_t kPathMax = 256;
+// "/dev/shm/shmq." + a tag of at most kSpillTagBytes - 1 + ".x": room left for 16 hex digits.
+constexpr std::size_t kSpillPrefixMax = 232;
+static_assert(9 + 5 + (kSpillTagBytes - 1) + 2 < kSpillPrefixMax);
+static_assert(kSpillPrefixMax + 16 + 1 <= kPathMax);
+constexpr std::uint64_t kMaxSpillBytes = 1ull << 40;
+
+std::string quoted(std::string_view name) {
+  return name.empty() ? std::string("the anonymous queue") : "queue '" + std::string(name) + "'";
+}
+}  // namespace
+
+struct QueueShared;
+
+// The ring's view of the participant table: claim words in the segment header, liveness from
+// the kernel's OFD locks, and spill files to remove when a slot is recovered.
+class QueueRegistry final : public core::ClaimRegistry {
+ public:
+  explicit QueueRegistry(const QueueShared* q) noexcept : q_(q) {}
+  std::uint32_t participants() const noexcept override { return kMaxParticipants; }
+  std::atomic<std::uint64_t>* claim_words(std::uint32_t index) const noexcept override;
+  bool alive(std::uint32_t index) const noexcept override;
+  void reclaim(std::uint64_t pos) noexcept override;
+
+ private:
+  const QueueShared* q_;
+};
+
+struct QueueShared {
+  QueueShared() : registry(this) {}
+  ~QueueShared() {
+    if (!segment.valid()) return;
+    // A generated or anonymous queue disappears with its last user: take its spill files too.
+    const std::uint32_t flags = segment.header().flags;
+    if ((flags & (kUnlinkWhenUnused | kAnonymous)) != 0 && !segment.others_attached())
+      (void)Queue::remove_spill_files(spill_tag);
+  }
+  QueueShared(const QueueShared&) = delete;
+  QueueShared& operator=(const QueueShared&) = delete;
+
+  // "/dev/shm/shmq.<tag>.x<16 hex>" into out; no allocation.
+  void spill_path(std::uint64_t pos, char (&out)[kPathMax]) const noexcept {
+    std::snprintf(out, sizeof out, "%s%016llx", spill_prefix, static_cast<unsigned long long>(pos));
+  }
+
+  Segment segment;
+  core::MpmcRing ring;
+  QueueBodyHeader* body = nullptr;
+  std::string spill_tag;
+  char spill_prefix[kSpillPrefixMax] = {};
+  QueueRegistry registry;
+};
+
+std::atomic<std::uint64_t>* QueueRegistry::claim_words(std::uint32_t index) const noexcept {
+  return q_->segment.header().participants[index].claim;
+}
+bool QueueRegistry::alive(std::uint32_t index) const noexcept {
+  return q_->segment.participant_alive(index);
+}
+void QueueRegistry::reclaim(std::uint64_t pos) noexcept {
+  char path[kPathMax];
+  q_->spill_path(pos, path);
+  ::unlink(path);  // ENOENT: the slot never spilled, or its reader unlinked the file already
+}
+
+struct QueueWriterState {
+  ~QueueWriterState() {
+    if (::getpid() != pid) core.discard_stats();  // an inherited copy: the parent counts them
+  }
+  std::shared_ptr<QueueShared> shared;
+  Participant participant;
+  pid_t pid = 0;
+  core::MpmcWriter core;
+};
+
+struct QueueReaderState {
+  ~QueueReaderState() {
+    if (::getpid() != pid) core.discard_stats();
+  }
+  // One per claim word: the context of a zero-copy Message's release hook.
+  struct Hold {
+    QueueReaderState* owner = nullptr;
+    core::MpmcView view;
+    SpillMap spill;  // a spilled message's mapping, unmapped on release
+  };
+  std::shared_ptr<QueueShared> shared;
+  Participant participant;
+  pid_t pid = 0;
+  core::MpmcReader core;
+  Hold holds[core::kClaimWords];
+};
+
+core::MpmcReader& reader_core(QueueReaderState& s) noexcept { return s.core; }
+QueueShared& reader_shared(QueueReaderState& s) noexcept { return *s.shared; }
+
+Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out) noexcept {
+  core::Stats& stats = q.segment.stats(0);
+  auto corrupt = [&] {
+    core::Stats::bump(stats.corrupt_events);
+    return Status::corrupt;
+  };
+  if (v.length != sizeof(std::uint64_t)) return corrupt();
+  std::uint64_t len = 0;
+  std::memcpy(&len, v.data, sizeof len);  // read once, then checked
+  if (len == 0 || len > kMaxSpillBytes) return corrupt();
+  char path[kPathMax];
+  q.spill_path(v.pos, path);
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return corrupt();
+  struct stat st {};
+  void* p = MAP_FAILED;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) >= len)
+    p = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, 0);
+  // Unlinked at once: the mapping keeps the pages, and a reader killed from here on leaves
+  // nothing behind.
+  ::unlink(path);
+  ::close(fd);
+  if (p == MAP_FAILED) return corrupt();
+  out.base = p;
+  out.length = len;
+  return Status::ok;
+}
+
+void unmap_spill(SpillMap& m) noexcept {
+  if (m.base != nullptr) ::munmap(m.base, m.length);
+  m.base = nullptr;
+  m.length = 0;
+}
+
+namespace {
+
+void release_hook(void* context, std::uint64_t) noexcept {
+  auto* h = static_cast<QueueReaderState::Hold*>(context);
+  unmap_spill(h->spill);
+  h->owner->core.release(h->view);
+}
+
+void stop_self(core::KillPoint) noexcept { ::raise(SIGSTOP); }
+
+// SHMQ_KILL_POINT=<name>[:<skip>] arms a kill point when the library loads.
+bool arm_from_environment() noexcept {
+  const char* env = std::getenv("SHMQ_KILL_POINT");
+  if (env == nullptr || *env == 0) return false;
+  const std::string_view spec(env);
+  const std::size_t colon = spec.find(':');
+  const std::string_view name = spec.substr(0, colon);
+  std::uint64_t skip = 0;
+  if (colon != std::string_view::npos) skip = std::strtoull(env + colon + 1, nullptr, 10);
+  for (std::uint32_t k = 1; k < static_cast<std::uint32_t>(core::KillPoint::count_); ++k) {
+    const auto kp = static_cast<core::KillPoint>(k);
+    if (core::kill_point_name(kp) == name) {
+      arm_kill_point(kp, skip);
+      return true;
+    }
+  }
+  return false;
+}
+[[maybe_unused]] const bool g_armed_from_environment = arm_from_environment();
+
+}  // namespace
+}  // namespace detail
+
+using detail::QueueReaderState;
+using detail::QueueShared;
+using detail::QueueWriterState;
+
+void arm_kill_point(core::KillPoint kp, std::uint64_t skip) noexcept {
+  core::fault::arm(kp, skip, &detail::stop_self);
+}
+void disarm_kill_point() noexcept { core::fault::disarm(); }
+
+// ---------------------------------------------------------------------------------------------
+// Queue: creation and validation
+
+Result<Queue> Queue::create(const QueueConfig& config) {
+  const core::MpmcConfig mc{.slots = config.slots,
+                            .slot_size = config.slot_size,
+                            .maxsize = config.maxsize,
+                            .initial_position = config.initial_position,
+                            .initial_epoch = config.initial_epoch};
+  auto ring_bytes = core::MpmcRing::required_bytes(mc);
+  if (!ring_bytes) return std::move(ring_bytes).error();
+  SegmentConfig sc;
+  sc.name = config.name;
+  sc.kind = SegmentKind::queue;
+  sc.params.capacity = config.slots;
+  sc.params.slot_size = config.slot_size;
+  sc.params.maxsize = config.maxsize;
+  sc.params.directions = 1;
+  sc.body_bytes = sizeof(QueueBodyHeader) + *ring_bytes;
+  sc.anonymous = config.anonymous;
+
+  std::string anon_tag;
+  if (config.anonymous) anon_tag = "memfd-" + random_segment_name().substr(5);
+  bool ring_ok = true;
+  auto seg = Segment::create(sc, [&](Segment& s) {
+    auto* body = new (s.body()) QueueBodyHeader;
+    body->magic = kQueueBodyMagic;
+    body->slots = config.slots;
+    body->slot_size = config.slot_size;
+    body->maxsize = config.maxsize;
+    body->ring_offset = sizeof(QueueBodyHeader);
+    body->ring_bytes = *ring_bytes;
+    const std::string& tag = config.anonymous ? anon_tag : s.name();
+    std::memset(body->spill_tag, 0, sizeof body->spill_tag);
+    std::memcpy(body->spill_tag, tag.data(), std::min(tag.size(), sizeof body->spill_tag - 1));
+    // relaxed: the segment's `ready` store [S1] publishes the body.
+    body->unfinished_tasks.store(0, std::memory_order_relaxed);
+    body->tasks_done.init();
+    ring_ok = core::MpmcRing::init_in({s.body() + body->ring_offset, *ring_bytes}, mc).has_value();
+    SHMQ_KILL_POINT(core::KillPoint::creating);
+  });
+  if (!seg) return std::move(seg).error();
+  if (!ring_ok) return Error(Errc::invalid_argument, "cannot format the queue ring");
+  return attach(std::move(*seg));
+}
+
+Result<Queue> Queue::open(std::string_view name, const OpenOptions& options) {
+  auto seg = Segment::open(name, SegmentKind::queue, options);
+  if (!seg) return std::move(seg).error();
+  return attach(std::move(*seg));
+}
+
+Result<Queue> Queue::from_fd(int fd, const OpenOptions& options) {
+  auto seg = Segment::from_fd(fd, SegmentKind::queue, options);
+  if (!seg) return std::move(seg).error();
+  return attach(std::move(*seg));
+}
+
+Result<Queue> Queue::attach(Segment seg) {
+  const std::string who = detail::quoted(seg.name());
+  auto bad = [&](const char* field, std::uint64_t v) {
+    return Error(Errc::corrupt, who + " has a corrupt header at field '" + field + "' (" +
+                                    std::to_string(v) + ")");
+  };
+  // Every shared value is read once into a local, then checked.
+  const ChannelParams params = seg.header().params;
+  if (params.directions != 1) return bad("params.directions", params.directions);
+  if (seg.body_bytes() < sizeof(QueueBodyHeader))
+    return Error(Errc::truncated, who + " is too small for a queue body (" +
+                                      std::to_string(seg.body_bytes()) + " bytes)");
+  const auto* b = reinterpret_cast<const QueueBodyHeader*>(seg.body());
+  const std::uint64_t magic = b->magic, slots = b->slots, slot_size = b->slot_size,
+                      maxsize = b->maxsize, ring_offset = b->ring_offset,
+                      ring_bytes = b->ring_bytes;
+  char tag[kSpillTagBytes];
+  std::memcpy(tag, b->spill_tag, sizeof tag);
+  if (magic != kQueueBodyMagic)
+    return Error(Errc::bad_magic, who + " has no queue body (bad magic in the body header)");
+  if (slots != params.capacity) return bad("slots", slots);
+  if (slot_size != params.slot_size) return bad("slot_size", slot_size);
+  if (maxsize != params.maxsize) return bad("maxsize", maxsize);
+  auto need = core::MpmcRing::required_bytes({.slots = slots, .slot_size = slot_size, .maxsize = maxsize});
+  if (!need) return Error(Errc::corrupt, who + " has invalid queue parameters: " + need.error().what);
+  if (ring_offset != sizeof(QueueBodyHeader)) return bad("ring_offset", ring_offset);
+  if (ring_bytes != *need) return bad("ring_bytes", ring_bytes);
+  if (ring_offset + ring_bytes > seg.body_bytes())
+    return Error(Errc::size_mismatch, who + " needs " + std::to_string(ring_offset + ring_bytes) +
+                                          " body bytes but has " + std::to_string(seg.body_bytes()));
+  if (std::memchr(tag, 0, sizeof tag) == nullptr || !valid_segment_name(tag))
+    return Error(Errc::corrupt, who + " has a corrupt header at field 'spill_tag'");
+  auto ring = core::MpmcRing::attach({seg.body() + ring_offset, ring_bytes});
+  if (!ring) {
+    Error e = std::move(ring).error();
+    e.what = who + ": " + e.what;
+    return e;
+  }
+  if (ring->slots() != slots) return bad("ring.slots", ring->slots());
+  if (ring->slot_size() != slot_size) return bad("ring.slot_size", ring->slot_size());
+  if (ring->maxsize() != (maxsize == 0 ? slots : maxsize)) return bad("ring.maxsize", ring->maxsize());
+
+  auto shared = std::make_shared<QueueShared>();
+  shared->segment = std::move(seg);
+  shared->ring = *ring;
+  shared->body = reinterpret_cast<QueueBodyHeader*>(shared->segment.body());
+  shared->spill_tag = tag;
+  std::snprintf(shared->spill_prefix, sizeof shared->spill_prefix, "%sshmq.%s.x", detail::kShmDir,
+                tag);
+  Queue q;
+  q.shared_ = std::move(shared);
+  return q;
+}
+
+Queue::~Queue() = default;
+
+Result<void> Queue::unlink(std::string_view name) {
+  auto r = Segment::unlink(name);
+  (void)remove_spill_files(name);
+  return r;
+}
+
+bool Queue::is_spill_file_name(std::string_view f, std::string* queue_name) {
+  constexpr std::string_view prefix = "shmq.";
+  constexpr std::size_t kHex = 16;
+  if (f.size() < prefix.size() + 1 + 2 + kHex || f.substr(0, prefix.size()) != prefix) return false;
+  const std::size_t x = f.size() - kHex - 2;
+  if (f.substr(x, 2) != ".x") return false;
+  for (char c : f.substr(x + 2))
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  const std::string_view name = f.substr(prefix.size(), x - prefix.size());
+  if (!valid_segment_name(name)) return false;
+  if (queue_name != nullptr) *queue_name = std::string(name);
+  return true;
+}
+
+Result<std::size_t> Queue::remove_spill_files(std::string_view name) {
+  DIR* dir = ::opendir(detail::kShmDir);
+  if (dir == nullptr)
+    return Error(Errc::system, std::string("cannot list ") + detail::kShmDir, errno);
+  std::size_t removed = 0;
+  std::string owner;
+  while (const dirent* e = ::readdir(dir)) {
+    if (is_spill_file_name(e->d_name, &owner) && owner == name &&
+        ::unlinkat(::dirfd(dir), e->d_name, 0) == 0)
+      ++removed;
+  }
+  ::closedir(dir);
+  return removed;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queue: handles and shared state
+
+Result<QueueWriter> Queue::writer() {
+  if (!shared_) return Error(Errc::closed, "the queue handle is empty");
+  auto p = shared_->segment.join(Role::writer);
+  if (!p) return std::move(p).error();
+  auto s = std::make_unique<QueueWriterState>();
+  s->shared = shared_;
+  s->participant = std::move(*p);
+  s->pid = ::getpid();
+  s->core = core::MpmcWriter(shared_->ring, s->participant.slot()->claim, &shared_->registry,
+                             &shared_->segment.stats(0));
+  QueueWriter w;
+  w.s_ = std::move(s);
+  return w;
+}
+
+Result<QueueReader> Queue::reader() {
+  if (!shared_) return Error(Errc::closed, "the queue handle is empty");
+  auto p = shared_->segment.join(Role::reader);
+  if (!p) return std::move(p).error();
+  auto s = std::make_unique<QueueReaderState>();
+  s->shared = shared_;
+  s->participant = std::move(*p);
+  s->pid = ::getpid();
+  s->core = core::MpmcReader(shared_->ring, s->participant.slot()->claim, &shared_->registry,
+                             &shared_->segment.stats(0));
+  for (auto& h : s->holds) h.owner = s.get();
+  QueueReader r;
+  r.s_ = std::move(s);
+  return r;
+}
+
+std::size_t Queue::size_guess() const noexcept { return shared_ ? shared_->ring.size_guess() : 0; }
+std::uint64_t Queue::capacity() const noexcept { return shared_ ? shared_->ring.capacity() : 0; }
+std::uint64_t Queue::slots() const noexcept { return shared_ ? shared_->ring.slots() : 0; }
+std::uint64_t Queue::slot_size() const noexcept { return shared_ ? shared_->ring.slot_size() : 0; }
+std::uint64_t Queue::maxsize() const noexcept {
+  return shared_ && shared_->ring.bounded_below_slots() ? shared_->ring.maxsize() : 0;
+}
+const std::string& Queue::name() const noexcept {
+  static const std::string none;
+  return shared_ ? shared_->segment.name() : none;
+}
+const Segment& Queue::segment() const noexcept { return shared_->segment; }
+core::Stats& Queue::stats() const noexcept { return shared_->segment.stats(0); }
+core::WaitWord* Queue::data_wait_word() noexcept {
+  return shared_ ? &shared_->ring.header().data_ready : nullptr;
+}
+
+void Queue::close() noexcept {
+  if (shared_) shared_->ring.close();
+}
+bool Queue::closed() const noexcept { return !shared_ || shared_->ring.closed(); }
+
+void Queue::tasks_added(std::int64_t n) noexcept {
+  // relaxed: [J1] the put's commit (release) orders this before the reader's task_done().
+  if (shared_) shared_->body->unfinished_tasks.fetch_add(n, std::memory_order_relaxed);
+}
+
+Result<void> Queue::task_done() noexcept {
+  if (!shared_) return Error(Errc::closed, "the queue handle is empty");
+  auto& counter = shared_->body->unfinished_tasks;
+  // relaxed: a starting value; the CAS validates it.
+  std::int64_t v = counter.load(std::memory_order_relaxed);
+  // Cases: 1. v <= 0: more task_done() calls than tasks: refuse, change nothing.
+  //        2. CAS v -> v - 1 wins: done; wake join() if we reached 0.
+  //        3. CAS loses: v reloaded (another task_done or tasks_added); retry.
+  do {
+    if (v <= 0) return Error(Errc::invalid_argument, "task_done() called more times than tasks were put");
+    // acq_rel: [J1] release so join() (acquire) sees everything done before; acquire to order
+    // our wake after the decrement.
+  } while (!counter.compare_exchange_weak(v, v - 1, std::memory_order_acq_rel,
+                                          std::memory_order_relaxed));
+  if (v == 1) shared_->body->tasks_done.notify();
+  return {};
+}
+
+Status Queue::join(Deadline d) noexcept {
+  if (!shared_) return Status::closed;
+  auto& body = *shared_->body;
+  // acquire: [J1] pairs with the acq_rel decrement in task_done().
+  auto finished = [&] { return body.unfinished_tasks.load(std::memory_order_acquire) <= 0; };
+  for (;;) {
+    if (finished()) return Status::ok;
+    if (d.expired()) return Status::timeout;
+    if (body.tasks_done.wait(finished, d.capped(core::kSleepSlice)) == core::FutexResult::interrupted)
+      return Status::interrupted;
+  }
+}
+
+std::int64_t Queue::unfinished_tasks_guess() const noexcept {
+  // relaxed: a guess.
+  return shared_ ? shared_->body->unfinished_tasks.load(std::memory_order_relaxed) : 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// QueueClaim
+
+QueueClaim::QueueClaim(QueueClaim&& o) noexcept
+    : owner_(std::exchange(o.owner_, nullptr)),
+      claim_(o.claim_),
+      data_(o.data_),
+      size_(o.size_),
+      spill_base_(std::exchange(o.spill_base_, nullptr)),
+      spill_len_(o.spill_len_),
+      kind_(o.kind_),
+      status_(o.status_) {}
+
+QueueClaim& QueueClaim::operator=(QueueClaim&& o) noexcept {
+  if (this != &o) {
+    abort();
+    new (this) QueueClaim(std::move(o));
+  }
+  return *this;
+}
+
+void QueueClaim::commit(std::size_t used) noexcept {
+  if (owner_ == nullptr) return;
+  used = std::min(used, size_);
+  if (spill_base_ != nullptr) {
+    ::munmap(spill_base_, spill_len_);
+    spill_base_ = nullptr;
+    const std::uint64_t len = used;
+    std::memcpy(claim_.data, &len, sizeof len);
+    owner_->core.commit(claim_, sizeof len, kind_, core::kSlotSpilled);
+  } else {
+    owner_->core.commit(claim_, used, kind_);
+  }
+  owner_ = nullptr;
+  status_ = Status::ok;
+}
+
+void QueueClaim::abort() noexcept {
+  if (owner_ == nullptr) return;
+  if (spill_base_ != nullptr) {
+    ::munmap(spill_base_, spill_len_);
+    spill_base_ = nullptr;
+    owner_->shared->registry.reclaim(claim_.pos);  // unlinks the spill file
+  }
+  owner_->core.abort(claim_);
+  owner_ = nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// QueueWriter
+
+QueueWriter::QueueWriter(QueueWriter&&) noexcept = default;
+QueueWriter& QueueWriter::operator=(QueueWriter&&) noexcept = default;
+QueueWriter::~QueueWriter() = default;
+
+Status QueueWriter::try_send(std::span<const std::byte> msg, std::uint16_t kind) noexcept {
+  if (!s_) return Status::closed;
+  if (msg.size() <= s_->core.ring().slot_size()) return s_->core.try_send(msg, kind);
+  return send_spilled(msg, kind, Deadline::now());
+}
+
+Status QueueWriter::send(std::span<const std::byte> msg, Deadline d, std::uint16_t kind) noexcept {
+  if (!s_) return Status::closed;
+  if (msg.size() <= s_->core.ring().slot_size()) return s_->core.send(msg, d, kind);
+  const Status st = send_spilled(msg, kind, d);
+  return st == Status::full ? Status::timeout : st;  // an already expired deadline
+}
+
+Status QueueWriter::send_spilled(std::span<const std::byte> msg, std::uint16_t kind,
+                                 Deadline d) noexcept {
+  // Deadline::now() (try_send): one attempt, `full` rather than `timeout`.
+  QueueClaim c = d.expired() ? try_claim(msg.size(), kind) : claim(msg.size(), d, kind);
+  if (!c.valid()) return c.status();
+  const std::size_t half = msg.size() / 2;
+  std::memcpy(c.data_, msg.data(), half);
+  SHMQ_KILL_POINT(core::KillPoint::spill_write);
+  std::memcpy(c.data_ + half, msg.data() + half, msg.size() - half);
+  c.commit(msg.size());
+  return Status::ok;
+}
+
+QueueClaim QueueWriter::try_claim(std::size_t n, std::uint16_t kind) noexcept {
+  return claim(n, Deadline::now(), kind);
+}
+
+QueueClaim QueueWriter::claim(std::size_t n, Deadline d, std::uint16_t kind) noexcept {
+  QueueClaim c;
+  if (!s_) {
+    c.status_ = Status::closed;
+    return c;
+  }
+  if (n > detail::kMaxSpillBytes) {
+    c.status_ = Status::too_big;
+    return c;
+  }
+  core::MpmcClaim mc = d.expired() ? s_->core.try_claim() : s_->core.claim(d);
+  if (!mc.valid()) {
+    c.status_ = mc.status;
+    return c;
+  }
+  c.owner_ = s_.get();
+  c.claim_ = mc;
+  c.kind_ = kind;
+  c.status_ = Status::ok;
+  if (n <= mc.capacity) {
+    c.data_ = mc.data;
+    c.size_ = n;
+    return c;
+  }
+  // Larger than a slot: a spill file named by the claimed position (never used before).
+  char path[detail::kPathMax];
+  s_->shared->spill_path(mc.pos, path);
+  int fd = ::open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0 && errno == EEXIST) {  // left by an earlier queue of the same name
+    ::unlink(path);
+    fd = ::open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  }
+  void* p = MAP_FAILED;
+  // posix_fallocate: a full /dev/shm fails here rather than with SIGBUS while copying.
+  if (fd >= 0 && ::posix_fallocate(fd, 0, static_cast<off_t>(n)) == 0)
+    p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (fd >= 0) ::close(fd);
+  if (p == MAP_FAILED) {
+    ::unlink(path);
+    s_->core.abort(c.claim_);
+    c.owner_ = nullptr;
+    c.status_ = Status::too_big;  // the message cannot be carried: no space for its spill file
+    return c;
+  }
+  c.spill_base_ = p;
+  c.spill_len_ = n;
+  c.data_ = static_cast<std::byte*>(p);
+  c.size_ = n;
+  return c;
+}
+
+std::size_t QueueWriter::send_many(std::span<const std::span<const std::byte>> msgs, Deadline d,
+                                   std::uint16_t kind, Status* why) noexcept {
+  std::size_t done = 0;
+  Status st = s_ ? Status::ok : Status::closed;
+  while (s_ && done < msgs.size()) {
+    if (msgs[done].size() > s_->core.ring().slot_size()) {
+      st = send_spilled(msgs[done], kind, d);
+      if (st == Status::full) st = Status::timeout;  // as the core's send_many reports it
+      if (st != Status::ok) break;
+      ++done;
+      continue;
+    }
+    Status s = Status::ok;
+    done += s_->core.send_many(msgs.subspan(done), d, kind, &s);
+    if (s == Status::too_big) continue;  // the next message spills
+    st = s;
+    if (s != Status::ok) break;
+  }
+  if (why != nullptr) *why = st;
+  return done;
+}
+
+std::size_t QueueWriter::max_claim() const noexcept {
+  return s_ ? static_cast<std::size_t>(detail::kMaxSpillBytes) : 0;
+}
+std::uint64_t QueueWriter::slot_size() const noexcept { return s_ ? s_->core.ring().slot_size() : 0; }
+core::WaitWord* QueueWriter::space_wait_word() noexcept {
+  return s_ ? &s_->shared->ring.header().space_free : nullptr;
+}
+bool QueueWriter::writable_guess() const noexcept { return s_ && s_->core.writable_guess(); }
+void QueueWriter::close() noexcept { s_.reset(); }
+
+// ---------------------------------------------------------------------------------------------
+// QueueReader
+
+QueueReader::QueueReader(QueueReader&&) noexcept = default;
+QueueReader& QueueReader::operator=(QueueReader&&) noexcept = default;
+QueueReader::~QueueReader() = default;
+
+namespace {
+
+// Turns a view the reader holds into a Message that borrows the slot until released. A spilled
+// message is mapped (and its file unlinked) now, and keeps its slot too: a reader killed while
+// holding it leaves the slot to be counted `abandoned`, like any other message.
+Status finish(QueueReaderState& s, core::MpmcView& v, Message& out) noexcept {
+  QueueReaderState::Hold& h = s.holds[v.word];
+  h.view = v;
+  h.spill = {};
+  if ((v.flags & core::kSlotSpilled) != 0) {
+    const Status st = detail::map_spill(*s.shared, v, h.spill);
+    if (st != Status::ok) {
+      s.core.release(v);
+      return st;
+    }
+    out.set_borrowed(static_cast<const std::byte*>(h.spill.base), h.spill.length, v.kind,
+                     &detail::release_hook, &h, v.pos);
+    return Status::ok;
+  }
+  out.set_borrowed(v.data, v.length, v.kind, &detail::release_hook, &h, v.pos);
+  return Status::ok;
+}
+
+// With every claim word holding a zero-copy message, the next one is copied (rare; allocates).
+Status copy_one(QueueReaderState& s, Message& out, Deadline d, bool wait) noexcept {
+  Status why = Status::ok;
+  auto copy = [&](const core::MpmcView& v) {
+    if ((v.flags & core::kSlotSpilled) == 0) {
+      out.set_owned(std::vector<std::byte>(v.data, v.data + v.length), v.kind);
+      return;
+    }
+    detail::SpillMap m;
+    if (detail::map_spill(*s.shared, v, m) != Status::ok) return;
+    auto b = m.bytes();
+    out.set_owned(std::vector<std::byte>(b.begin(), b.end()), v.kind);
+    detail::unmap_spill(m);
+  };
+  const std::size_t n = wait ? s.core.recv_many(copy, 1, d, &why) : s.core.try_recv_many(copy, 1, &why);
+  if (n == 1 && !out.valid()) return Status::corrupt;
+  return n == 1 ? Status::ok : why;
+}
+
+}  // namespace
+
+Status QueueReader::try_recv(Message& out) noexcept {
+  out.release();
+  if (!s_) return Status::closed;
+  if (!s_->core.can_hold()) return copy_one(*s_, out, Deadline::now(), false);
+  core::MpmcView v;
+  const Status st = s_->core.try_recv(v);
+  if (st != Status::ok) return st;
+  return finish(*s_, v, out);
+}
+
+Status QueueReader::recv(Message& out, Deadline d) noexcept {
+  out.release();
+  if (!s_) return Status::closed;
+  if (!s_->core.can_hold()) return copy_one(*s_, out, d, true);
+  core::MpmcView v;
+  const Status st = s_->core.recv(v, d);
+  if (st != Status::ok) return st;
+  return finish(*s_, v, out);
+}
+
+core::WaitWord* QueueReader::data_wait_word() noexcept {
+  return s_ ? &s_->shared->ring.header().data_ready : nullptr;
+}
+bool QueueReader::ready_guess() const noexcept { return s_ && s_->core.readable_guess(); }
+void QueueReader::close() noexcept { s_.reset(); }
+
+}  // namespace shmq

@@ -1,0 +1,250 @@
+// shmq::fb::Writer<T>: builds a FlatBuffers message of root type T directly in the space claimed
+// in a channel (Pipe or Queue), so the bytes the builder writes are the bytes the reader reads.
+//
+//   shmq::fb::Writer<shmq::schema::Tick> w(tx);
+//   w.try_send([&](flatbuffers::FlatBufferBuilder& b) {
+//     shmq::schema::TickBuilder t(b);
+//     t.add_instrument_id(7);
+//     return t.Finish();
+//   });
+//
+// How: claim n bytes (an adaptive guess from recent message sizes, or WriterOptions::claim_bytes),
+// give FlatBufferBuilder the claim through ClaimAllocator, Finish() with the schema's
+// file_identifier, write the prefix (prefix.hpp) and commit the whole claim. The builder fills
+// downward, so the buffer ends at the claim's end; the prefix records where it starts.
+// If the message outgrows the claim, the builder spills to the heap, the claim is aborted and the
+// finished buffer is sent with the channel's send(): exactly one copy into the channel, counted in
+// core::Stats::fallback_copies. The in-place path allocates nothing.
+//
+// Works with any writer type W that offers the Pipe/Queue shapes:
+//   try_claim(n, kind) / claim(n, deadline, kind) -> a claim with valid(), status(), bytes(),
+//   commit(used), abort();  try_send(span, kind) / send(span, deadline, kind) -> Status.
+// Optional: max_claim() (caps the claim), slot_size() (a slot-based channel: claims default to
+// one slot), stats() (core::Stats& or *, for the shared counter; else WriterOptions::stats).
+//
+// Thread roles: a Writer is used by one thread at a time, like the channel writer it wraps.
+//
+// Synchronization
+//   None of its own: the builder writes into claimed space that no reader can see; the channel's
+//   commit (release) publishes the prefix and the buffer together, and its recv (acquire) on the
+//   reader side pairs with it.
+#pragma once
+
+#include <flatbuffers/flatbuffers.h>
+
+#include <algorithm>
+#include <atomic>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "shmq/core/layout.hpp"
+#include "shmq/core/stats.hpp"
+#include "shmq/core/status.hpp"
+#include "shmq/core/wait.hpp"
+#include "shmq/serialize/allocator.hpp"
+#include "shmq/serialize/decode.hpp"
+#include "shmq/serialize/prefix.hpp"
+
+namespace shmq {
+class PipeWriter;  // the default channel; include shmq/shm/pipe.hpp to use it
+}
+
+namespace shmq::fb {
+
+struct WriterOptions {
+  // Bytes to claim for each message, prefix included. 0: adapt to the sizes recently sent
+  // (a slowly decaying high-water mark plus headroom), starting at kInitialClaim.
+  std::size_t claim_bytes = 0;
+  // Stats to count fallback copies in when the writer type has no stats() of its own (e.g.
+  // &pipe.segment().stats(direction)). Ignored if the writer has stats().
+  core::Stats* stats = nullptr;
+};
+
+namespace detail {
+
+template <class W>
+concept HasMaxClaim = requires(const W& w) {
+  { w.max_claim() } -> std::convertible_to<std::size_t>;
+};
+
+template <class W>
+concept HasSlotSize = requires(const W& w) {
+  { w.slot_size() } -> std::convertible_to<std::uint64_t>;
+};
+
+template <class W>
+core::Stats* writer_stats(W& w, core::Stats* fallback) noexcept {
+  if constexpr (requires { { w.stats() } -> std::convertible_to<core::Stats*>; }) {
+    return w.stats();
+  } else if constexpr (requires { { &w.stats() } -> std::convertible_to<core::Stats*>; }) {
+    return &w.stats();
+  } else {
+    return fallback;
+  }
+}
+
+// The builder's region inside a claim: after the prefix, both ends on kBufferAlign boundaries,
+// so the buffer (which FlatBuffers aligns relative to its end) is aligned in memory too.
+struct Region {
+  std::uint8_t* begin = nullptr;
+  std::size_t size = 0;
+  std::size_t end_offset = 0;  // bytes of the claim in use: the region's end - claim start
+};
+
+inline Region region_of(std::span<std::byte> claim) noexcept {
+  const auto base = reinterpret_cast<std::uintptr_t>(claim.data());
+  const auto lo = core::align_up(base + kPrefixBytes, kBufferAlign);
+  const auto hi = (base + claim.size()) & ~std::uintptr_t{kBufferAlign - 1};
+  if (claim.size() < kPrefixBytes + kBufferAlign || hi <= lo) return {};
+  return {reinterpret_cast<std::uint8_t*>(lo), static_cast<std::size_t>(hi - lo),
+          static_cast<std::size_t>(hi - base)};
+}
+
+}  // namespace detail
+
+template <RootType T, class W = PipeWriter>
+class Writer {
+ public:
+  // While a table is open the builder also keeps 8 bytes per field in the free space below the
+  // data (its scratch pad), so a claim needs headroom beyond the finished size.
+  static constexpr std::size_t kInitialClaim = 1024;
+  static constexpr std::size_t kMinClaim = 256;
+
+  explicit Writer(W& writer, WriterOptions options = {}) noexcept
+      : w_(&writer), options_(options), stats_(detail::writer_stats(writer, options.stats)) {}
+
+  // Builds with `build(flatbuffers::FlatBufferBuilder&) -> flatbuffers::Offset<T>` and sends
+  // without blocking: ok | full | too_big | closed. On `full` nothing was sent; call again.
+  template <class Build>
+  Status try_send(Build&& build) {
+    return send_impl(build, [this](std::size_t n) { return w_->try_claim(n, kFlatBuffersKind); },
+                     [this](std::span<const std::byte> m) {
+                       return w_->try_send(m, kFlatBuffersKind);
+                     });
+  }
+
+  // As try_send, waiting for space until `deadline`: ok | timeout | interrupted | closed | too_big.
+  template <class Build>
+  Status send(Build&& build, Deadline deadline) {
+    return send_impl(
+        build, [this, deadline](std::size_t n) { return w_->claim(n, deadline, kFlatBuffersKind); },
+        [this, deadline](std::span<const std::byte> m) {
+          return w_->send(m, deadline, kFlatBuffersKind);
+        });
+  }
+
+  // ---- observation (tests, benchmarks)
+  // Fallback copies made by this Writer (the shared counter is in the channel's Stats).
+  std::uint64_t fallback_copies() const noexcept { return fallbacks_; }
+  // Where the last sent buffer was built: in the claim (shared memory) or on the heap.
+  bool last_in_place() const noexcept { return last_in_place_; }
+  const void* last_buffer() const noexcept { return last_buffer_; }
+  std::size_t last_buffer_size() const noexcept { return last_size_; }
+  // The number of bytes the next message will claim.
+  std::size_t next_claim() const noexcept { return claim_size(); }
+
+ private:
+  template <class Build, class ClaimFn, class SendFn>
+  Status send_impl(Build& build, ClaimFn&& claim_fn, SendFn&& send_fn) {
+    auto claim = claim_fn(claim_size());
+    // too_big: the channel cannot claim that much at once, but its send() may still carry the
+    // message (a Pipe streams it in chunks): build on the heap and take the copy path.
+    const bool have_claim = claim.valid();
+    if (!have_claim && claim.status() != Status::too_big) {
+      return claim.status() == Status::ok ? Status::full : claim.status();
+    }
+    const std::span<std::byte> bytes = have_claim ? claim.bytes() : std::span<std::byte>{};
+    const detail::Region r = detail::region_of(bytes);
+    // Declared before the builder: the builder's destructor returns its block to the allocator.
+    ClaimAllocator alloc(r.begin, r.size);
+    flatbuffers::FlatBufferBuilder b(r.size != 0 ? r.size : kInitialClaim, &alloc, false,
+                                     kBufferAlign);
+    static_assert(std::is_convertible_v<decltype(build(b)), flatbuffers::Offset<T>>,
+                  "build(builder) must return the flatbuffers::Offset<T> of the root table");
+    b.Finish(build(b), RootTraits<T>::identifier());
+    std::uint8_t* buf = b.GetBufferPointer();
+    const std::size_t size = b.GetSize();
+    note_size(kPrefixBytes + size);
+    last_buffer_ = buf;
+    last_size_ = size;
+    if (alloc.in_region(buf)) {
+      last_in_place_ = true;
+      const auto start = static_cast<std::uint32_t>(reinterpret_cast<std::byte*>(buf) - bytes.data());
+      store_prefix(bytes.data(), {type_id<T>(), start});
+      claim.commit(r.end_offset);
+      return Status::ok;
+    }
+    if (have_claim) claim.abort();
+    last_in_place_ = false;
+    return send_copy(alloc, buf, size, send_fn);
+  }
+
+  // The fallback: the finished buffer lies in the builder's heap block; the channel's send()
+  // copies it (once) into the ring. The prefix goes into the free space below the buffer when
+  // there is room (there almost always is: blocks grow by halves), so it costs no extra copy.
+  template <class SendFn>
+  Status send_copy(const ClaimAllocator& alloc, std::uint8_t* buf, std::size_t size,
+                   SendFn& send_fn) {
+    ++fallbacks_;
+    if (stats_ != nullptr) core::Stats::bump(stats_->fallback_copies);
+    const Prefix p{type_id<T>(), static_cast<std::uint32_t>(kPrefixBytes)};
+    const std::uint8_t* block = alloc.heap_block();
+    if (block != nullptr && buf - block >= static_cast<std::ptrdiff_t>(kPrefixBytes)) {
+      auto* msg = reinterpret_cast<std::byte*>(buf) - kPrefixBytes;
+      store_prefix(msg, p);
+      return send_fn(std::span<const std::byte>(msg, kPrefixBytes + size));
+    }
+    // No room below the buffer (a builder that never spilled: an empty region).
+    heap_scratch_.resize(kPrefixBytes + size);
+    store_prefix(heap_scratch_.data(), p);
+    std::memcpy(heap_scratch_.data() + kPrefixBytes, buf, size);
+    return send_fn(std::span<const std::byte>(heap_scratch_.data(), heap_scratch_.size()));
+  }
+
+  std::size_t claim_size() const noexcept {
+    std::size_t n = options_.claim_bytes;
+    if constexpr (detail::HasSlotSize<W>) {
+      // A slot-based channel (Queue): a claim up to the slot size is a slot; a larger one is a
+      // side allocation (a file created and mapped per message). Claim the slot: messages that
+      // do not fit it take the copy path, which spills them once.
+      if (n == 0) n = static_cast<std::size_t>(w_->slot_size());
+    }
+    if (n == 0) {
+      n = high_water_ == 0 ? kInitialClaim
+                           : std::max<std::size_t>(
+                                 kMinClaim, core::align_up(high_water_ + high_water_ / 2 + 128, 64));
+    }
+    if constexpr (detail::HasMaxClaim<W>) n = std::min(n, w_->max_claim());
+    return n;
+  }
+
+  // A high-water mark that decays by 1/16 per message, so one large message raises the claim at
+  // once and a run of small ones lowers it again slowly.
+  void note_size(std::size_t total) noexcept {
+    high_water_ = std::max(total, high_water_ - high_water_ / 16);
+  }
+
+  W* w_;
+  WriterOptions options_;
+  core::Stats* stats_;
+  std::size_t high_water_ = 0;
+  std::uint64_t fallbacks_ = 0;
+  const void* last_buffer_ = nullptr;
+  std::size_t last_size_ = 0;
+  bool last_in_place_ = false;
+  std::vector<std::byte> heap_scratch_;
+};
+
+// Deduces the writer type: auto w = shmq::fb::make_writer<Order>(queue_writer);
+template <RootType T, class W>
+Writer<T, W> make_writer(W& writer, WriterOptions options = {}) noexcept {
+  return Writer<T, W>(writer, options);
+}
+
+}  // namespace shmq::fb

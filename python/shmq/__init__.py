@@ -1,0 +1,30 @@
+"""shmq: lock-free shared-memory queues and pipes between processes.
+
+A drop-in, much faster replacement for ``multiprocessing.Queue``, ``SimpleQueue``,
+``JoinableQueue`` and ``Pipe``::
+
+    import shmq
+    q = shmq.Queue()
+    q.put({"job": 1}); q.get()
+    a, b = shmq.Pipe()
+    a.send_bytes(b"ping"); b.recv_bytes()
+    with q.get_view() as mv: ...         # zero copy
+    jobs = shmq.Queue(name="jobs")       # unrelated processes: shmq.Queue.open("jobs")
+
+Exceptions are those of multiprocessing: ``queue.Empty``/``queue.Full`` (re-exported here as
+``shmq.Empty``/``shmq.Full``), ``EOFError``, ``BrokenPipeError``, ``ValueError`` after
+``close()``, ``OSError`` subclasses for system errors.
+"""
+
+from queue import Empty, Full
+
+from ._common import gc, unlink
+from ._connection import BufferTooShort, Connection, Pipe, wait
+from ._queues import JoinableQueue, MessageView, Queue, SimpleQueue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Connection", "wait", "MessageView",
+    "Empty", "Full", "BufferTooShort", "gc", "unlink",
+]

@@ -1,0 +1,104 @@
+"""Process-wide plumbing: fork hooks, exit clean-up, leftover scan, option checks."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from multiprocessing import util as _mp_util
+from typing import Optional
+
+from . import _shmq
+
+__all__ = ["gc", "unlink", "check_serializer", "check_timeout"]
+
+_SERIALIZERS = ("pickle", "bytes")
+
+
+def check_serializer(serializer: str) -> bool:
+    """Returns True when only bytes-like objects may travel (serializer="bytes")."""
+    if serializer not in _SERIALIZERS:
+        raise ValueError(f"serializer must be one of {_SERIALIZERS}, not {serializer!r}")
+    return serializer == "bytes"
+
+
+def check_timeout(timeout: Optional[float]) -> Optional[float]:
+    if timeout is not None and timeout < 0:
+        # multiprocessing clamps negative timeouts to 0 for get(); queue.Queue raises. Clamp.
+        return 0.0
+    return timeout
+
+
+def gc() -> list:
+    """Removes /dev/shm/shmq.* segments with generated names whose every user is dead.
+
+    Named segments are never touched (they live until ``unlink()`` or ``shmq rm``), nor is a
+    segment that any live process still maps. Returns the removed names. Called once per process,
+    cheaply, the first time shmq creates an unnamed queue or pipe, so the leftovers of processes
+    killed with SIGKILL do not accumulate; ``shmq gc`` on the command line does the same by hand.
+    """
+    return list(_shmq.gc_scan())
+
+
+def unlink(name: str) -> None:
+    """Removes the named segment ``name`` (like ``shmq rm``). Processes that have it open keep
+    using it; new opens fail with FileNotFoundError."""
+    _shmq.unlink(name)
+
+
+# ---- fork and exit -------------------------------------------------------------------------------
+# After os.fork() the child must not act as its parent's writer, reader or participant: the native
+# layer drops every inherited role handle (closing its file descriptors without telling the peer
+# anything) and keeps only the mappings, so each handle re-acquires its roles lazily on first use.
+
+_scan_lock = threading.Lock()
+_scanned_pid: Optional[int] = None
+
+
+def scan_once() -> None:
+    """Runs gc() once per process, ignoring errors (a best-effort clean-up)."""
+    global _scanned_pid
+    pid = os.getpid()
+    if _scanned_pid == pid:
+        return
+    with _scan_lock:
+        if _scanned_pid == pid:
+            return
+        _scanned_pid = pid
+        try:
+            _shmq.gc_scan()
+        except OSError:
+            pass
+
+
+def _close_all() -> None:
+    try:
+        _shmq.close_all()
+    except Exception:  # noqa: BLE001 - exit-time clean-up must never raise
+        pass
+
+
+class _ExitHook:
+    """Registered with multiprocessing's after-fork registry (which holds it weakly)."""
+
+    def install(self) -> None:
+        # multiprocessing children leave through os._exit() after running their finalizers, so
+        # atexit alone would leave the last user's mapping (and an unnamed segment) behind.
+        _mp_util.Finalize(None, _close_all, exitpriority=-100)
+
+
+_exit_hook = _ExitHook()
+
+
+def _after_fork_in_child() -> None:
+    _shmq.after_fork_in_child()
+
+
+def _install() -> None:
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    atexit.register(_close_all)
+    _exit_hook.install()
+    _mp_util.register_after_fork(_exit_hook, _ExitHook.install)
+
+
+_install()

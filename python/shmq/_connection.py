@@ -1,0 +1,206 @@
+"""Pipe and Connection over shared-memory SPSC byte rings, and wait()."""
+
+from __future__ import annotations
+
+import time
+from multiprocessing import connection as _mp_connection
+from typing import Any, Iterable, List, Optional, Tuple, Union
+
+from . import _common, _shmq
+
+__all__ = ["Pipe", "Connection", "wait", "BufferTooShort", "DEFAULT_CAPACITY"]
+
+from multiprocessing import BufferTooShort
+
+DEFAULT_CAPACITY = 1 << 20
+
+_FAST = ("send", "recv", "send_bytes", "recv_bytes", "recv_bytes_into", "poll")
+
+
+class Connection:
+    """One end of a ``Pipe``; mirrors ``multiprocessing.connection.Connection``.
+
+    ``send``/``recv`` (pickle, or raw for bytes-like objects), ``send_bytes``/``recv_bytes``/
+    ``recv_bytes_into``, ``poll``, ``close``, ``closed``/``readable``/``writable``, context
+    manager; ``EOFError`` when the peer closed (or died) and everything was read,
+    ``BrokenPipeError`` when sending to a closed (or dead) peer, ``OSError("handle is closed")``
+    after ``close()``. Differences:
+
+    * ``send`` returns when the message is in shared memory. A message larger than the ring
+      streams through it in chunks while the reader reads, so any size works (multiprocessing
+      caps a message near 2 GiB; so does this, via the record length).
+    * ``send(obj)`` sends bytes-like objects raw (no pickle): ``recv()`` returns them as
+      ``bytes``. Other objects use pickle protocol 5 with out-of-band buffers.
+    * There is no file descriptor: ``fileno()`` raises ``OSError``. Use ``shmq.wait`` (which also
+      accepts multiprocessing connections, sockets and sentinels, polling those in short slices).
+    * A Connection pickles by name, so it can be passed to a Process under any start method and
+      sent through queues and pipes. Each end's roles (the ring writer/reader) are taken on first
+      use, so only one process may use a given end at a time (another gets ``OSError``).
+    * ``recv_bytes(maxlength)`` with a longer message raises ``OSError`` and drops that message
+      (multiprocessing leaves the connection unusable).
+    """
+
+    def __init__(self, handle: Any) -> None:
+        self._h = handle
+        if type(self) is Connection:
+            for m in _FAST:
+                setattr(self, m, getattr(handle, m))
+
+    def __reduce__(self) -> Any:
+        if self._h.closed:
+            raise OSError("handle is closed")
+        h = self._h
+        return (_rebuild, (h.name, h.end, h.readable, h.writable, h.raw_only))
+
+    def __repr__(self) -> str:
+        return (f"<shmq.Connection name={self._h.name!r} end={self._h.end} "
+                f"{'closed' if self._h.closed else 'open'}>")
+
+    # ---- bodies run only for subclasses (instances of Connection use the native methods)
+    def send(self, obj: Any) -> None:
+        """Sends ``obj`` (bytes-like raw, anything else pickled); blocks while the ring is
+        full. ``BrokenPipeError`` if the other end is closed."""
+        self._h.send(obj)
+
+    def recv(self) -> Any:
+        """Returns the next object sent with ``send`` (or ``send_bytes``, as bytes). Blocks until
+        there is one; ``EOFError`` if the other end closed and nothing is left."""
+        return self._h.recv()
+
+    def send_bytes(self, buf: Any, offset: int = 0, size: Optional[int] = None) -> None:
+        """Sends ``buf[offset:offset+size]`` of a bytes-like object as one message."""
+        self._h.send_bytes(buf, offset, size)
+
+    def recv_bytes(self, maxlength: Optional[int] = None) -> bytes:
+        """Returns the next message as bytes. ``OSError`` if it is longer than ``maxlength``."""
+        return self._h.recv_bytes(maxlength)
+
+    def recv_bytes_into(self, buf: Any, offset: int = 0) -> int:
+        """Reads the next message into the writable buffer ``buf`` at ``offset`` and returns its
+        length; ``BufferTooShort`` (carrying the message as ``args[0]``) if it does not fit."""
+        return self._h.recv_bytes_into(buf, offset)
+
+    def poll(self, timeout: Optional[float] = 0.0) -> bool:
+        """Whether there is something to read (or the other end closed), waiting up to
+        ``timeout`` seconds (forever if None)."""
+        return self._h.poll(timeout)
+
+    def close(self) -> None:
+        """Closes this end: the peer's ``recv`` drains what was sent, then raises EOFError; its
+        ``send`` raises BrokenPipeError. Idempotent."""
+        self._h.close()
+
+    def fileno(self) -> int:
+        """Connections have no file descriptor; raises OSError (use ``shmq.wait``)."""
+        raise OSError("a shmq Connection has no file descriptor; use shmq.wait()")
+
+    @property
+    def closed(self) -> bool:
+        return self._h.closed
+
+    @property
+    def readable(self) -> bool:
+        return self._h.readable
+
+    @property
+    def writable(self) -> bool:
+        return self._h.writable
+
+    @property
+    def name(self) -> str:
+        """The pipe's segment name."""
+        return self._h.name
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _rebuild(name: str, end: int, readable: bool, writable: bool, raw_only: bool) -> Connection:
+    return Connection(_shmq.PipeEnd(name, False, 0, False, end, readable, writable, raw_only))
+
+
+def Pipe(duplex: bool = True, *, capacity: int = DEFAULT_CAPACITY,
+         serializer: str = "pickle") -> Tuple[Connection, Connection]:
+    """Returns ``(conn1, conn2)``, the two ends of a pipe in shared memory, like
+    ``multiprocessing.Pipe``. With ``duplex=False`` conn1 only receives and conn2 only sends.
+
+    ``capacity`` is the ring size in bytes per direction (a power of two; default 1 MiB); larger
+    messages stream through it. ``serializer="bytes"`` makes ``send`` refuse non-bytes objects.
+    """
+    raw_only = _common.check_serializer(serializer)
+    _common.scan_once()
+    if duplex:
+        a = _shmq.PipeEnd("", True, int(capacity), True, 0, True, True, raw_only)
+        b = _shmq.PipeEnd(a.name, False, 0, True, 1, True, True, raw_only)
+    else:
+        # One direction: end 0 reads, end 1 writes (the order multiprocessing returns them in).
+        a = _shmq.PipeEnd("", True, int(capacity), False, 0, True, False, raw_only)
+        b = _shmq.PipeEnd(a.name, False, 0, False, 1, False, True, raw_only)
+    return Connection(a), Connection(b)
+
+
+def _native_of(obj: Any) -> Any:
+    if isinstance(obj, Connection):
+        return obj._h
+    h = getattr(obj, "_h", None)  # shmq queues: readable when a message waits
+    if h is not None and isinstance(h, _shmq.QueueHandle):
+        return h
+    return None
+
+
+_POLL_SLICE = 0.005  # seconds between checks of non-shmq objects in a mixed wait()
+
+
+def wait(object_list: Iterable[Any], timeout: Optional[float] = None) -> List[Any]:
+    """Like ``multiprocessing.connection.wait``: returns the objects of ``object_list`` that are
+    ready, waiting up to ``timeout`` seconds (forever if None) for at least one.
+
+    shmq Connections (ready when a message waits or the peer closed) and Queues (ready when a
+    message waits) are waited on together with one futex_waitv call. Other objects (multiprocessing
+    connections, sockets, Process sentinels, file descriptors) are accepted too: the wait then
+    alternates between the two kinds in slices of a few milliseconds.
+    """
+    objs = list(object_list)
+    native = []
+    native_objs = []
+    others = []
+    for o in objs:
+        h = _native_of(o)
+        if h is None:
+            others.append(o)
+        else:
+            native.append(h)
+            native_objs.append(o)
+    if not others:
+        ready = _shmq.wait(native, timeout)
+        return [native_objs[i] for i in ready]
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    while True:
+        ready_others = _mp_connection.wait(others, 0) if others else []
+        ready = [native_objs[i] for i in _shmq.wait(native, 0.0)] if native else []
+        if ready or ready_others:
+            return _in_order(objs, ready, ready_others)
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return []
+        slice_ = _POLL_SLICE if deadline is None else min(_POLL_SLICE, deadline - now)
+        if native:
+            ready = [native_objs[i] for i in _shmq.wait(native, slice_)]
+            if ready:
+                ready_others = _mp_connection.wait(others, 0)
+                return _in_order(objs, ready, ready_others)
+        else:
+            ready_others = _mp_connection.wait(others, slice_)
+            if ready_others:
+                return _in_order(objs, [], ready_others)
+
+
+def _in_order(objs: List[Any], a: List[Any], b: List[Any]) -> List[Any]:
+    ids = {id(o) for o in a} | {id(o) for o in b}
+    return [o for o in objs if id(o) in ids]
+
+
+Waitable = Union[Connection, Any]

@@ -1,0 +1,473 @@
+#include "peek.hpp"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "shmq/core/mpmc_ring.hpp"
+#include "shmq/core/spsc_ring.hpp"
+#include "shmq/shm/queue.hpp"
+
+namespace shmq::cli {
+namespace {
+
+// Copies one little-endian field out of a pread buffer (no aliasing, no alignment assumption).
+template <class T>
+T field(const std::vector<std::byte>& buf, std::size_t offset) {
+  T v{};
+  if (offset + sizeof v <= buf.size()) std::memcpy(&v, buf.data() + offset, sizeof v);
+  return v;
+}
+
+template <class T>
+Result<T> read_value(const Probe& p, std::uint64_t offset) {
+  T v{};
+  if (auto r = p.read_at(offset, &v, sizeof v); !r) return std::move(r).error();
+  return v;
+}
+
+Result<std::vector<std::byte>> read_bytes(const Probe& p, std::uint64_t offset, std::size_t n) {
+  std::vector<std::byte> out(n);
+  if (n != 0) {
+    if (auto r = p.read_at(offset, out.data(), n); !r) return std::move(r).error();
+  }
+  return out;
+}
+
+bool is_pipe(const Probe& p) { return p.kind_name() == "pipe"; }
+
+// ---- Pipe --------------------------------------------------------------------------------------
+
+struct PipeRing {
+  std::uint64_t control_offset = 0;  // file offset of the ring's control block
+  std::uint64_t data_offset = 0;     // file offset of its data area
+  std::uint64_t capacity = 0;
+  std::uint64_t head = 0, tail = 0, read_pos = 0;
+  std::uint32_t held = 0;
+  bool writer_closed = false, reader_closed = false;
+};
+
+// The rings of a pipe lie back to back after the header, one per direction
+// (Pipe::body_bytes_for(capacity, directions) == directions * SpscRing::required_bytes).
+Result<PipeRing> read_pipe_ring(const Probe& p, unsigned direction) {
+  using core::SpscRing;
+  using core::SpscRingControl;
+  const SegmentHeader& h = *p.header();
+  PipeRing r;
+  r.capacity = h.params.capacity;
+  if (!SpscRing::valid_capacity(r.capacity)) {
+    return Error(Errc::corrupt, fmt::format("corrupt header at field params.capacity: {} is not a "
+                                            "valid ring size", r.capacity));
+  }
+  r.control_offset = kHeaderBytes + SpscRing::required_bytes(r.capacity) * direction;
+  r.data_offset = r.control_offset + SpscRing::kControlBytes;
+  auto ctl = read_bytes(p, r.control_offset, SpscRing::kControlBytes);
+  if (!ctl) return std::move(ctl).error();
+  const auto magic = field<std::uint64_t>(*ctl, offsetof(SpscRingControl, magic));
+  const auto capacity = field<std::uint64_t>(*ctl, offsetof(SpscRingControl, capacity));
+  if (magic != core::spsc::kRingMagic) {
+    return Error(Errc::corrupt, fmt::format("corrupt ring {} at field magic: 0x{:016x}", direction, magic));
+  }
+  if (capacity != r.capacity) {
+    return Error(Errc::corrupt, fmt::format("corrupt ring {} at field capacity: {}, the header says {}",
+                                            direction, capacity, r.capacity));
+  }
+  r.head = field<std::uint64_t>(*ctl, offsetof(SpscRingControl, head));
+  r.tail = field<std::uint64_t>(*ctl, offsetof(SpscRingControl, tail));
+  r.read_pos = field<std::uint64_t>(*ctl, offsetof(SpscRingControl, read_pos));
+  r.held = field<std::uint32_t>(*ctl, offsetof(SpscRingControl, held));
+  r.writer_closed = field<std::uint32_t>(*ctl, offsetof(SpscRingControl, writer_closed)) != 0;
+  r.reader_closed = field<std::uint32_t>(*ctl, offsetof(SpscRingControl, reader_closed)) != 0;
+  if (!SpscRing::positions_ok(r.head, r.tail, r.capacity)) {
+    return Error(Errc::corrupt, fmt::format("corrupt ring {} at fields head/tail: head {}, tail {}, "
+                                            "capacity {}", direction, r.head, r.tail, r.capacity));
+  }
+  return r;
+}
+
+Result<std::uint64_t> reread_head(const Probe& p, const PipeRing& r) {
+  return read_value<std::uint64_t>(p, r.control_offset + offsetof(core::SpscRingControl, head));
+}
+
+PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std::size_t keep) {
+  namespace spsc = core::spsc;
+  using RK = spsc::RecordKind;
+  PeekResult out;
+  auto fail = [&out](std::string why) {
+    out.corrupt = true;
+    out.stopped = std::move(why);
+    return std::move(out);
+  };
+  auto ring = read_pipe_ring(p, direction);
+  if (!ring) return fail(ring.error().what);
+  const PipeRing& r = *ring;
+  const std::uint64_t mask = r.capacity - 1;
+  const std::uint64_t max_payload = core::SpscRing::max_payload(r.capacity);
+  // Messages between head and read_pos were handed to the reader, which still holds them.
+  const bool held_valid = r.held != 0 && r.read_pos - r.head <= r.tail - r.head &&
+                          r.read_pos % core::kRecordAlign == 0;
+  const std::uint64_t held_end = held_valid ? r.read_pos : r.head;
+
+  std::uint64_t pos = r.head;
+  bool assembling = false;
+  bool seen_start = false;  // before the first message start, stray chunks are a consumed message's rest
+  std::uint64_t got = 0;
+  PeekedMessage msg;
+
+  // The writer may reuse bytes below head: a message whose start head has passed may be torn.
+  auto still_intact = [&](std::uint64_t start) -> bool {
+    auto head = reread_head(p, r);
+    return head && *head - r.head <= start - r.head;
+  };
+  auto append = [&](std::uint64_t file_off, std::uint64_t n) -> Result<void> {
+    const std::uint64_t room = keep > msg.bytes.size() ? keep - msg.bytes.size() : 0;
+    const std::size_t take = static_cast<std::size_t>(std::min(room, n));
+    auto b = read_bytes(p, file_off, take);
+    if (!b) return std::move(b).error();
+    msg.bytes.insert(msg.bytes.end(), b->begin(), b->end());
+    return {};
+  };
+
+  while (pos != r.tail && out.messages.size() < count) {
+    const std::uint64_t off = pos & mask;
+    const std::uint64_t contiguous = r.capacity - off;
+    const std::uint64_t avail = r.tail - pos;
+    const std::uint64_t rec_off = r.data_offset + off;
+    auto length = read_value<std::uint32_t>(p, rec_off);
+    auto tag = read_value<std::uint32_t>(p, rec_off + 4);
+    if (!length || !tag) return fail(!length ? length.error().what : tag.error().what);
+    if (!spsc::tag_valid(*tag)) {
+      if (!still_intact(pos)) break;  // overwritten under us, not corrupt
+      return fail(fmt::format("corrupt record at position {}: invalid tag 0x{:08x}", pos, *tag));
+    }
+    const RK rk = spsc::tag_record(*tag);
+    const std::uint16_t kind = spsc::tag_kind(*tag);
+    if (rk == RK::padding) {
+      if (*length != contiguous - spsc::kHeaderBytes || contiguous > avail) {
+        return fail(fmt::format("corrupt padding record at position {}: length {}", pos, *length));
+      }
+      pos += contiguous;
+      continue;
+    }
+    const std::uint64_t rec = spsc::record_bytes(*length);
+    if (*length > max_payload || rec > contiguous || rec > avail) {
+      if (!still_intact(pos)) break;
+      return fail(fmt::format("corrupt record at position {}: length {} (at most {}, {} bytes "
+                              "waiting)", pos, *length, max_payload, avail));
+    }
+    const std::uint64_t payload_off = rec_off + spsc::kHeaderBytes;
+    switch (rk) {
+      case RK::whole: {
+        if (assembling) return fail(fmt::format("corrupt record at position {}: a whole message "
+                                                "inside a chunked one", pos));
+        seen_start = true;
+        msg = PeekedMessage{};
+        msg.position = pos;
+        msg.kind = kind;
+        msg.size = *length;
+        msg.held = held_valid && pos - r.head < held_end - r.head;
+        if (auto a = append(payload_off, *length); !a) return fail(a.error().what);
+        if (!still_intact(pos)) {
+          out.stopped = "the reader consumed the rest while dump was reading";
+          return out;
+        }
+        out.messages.push_back(std::move(msg));
+        break;
+      }
+      case RK::first: {
+        if (assembling) return fail(fmt::format("corrupt record at position {}: a chunked message "
+                                                "starts inside another", pos));
+        auto total = read_value<std::uint64_t>(p, payload_off);
+        if (!total) return fail(total.error().what);
+        if (*length != max_payload || *total <= max_payload || *total > spsc::kMaxMessageBytes) {
+          return fail(fmt::format("corrupt first chunk at position {}: length {}, total {}", pos,
+                                  *length, *total));
+        }
+        seen_start = true;
+        assembling = true;
+        msg = PeekedMessage{};
+        msg.position = pos;
+        msg.kind = kind;
+        msg.size = *total;
+        msg.chunked = true;
+        msg.held = false;  // chunked messages are copied out by the reader, never held
+        got = *length - 8;
+        if (auto a = append(payload_off + 8, *length - 8); !a) return fail(a.error().what);
+        break;
+      }
+      case RK::middle:
+      case RK::last: {
+        if (!assembling) {
+          if (!seen_start) break;  // the rest of a message the reader already began
+          return fail(fmt::format("corrupt record at position {}: a chunk with no first chunk", pos));
+        }
+        const std::uint64_t room = msg.size - got;
+        const bool ok = kind == msg.kind && *length <= room &&
+                        (rk == RK::last ? *length == room : *length == max_payload);
+        if (!ok) return fail(fmt::format("corrupt chunk at position {}: length {}", pos, *length));
+        got += *length;
+        if (auto a = append(payload_off, *length); !a) return fail(a.error().what);
+        if (rk == RK::last) {
+          assembling = false;
+          if (!still_intact(msg.position)) {
+            out.stopped = "the reader consumed the rest while dump was reading";
+            return out;
+          }
+          out.messages.push_back(std::move(msg));
+        }
+        break;
+      }
+      case RK::abort:
+        assembling = false;  // the writer gave up on the chunked message in progress
+        break;
+      default:
+        break;
+    }
+    pos += rec;
+  }
+  if (assembling && out.messages.size() < count && still_intact(msg.position)) {
+    msg.complete = false;
+    msg.note = fmt::format("being streamed: {} of {} bytes written", got, msg.size);
+    out.messages.push_back(std::move(msg));
+  }
+  return out;
+}
+
+// ---- Queue -------------------------------------------------------------------------------------
+
+struct QueueRing {
+  std::uint64_t offset = 0;  // file offset of the MpmcRingHeader
+  std::uint64_t slots = 0, slot_size = 0, stride = 0, maxsize = 0;
+  std::uint64_t enqueue = 0, dequeue = 0;
+  bool closed = false;
+  std::string spill_prefix;  // "/dev/shm/shmq.<tag>.x": + 16 hex digits of the position
+};
+
+// A queue's body: QueueBodyHeader (queue.hpp), then the MpmcRing at body + ring_offset.
+Result<QueueRing> read_queue_ring(const Probe& p) {
+  using core::MpmcRingHeader;
+  QueueRing q;
+  auto bad = [](const char* f, std::uint64_t v) {
+    return Error(Errc::corrupt, fmt::format("corrupt queue at field {}: {}", f, v));
+  };
+  auto body = read_bytes(p, kHeaderBytes, sizeof(QueueBodyHeader));
+  if (!body) return std::move(body).error();
+  const auto body_magic = field<std::uint64_t>(*body, offsetof(QueueBodyHeader, magic));
+  const auto ring_offset = field<std::uint64_t>(*body, offsetof(QueueBodyHeader, ring_offset));
+  const auto ring_bytes = field<std::uint64_t>(*body, offsetof(QueueBodyHeader, ring_bytes));
+  if (body_magic != kQueueBodyMagic) return bad("magic (queue body)", body_magic);
+  if (ring_offset != sizeof(QueueBodyHeader)) return bad("ring_offset", ring_offset);
+  if (ring_bytes > p.header()->body_bytes - ring_offset) return bad("ring_bytes", ring_bytes);
+  char tag[kSpillTagBytes];
+  std::memcpy(tag, body->data() + offsetof(QueueBodyHeader, spill_tag), sizeof tag);
+  if (std::memchr(tag, '\0', sizeof tag) == nullptr) {
+    return Error(Errc::corrupt, "corrupt queue at field spill_tag: not NUL-terminated");
+  }
+  // The tag becomes part of a path: only a valid segment name may (no '/', no "..").
+  if (tag[0] != '\0' && valid_segment_name(tag)) {
+    q.spill_prefix = std::string(kShmDir) + "/" + std::string(kFilePrefix) + tag + ".x";
+  }
+  q.offset = kHeaderBytes + ring_offset;
+  auto hb = read_bytes(p, q.offset, sizeof(MpmcRingHeader));
+  if (!hb) return std::move(hb).error();
+  const auto magic = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, magic));
+  q.slots = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, slots));
+  q.slot_size = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, slot_size));
+  q.stride = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, stride));
+  q.maxsize = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, maxsize));
+  const auto total = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, total_bytes));
+  q.enqueue = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, enqueue_pos));
+  q.dequeue = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, dequeue_pos));
+  q.closed = field<std::uint32_t>(*hb, offsetof(MpmcRingHeader, closed)) != 0;
+  if (magic != core::kMpmcMagic) return bad("magic (ring)", magic);
+  if (!core::is_pow2(q.slots) || q.slots > core::kMaxSlots) return bad("slots", q.slots);
+  if (q.slot_size < 8 || q.slot_size % 8 != 0 || q.slot_size > core::kMaxSlotSize)
+    return bad("slot_size", q.slot_size);
+  if (q.stride != core::MpmcRing::stride_for(q.slot_size)) return bad("stride", q.stride);
+  if (q.maxsize == 0 || q.maxsize > q.slots) return bad("maxsize", q.maxsize);
+  if (total != sizeof(MpmcRingHeader) + q.slots * q.stride || total > ring_bytes)
+    return bad("total_bytes", total);
+  if (q.offset + total > static_cast<std::uint64_t>(p.file_stat().st_size))
+    return bad("total_bytes (beyond the file)", total);
+  const auto d = core::detail::distance(q.dequeue, q.enqueue);
+  if (d > static_cast<std::int64_t>(q.slots) || d < -static_cast<std::int64_t>(q.slots))
+    return Error(Errc::corrupt, fmt::format("corrupt queue ring at fields enqueue_pos/dequeue_pos: "
+                                            "{} and {} are more than {} slots apart",
+                                            q.enqueue, q.dequeue, q.slots));
+  return q;
+}
+
+// Reads the first bytes of a spilled message's file without unlinking or mapping it.
+// An absent file means a reader took the message meanwhile (it unlinks the file at once).
+Result<std::vector<std::byte>> read_spill(const QueueRing& q, std::uint64_t pos, std::uint64_t len,
+                                          std::size_t keep) {
+  if (q.spill_prefix.empty()) return Error(Errc::corrupt, "the queue has no usable spill tag");
+  const std::string path = q.spill_prefix + fmt::format("{:016x}", pos);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) return Error(Errc::not_found, "the spill file is gone: a reader took the message");
+  struct stat st {};
+  std::vector<std::byte> out(static_cast<std::size_t>(std::min<std::uint64_t>(len, keep)));
+  Error err;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<std::uint64_t>(st.st_size) < len) {
+    err = Error(Errc::corrupt, "the spill file " + path + " is not a file of the message's size");
+  } else {
+    std::size_t got = 0;
+    while (got < out.size()) {
+      const ssize_t n = ::pread(fd, out.data() + got, out.size() - got, static_cast<off_t>(got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        err = Error(Errc::truncated, "the spill file " + path + " shrank while it was read");
+        break;
+      }
+      got += static_cast<std::size_t>(n);
+    }
+  }
+  ::close(fd);
+  if (err.code != Errc::ok) return err;
+  return out;
+}
+
+PeekResult peek_queue(const Probe& p, std::size_t count, std::size_t keep) {
+  PeekResult out;
+  auto ring = read_queue_ring(p);
+  if (!ring) {
+    out.corrupt = true;
+    out.stopped = ring.error().what;
+    return out;
+  }
+  const QueueRing& q = *ring;
+  const std::uint64_t slots_off = q.offset + sizeof(core::MpmcRingHeader);
+  if (core::detail::distance(q.dequeue, q.enqueue) <= 0) return out;  // readers wait ahead
+  for (std::uint64_t pos = q.dequeue; pos != q.enqueue && out.messages.size() < count; ++pos) {
+    const std::uint64_t slot_off = slots_off + (pos & (q.slots - 1)) * q.stride;
+    auto seq = read_value<std::uint64_t>(p, slot_off + offsetof(core::MpmcSlotHeader, seq));
+    if (!seq) {
+      out.corrupt = true;
+      out.stopped = seq.error().what;
+      return out;
+    }
+    if (*seq == pos) {  // claimed by a writer that has not committed (or died: see recovery)
+      PeekedMessage m;
+      m.position = pos;
+      m.complete = false;
+      m.note = "claimed by a writer, not yet committed";
+      out.messages.push_back(std::move(m));
+      continue;
+    }
+    if (*seq != pos + 1) {
+      out.stopped = "readers consumed the rest while dump was reading";
+      return out;
+    }
+    auto length = read_value<std::uint32_t>(p, slot_off + offsetof(core::MpmcSlotHeader, length));
+    auto kind = read_value<std::uint16_t>(p, slot_off + offsetof(core::MpmcSlotHeader, kind));
+    auto flags = read_value<std::uint8_t>(p, slot_off + offsetof(core::MpmcSlotHeader, flags));
+    if (!length || !kind || !flags) {
+      out.corrupt = true;
+      out.stopped = "cannot read a slot header";
+      return out;
+    }
+    if ((*flags & core::kSlotSkip) != 0) continue;  // an aborted claim: never delivered
+    if (*length > q.slot_size) {
+      out.corrupt = true;
+      out.stopped = fmt::format("corrupt slot at position {}: length {} exceeds the slot size {}",
+                                pos, *length, q.slot_size);
+      return out;
+    }
+    PeekedMessage m;
+    m.position = pos;
+    m.kind = *kind;
+    m.size = *length;
+    m.spilled = (*flags & core::kSlotSpilled) != 0;
+    const std::uint64_t payload_off = slot_off + sizeof(core::MpmcSlotHeader);
+    Result<std::vector<std::byte>> b = std::vector<std::byte>{};
+    if (m.spilled) {
+      // The slot holds the message's length; the bytes are in a file of their own.
+      auto len = read_value<std::uint64_t>(p, payload_off);
+      if (*length != sizeof(std::uint64_t) || !len || *len == 0 || *len > kMaxSegmentBytes) {
+        out.corrupt = true;
+        out.stopped = fmt::format("corrupt spilled slot at position {}", pos);
+        return out;
+      }
+      m.size = *len;
+      m.note = "spilled into a file of its own";
+      b = read_spill(q, pos, *len, keep);
+      if (!b && b.error().code == Errc::not_found) {
+        out.stopped = "readers consumed the rest while dump was reading";
+        return out;
+      }
+    } else {
+      b = read_bytes(p, payload_off, static_cast<std::size_t>(std::min<std::uint64_t>(*length, keep)));
+    }
+    if (!b) {
+      out.corrupt = true;
+      out.stopped = b.error().what;
+      return out;
+    }
+    m.bytes = std::move(*b);
+    auto again = read_value<std::uint64_t>(p, slot_off + offsetof(core::MpmcSlotHeader, seq));
+    if (!again || *again != pos + 1) {
+      out.stopped = "readers consumed the rest while dump was reading";
+      return out;
+    }
+    out.messages.push_back(std::move(m));
+  }
+  return out;
+}
+
+}  // namespace
+
+RingState read_ring_state(const Probe& p, unsigned direction) {
+  RingState s;
+  if (!p.sound()) {
+    s.error = "the header is not sound";
+    return s;
+  }
+  if (is_pipe(p)) {
+    auto r = read_pipe_ring(p, direction);
+    if (!r) {
+      s.error = r.error().what;
+      return s;
+    }
+    s.ok = true;
+    s.head = r->head;
+    s.tail = r->tail;
+    s.depth_bytes = r->tail - r->head;
+    s.writer_closed = r->writer_closed;
+    s.reader_closed = r->reader_closed;
+    return s;
+  }
+  auto q = read_queue_ring(p);
+  if (!q) {
+    s.error = q.error().what;
+    return s;
+  }
+  s.ok = true;
+  s.head = q->dequeue;
+  s.tail = q->enqueue;
+  const auto d = core::detail::distance(q->dequeue, q->enqueue);
+  s.depth_messages = d <= 0 ? 0 : std::min<std::uint64_t>(static_cast<std::uint64_t>(d), q->maxsize);
+  s.has_message_depth = true;
+  s.closed = q->closed;
+  return s;
+}
+
+PeekResult peek(const Probe& p, unsigned direction, std::size_t count, std::size_t keep) {
+  if (!p.sound()) {
+    PeekResult r;
+    r.corrupt = true;
+    r.stopped = p.first_error().what;
+    return r;
+  }
+  if (is_pipe(p)) return peek_pipe(p, direction, count, keep);
+  return peek_queue(p, count, keep);
+}
+
+}  // namespace shmq::cli

@@ -21,21 +21,21 @@ if [ ! -f "$BUILD/build.ninja" ]; then
     -Dtests=disabled -Dbench=disabled -Dtools=disabled -Dpython=disabled -Dinstall_lib=false \
     -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
 fi
-"$MESON" compile -C "$BUILD" fb_verify_fuzz fb_fuzz_seeds >/dev/null
+"$MESON" compile -C "$BUILD" fb_verify_fuzz fb_fuzz_seeds segment_open_fuzz segment_fuzz_seeds >/dev/null
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 mkdir -p "$BUILD/fuzz-artifacts"
 
-run_target() {  # name, binary, seed command...
-  local name=$1 bin=$2
-  shift 2
+run_target() {  # name, binary, max_len, seed command...
+  local name=$1 bin=$2 max_len=$3
+  shift 3
   local corpus="$BUILD/fuzz-corpus/$name"
   mkdir -p "$corpus"
   "$@" "$corpus"
   echo "fuzz: $name for ${SECS}s (corpus $corpus)"
   local log="$BUILD/fuzz-artifacts/$name.log" rc=0
-  "$bin" -max_total_time="$SECS" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
+  "$bin" -max_total_time="$SECS" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$BUILD/fuzz-artifacts/$name-" "$corpus" >"$log" 2>&1 ||
     rc=$?
   grep -E "^(stat::number_of_executed_units|stat::new_units_added)" "$log" || true
@@ -46,5 +46,6 @@ run_target() {  # name, binary, seed command...
   return "$rc"
 }
 
-run_target fb_verify "$BUILD/serialize/fuzz/fb_verify_fuzz" "$BUILD/serialize/fuzz/fb_fuzz_seeds"
+run_target fb_verify "$BUILD/serialize/fuzz/fb_verify_fuzz" 8192 "$BUILD/serialize/fuzz/fb_fuzz_seeds"
+run_target segment_open "$BUILD/shm/fuzz/segment_open_fuzz" 65536 "$BUILD/shm/fuzz/segment_fuzz_seeds"
 echo "fuzz: ok"

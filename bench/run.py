@@ -1,0 +1,558 @@
+#!/usr/bin/env python3
+"""The benchmark runner `make bench` calls.
+
+Runs the C++ Google Benchmark executables from the build directory (JSON via --benchmark_out),
+then the Python comparison (bench/python/compare.py), computes every target of DESIGN.md
+(P1-P5, Y1-Y6, M1) as a ratio against peers measured in the same run, with min/median/max over
+repetitions, prints one summary table (missed and not-run targets included), and writes
+bench-results/results.json, throughput.png and latency.png.
+
+    .venv/bin/python bench/run.py --quick              # about 5 minutes on 2 cores
+    .venv/bin/python bench/run.py --full               # more repetitions, longer runs
+    .venv/bin/python bench/run.py --filter 'pipe|Pipe' # only matching benchmarks / scenarios
+
+Ratios pair repetition i of shmq with repetition i of its peer; the verdict uses the median.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPP_SUITES = ["shmq_bench_baselines", "shmq_bench_pipe", "shmq_bench_queue"]
+OUR_SHM_PREFIXES = ("shmq.bench-", "shmq-bench-")
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine
+
+def _run_text(cmd: List[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=20).stdout.strip()
+    except Exception:
+        return ""
+
+
+def machine_info(build_dir: str) -> Dict[str, Any]:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    compiler = ""
+    intro = os.path.join(build_dir, "meson-info", "intro-compilers.json")
+    try:
+        with open(intro) as f:
+            c = json.load(f)["host"]["cpp"]
+            compiler = f"{c.get('id', '')} {c.get('full_version', c.get('version', ''))}".strip()
+    except Exception:
+        compiler = _run_text(["c++", "--version"]).splitlines()[0:1]
+        compiler = compiler[0] if compiler else ""
+    commit = _run_text(["git", "rev-parse", "HEAD"])
+    dirty = bool(_run_text(["git", "status", "--porcelain", "--untracked-files=no"]))
+    return {
+        "cpu_model": cpu,
+        "cores_online": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "compiler": compiler,
+        "python": platform.python_version(),
+        "git_commit": commit + ("-dirty" if dirty and commit else ""),
+        "load_average": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# C++
+
+def _progress(total: int, desc: str) -> Any:
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, desc=desc, unit="run", leave=False, file=sys.stderr)
+    except ImportError:
+        return None
+
+
+def _parse_gb_json(path: str, results: Dict[str, Dict[str, Any]]) -> None:
+    with open(path) as f:
+        doc = json.load(f)
+    for b in doc.get("benchmarks", []):
+        if b.get("run_type") != "iteration":
+            continue
+        name = b.get("run_name", b["name"]).replace("/manual_time", "")
+        entry = results.setdefault(name, {"reps": []})
+        if b.get("error_occurred"):
+            entry["error"] = b.get("error_message", "error")
+            continue
+        keep = {k: v for k, v in b.items() if isinstance(v, (int, float)) and k not in
+                ("repetitions", "repetition_index", "threads", "family_index",
+                 "per_family_instance_index")}
+        entry["reps"].append(keep)
+
+
+def run_cpp_suite(exe: str, args: argparse.Namespace, min_time: float, reps: int,
+                  timeout: float) -> Tuple[Dict[str, Dict[str, Any]], Optional[str]]:
+    """Runs each benchmark of one executable in its own process, so that one that hangs or
+    crashes costs only itself. Returns {name: {"reps": [...], "error": str?}}."""
+    listed = subprocess.run([exe, "--benchmark_list_tests=true",
+                             f"--benchmark_filter={args.filter or '.'}"],
+                            capture_output=True, text=True)
+    names = [n.replace("/manual_time", "") for n in listed.stdout.split() if n]
+    results: Dict[str, Dict[str, Any]] = {}
+    bar = _progress(len(names), os.path.basename(exe))
+    errors = []
+    for name in names:
+        fd, out_json = tempfile.mkstemp(prefix="shmq-bench-", suffix=".json")
+        os.close(fd)
+        cmd = [exe, f"--benchmark_filter=^{re.escape(name)}(/manual_time)?$",
+               f"--benchmark_min_time={min_time}", f"--benchmark_repetitions={reps}",
+               "--benchmark_format=console", "--benchmark_color=false",
+               f"--benchmark_out={out_json}", "--benchmark_out_format=json"]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            if p.returncode != 0:
+                tail = (p.stdout + p.stderr).strip().splitlines()[-3:]
+                results[name] = {"reps": [], "error": f"exit code {p.returncode}: {' '.join(tail)}"}
+            else:
+                _parse_gb_json(out_json, results)
+        except subprocess.TimeoutExpired:
+            results[name] = {"reps": [], "error": f"timeout after {timeout:.0f} s"}
+        except Exception as e:
+            results[name] = {"reps": [], "error": f"{type(e).__name__}: {e}"}
+        finally:
+            os.unlink(out_json)
+        if results.get(name, {}).get("error"):
+            errors.append(name)
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    return results, (f"{len(errors)} failed: {', '.join(errors)}" if errors else None)
+
+
+def run_cpp(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    min_time = args.min_time or (0.5 if args.full else 0.1)
+    reps = args.reps or (10 if args.full else 3)
+    results: Dict[str, Any] = {}
+    suite_errors: Dict[str, str] = {}
+    for suite in CPP_SUITES:
+        exe = os.path.join(args.build_dir, "bench", suite)
+        if not os.access(exe, os.X_OK):
+            suite_errors[suite] = f"{exe} not built"
+            continue
+        print(f"running {suite} (min_time {min_time} s, {reps} repetitions)", file=sys.stderr)
+        res, err = run_cpp_suite(exe, args, min_time, reps, timeout=600 if args.full else 120)
+        results.update(res)
+        if err:
+            suite_errors[suite] = err
+    return {"min_time": min_time, "repetitions": reps, "benchmarks": results}, suite_errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Python
+
+def run_python(args: argparse.Namespace) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    out = tempfile.NamedTemporaryFile(prefix="shmq-bench-py-", suffix=".json", delete=False).name
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "python", "compare.py"),
+           "--full" if args.full else "--quick", "--out", out, "--progress"]
+    if args.filter:
+        cmd += ["--filter", args.filter]
+    print("running the Python comparison", file=sys.stderr)
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, timeout=3600 if args.full else 900)
+        if p.returncode != 0:
+            return None, f"compare.py exit code {p.returncode}"
+        with open(out) as f:
+            return json.load(f), None
+    except subprocess.TimeoutExpired:
+        return None, "compare.py timed out"
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+class Series:
+    """Per-repetition values of one measurement, or why there are none."""
+
+    def __init__(self, values: List[float], missing: str = "") -> None:
+        self.values = values
+        self.missing = missing if not values else ""
+        if not values and not missing:
+            self.missing = "no data"
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+
+def cpp_series(cpp: Dict[str, Any], suite_errors: Dict[str, str], name: str, field: str) -> Series:
+    b = cpp.get("benchmarks", {}).get(name)
+    if b is None:
+        suite = ("shmq_bench_pipe" if name.startswith(("pipe", "pingpong/pipe")) else
+                 "shmq_bench_queue" if name.startswith("queue") else "shmq_bench_baselines")
+        why = suite_errors.get(suite, "filtered out or not in this build")
+        return Series([], f"{name}: {why}")
+    if b.get("error"):
+        return Series([], f"{name}: {b['error']}")
+    vals = [float(r[field]) for r in b["reps"] if field in r]
+    return Series(vals, f"{name}: no {field}")
+
+
+def py_series(py: Optional[Dict[str, Any]], py_error: Optional[str], sid: str,
+              field: str = "reps") -> Series:
+    if py is None:
+        return Series([], f"Python comparison: {py_error}")
+    for s in py["scenarios"]:
+        if s["sid"] == sid:
+            if s["status"] != "ok":
+                return Series([], f"{sid}: {s['status']}: {s['reason']}")
+            vals = s["reps"] if field == "reps" else s["latency"].get(field, [])
+            return Series([float(v) for v in vals], f"{sid}: no data")
+    return Series([], f"{sid}: filtered out")
+
+
+def best_of(*series: Series) -> Tuple[Series, int]:
+    ok = [(i, s) for i, s in enumerate(series) if s.values]
+    if not ok:
+        return Series([], "; ".join(s.missing for s in series)), -1
+    i, s = max(ok, key=lambda t: t[1].median)
+    return s, i
+
+
+def ratio(target_id: str, what: str, shmq: Series, peer: Series, op: str, bound: float,
+          peer_name: str, unit: str = "msg/s") -> Dict[str, Any]:
+    row: Dict[str, Any] = {"id": target_id, "what": what, "target": f"{op} {bound:g}x {peer_name}"}
+    if not shmq.values or not peer.values:
+        row["verdict"] = "not run"
+        row["reason"] = shmq.missing or peer.missing
+        return row
+    n = min(len(shmq.values), len(peer.values))
+    rs = [shmq.values[i] / peer.values[i] for i in range(n) if peer.values[i] > 0]
+    if not rs:
+        row["verdict"] = "not run"
+        row["reason"] = "peer measured zero"
+        return row
+    med = statistics.median(rs)
+    met = med >= bound if op == ">=" else med <= bound
+    row.update({"ratios": rs, "min": min(rs), "median": med, "max": max(rs),
+                "verdict": "met" if met else "MISSED",
+                "shmq": shmq.median, "peer": peer.median, "unit": unit})
+    return row
+
+
+def absolute(target_id: str, what: str, s: Series, op: str, bound: float, unit: str) -> Dict[str, Any]:
+    row: Dict[str, Any] = {"id": target_id, "what": what, "target": f"{op} {bound:g} {unit}"}
+    if not s.values:
+        row.update({"verdict": "not run", "reason": s.missing})
+        return row
+    worst = max(s.values)
+    met = worst <= bound if op == "<=" else min(s.values) >= bound
+    row.update({"values": s.values, "min": min(s.values), "median": statistics.median(s.values),
+                "max": worst, "verdict": "met" if met else "MISSED", "unit": unit})
+    return row
+
+
+def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict[str, Any]],
+                    perr: Optional[str]) -> List[Dict[str, Any]]:
+    C = lambda name, field="items_per_second": cpp_series(cpp, cerr, name, field)  # noqa: E731
+    Y = lambda sid, field="reps": py_series(py, perr, sid, field)  # noqa: E731
+    rows = []
+    for size in (8, 64, 1024):
+        peer, i = best_of(C(f"spsc/boost_spsc/{size}"), C(f"spsc/moodycamel_rwq/{size}"))
+        name = ["boost spsc_queue", "moodycamel RWQ"][i] if i >= 0 else "best in-process SPSC"
+        rows.append(ratio(f"P1 {size}B", f"Pipe cross-process {size} B, per message",
+                          C(f"pipe/{size}"), peer, ">=", 1.0, name))
+    rows.append(ratio("P2", "Pipe vs Boost.Interprocess message_queue, 64 B", C("pipe/64"),
+                      C("xproc/boost_mq/64"), ">=", 30, "boost mq"))
+    # Round trips: p50 of the sampled trips (the mean is in results.json); lower is better.
+    rows.append(ratio("P3", "ping-pong round trip, spinning (p50)",
+                      C("pingpong/pipe_spin", "p50_ns"), C("pingpong/cacheline", "p50_ns"),
+                      "<=", 1.3, "bare cache-line", "ns"))
+    rows.append(ratio("P4a", "ping-pong round trip, blocking recv (p50; recv spins first)",
+                      C("pingpong/pipe_blocking", "p50_ns"), C("pingpong/futex", "p50_ns"),
+                      "<=", 1.2, "bare futex", "ns"))
+    rows.append(ratio("P4b", "ping-pong round trip, blocking recv (p50; recv spins first)",
+                      C("pingpong/pipe_blocking", "p50_ns"), C("pingpong/boost_mq", "p50_ns"),
+                      "<=", 0.5, "boost mq", "ns"))
+    for pc in ("1p1c", "2p2c"):
+        rows.append(ratio(f"P5 {pc}", f"Queue cross-process 64 B, {pc}", C(f"queue/64/{pc}"),
+                          C(f"mpmc/moodycamel_cq/64/{pc}"), ">=", 1.0, "moodycamel CQ in-process"))
+    rows.append(ratio("P5 4p4c*", "Queue 64 B, 4p4c oversubscribed (extra)", C("queue/64/4p4c"),
+                      C("mpmc/moodycamel_cq/64/4p4c"), ">=", 1.0, "moodycamel CQ in-process"))
+    for size in (8, 64):
+        rows.append(ratio(f"Y1 {size}B", f"Python Queue put/get bytes {size} B",
+                          Y(f"bytes/shmq.Queue/{size}/1p1c"), Y(f"bytes/mp.Queue/{size}/1p1c"),
+                          ">=", 50, "mp.Queue"))
+        rows.append(ratio(f"Y1 {size}B ff", f"Python Queue put/get bytes {size} B",
+                          Y(f"bytes/shmq.Queue/{size}/1p1c"), Y(f"bytes/faster_fifo/{size}/1p1c"),
+                          ">=", 10, "faster-fifo"))
+    rows.append(ratio("Y2", "Python Pipe send_bytes/recv_bytes 64 B", Y("bytes/shmq.Pipe/64/1p1c"),
+                      Y("bytes/mp.Pipe/64/1p1c"), ">=", 15, "mp.Pipe"))
+    rows.append(ratio("Y3", "Python put_many/get_many 64 B (batch 256)", Y("batch/shmq.Queue/64/1p1c"),
+                      Y("bytes/mp.Queue/64/1p1c"), ">=", 100, "mp.Queue put/get"))
+    for obj in ("dict", "tuple"):
+        rows.append(ratio(f"Y4 {obj}", f"Python pickled small {obj}", Y(f"objects/shmq.Queue/{obj}"),
+                          Y(f"objects/mp.Queue/{obj}"), ">=", 5, "mp.Queue"))
+    rows.append(ratio("Y5", "Python 4 producers x 4 consumers, 64 B", Y("topology/shmq.Queue/64/4p4c"),
+                      Y("topology/mp.Queue/64/4p4c"), ">=", 10, "mp.Queue"))
+    rows.append(ratio("Y5 collapse", "Python 4p4c vs its own 1p1c (no collapse)",
+                      Y("topology/shmq.Queue/64/4p4c"), Y("bytes/shmq.Queue/64/1p1c"),
+                      ">=", 0.5, "shmq 1p1c"))
+    rows.append(ratio("Y6", "Python 1 MiB messages", Y("bytes/shmq.Queue/1048576/1p1c"),
+                      Y("bytes/mp.Queue/1048576/1p1c"), ">=", 3, "mp.Queue"))
+    fb = ratio("FB", "Python FlatBuffers tick vs pickled dict (info)",
+               Y("flatbuffers/shmq.Queue/flatbuffers"), Y("flatbuffers/shmq.Queue/pickle"),
+               ">=", 0, "pickle")
+    if fb["verdict"] != "not run":
+        fb["verdict"], fb["target"] = "info", "ratio vs pickle"
+    rows.append(fb)
+    # M1: allocations counted by a malloc hook inside the workers' rounds, over every shmq suite.
+    shmq_names = [n for n in cpp.get("benchmarks", {}) if n.startswith(("pipe", "queue", "pingpong/pipe"))]
+    allocs: List[float] = []
+    rss: List[float] = []
+    for n in shmq_names:
+        for r in cpp["benchmarks"][n]["reps"]:
+            if "allocs_per_msg" in r:
+                allocs.append(float(r["allocs_per_msg"]))
+            if "rss_over_segments_kib" in r:
+                rss.append(float(r["rss_over_segments_kib"]))
+    why = "; ".join(f"{k}: {v}" for k, v in cerr.items() if k != "shmq_bench_baselines") or \
+        "no shmq C++ benchmark ran"
+    rows.append(absolute("M1 allocs", "allocations per message, hot path (all shmq C++ runs)",
+                         Series(allocs, why), "<=", 0, "per msg"))
+    rows.append(absolute("M1 RSS", "worker RSS beyond mapped segments (max)",
+                         Series(rss, why), "<=", 4096, "KiB"))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+def fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def print_table(rows: List[Dict[str, Any]], machine: Dict[str, Any]) -> None:
+    head = ["id", "what", "target", "min", "median", "max", "verdict"]
+    table = []
+    for r in rows:
+        if r["verdict"] == "not run":
+            table.append([r["id"], r["what"], r["target"], "", "", "", f"not run: {r['reason']}"])
+        else:
+            table.append([r["id"], r["what"], r["target"], fmt(r["min"]), fmt(r["median"]),
+                          fmt(r["max"]), r["verdict"]])
+    widths = [max(len(str(row[i])) for row in table + [head]) for i in range(len(head) - 1)]
+    line = "  ".join(h.ljust(w) for h, w in zip(head[:-1], widths)) + "  " + head[-1]
+    print()
+    print(f"shmq targets - {machine['cpu_model']}, {machine['cores_usable']} cores, "
+          f"Linux {machine['kernel']}, {machine['compiler']}, commit {machine['git_commit'][:12]}")
+    print("ratios = shmq / peer per repetition (min / median / max); verdict on the median")
+    print(line)
+    print("-" * len(line))
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1])
+    met = sum(r["verdict"] == "met" for r in rows)
+    missed = sum(r["verdict"] == "MISSED" for r in rows)
+    notrun = sum(r["verdict"] == "not run" for r in rows)
+    print(f"\n{met} met, {missed} MISSED, {notrun} not run (of {len(rows)} rows)")
+
+
+def plots(out_dir: str, cpp: Dict[str, Any], py: Optional[Dict[str, Any]]) -> List[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def med(vals: List[float]) -> float:
+        return statistics.median(vals)
+
+    # --- throughput -----------------------------------------------------------------------------
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    ax = axes[0]
+    if py:
+        impls = ["shmq.Queue", "shmq.SimpleQueue", "shmq.Pipe", "mp.Queue", "mp.SimpleQueue",
+                 "mp.Pipe", "faster_fifo"]
+        for impl in impls:
+            xs, ys, lo, hi = [], [], [], []
+            for s in py["scenarios"]:
+                if s["group"] == "bytes" and s["impl"] == impl and s["status"] == "ok" and s["reps"]:
+                    xs.append(s["size"])
+                    m = med(s["reps"])
+                    ys.append(m)
+                    lo.append(m - min(s["reps"]))
+                    hi.append(max(s["reps"]) - m)
+            if xs:
+                style = "-o" if impl.startswith("shmq") else "--s"
+                ax.errorbar(xs, ys, yerr=[lo, hi], fmt=style, capsize=3, label=impl,
+                            linewidth=2 if impl.startswith("shmq") else 1.2)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("message size (bytes)")
+    ax.set_ylabel("messages / s (median, min-max bars)")
+    ax.set_title("Python, 1 producer -> 1 consumer process, bytes")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    if not py:
+        ax.text(0.5, 0.5, "Python comparison not run", ha="center", transform=ax.transAxes)
+
+    ax = axes[1]
+    series = [("pipe/{}", "shmq Pipe (x-process)"), ("pipe_batched/{}", "shmq Pipe batched"),
+              ("queue/{}/1p1c", "shmq Queue 1p1c (x-process)"),
+              ("spsc/boost_spsc/{}", "boost spsc (threads)"),
+              ("spsc/moodycamel_rwq/{}", "moodycamel RWQ (threads)"),
+              ("spsc/atomic_queue/{}", "atomic_queue (threads)"),
+              ("mpmc/moodycamel_cq/{}/1p1c", "moodycamel CQ 1p1c (threads)"),
+              ("xproc/boost_mq/{}", "boost message_queue (x-process)")]
+    bench = cpp.get("benchmarks", {})
+    for pattern, label in series:
+        xs, ys = [], []
+        for size in (8, 64, 1024):
+            b = bench.get(pattern.format(size))
+            vals = [r["items_per_second"] for r in (b or {}).get("reps", []) if "items_per_second" in r]
+            if vals:
+                xs.append(size)
+                ys.append(med(vals))
+        if xs:
+            ax.plot(xs, ys, "-o" if label.startswith("shmq") else "--s", label=label,
+                    linewidth=2 if label.startswith("shmq") else 1.2)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("message size (bytes)")
+    ax.set_ylabel("messages / s (median)")
+    ax.set_title("C++, 1 producer -> 1 consumer")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "throughput.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    # --- latency --------------------------------------------------------------------------------
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    for ax, title, items in (
+        (axes[0], "Python ping-pong round trip, 8 B",
+         [(s["impl"], s["latency"]) for s in (py or {}).get("scenarios", [])
+          if s["group"] == "pingpong" and s["status"] == "ok" and s["latency"]]),
+        (axes[1], "C++ ping-pong round trip across processes, 8 B",
+         [(n.split("/", 1)[1], {k: [r[k] for r in b["reps"] if k in r] for k in ("p50_ns", "p99_ns")})
+          for n, b in bench.items() if n.startswith("pingpong/") and b.get("reps")]),
+    ):
+        labels = [i[0] for i in items]
+        p50 = [med(i[1].get("p50_ns", [0]) or [0]) for i in items]
+        p99 = [med(i[1].get("p99_ns", [0]) or [0]) for i in items]
+        x = range(len(items))
+        ax.bar([i - 0.2 for i in x], [v / 1000 for v in p50], width=0.4, label="p50")
+        ax.bar([i + 0.2 for i in x], [v / 1000 for v in p99], width=0.4, label="p99")
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("microseconds (median over repetitions)")
+        ax.set_title(title)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.legend()
+        if not items:
+            ax.text(0.5, 0.5, "not run", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "latency.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def shm_entries() -> set:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except OSError:
+        return set()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="short runs, 3 repetitions (default)")
+    mode.add_argument("--full", action="store_true", help="longer runs, more repetitions")
+    ap.add_argument("--filter", default="", help="regex over C++ benchmark names and Python scenario ids")
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"), help="where the C++ benchmarks are built")
+    ap.add_argument("--out-dir", default=os.path.join(ROOT, "bench-results"))
+    ap.add_argument("--min-time", type=float, default=0.0, help="override --benchmark_min_time")
+    ap.add_argument("--reps", type=int, default=0, help="override the C++ repetitions")
+    ap.add_argument("--skip-cpp", action="store_true")
+    ap.add_argument("--skip-python", action="store_true")
+    args = ap.parse_args()
+    args.build_dir = os.path.abspath(args.build_dir)
+
+    t0 = time.monotonic()
+    shm_before = shm_entries()
+    machine = machine_info(args.build_dir)
+    if args.skip_cpp:
+        cpp, cerr = {"benchmarks": {}}, {s: "skipped (--skip-cpp)" for s in CPP_SUITES}
+    else:
+        cpp, cerr = run_cpp(args)
+    if args.skip_python:
+        py, perr = None, "skipped (--skip-python)"
+    else:
+        py, perr = run_python(args)
+
+    rows = compute_targets(cpp, cerr, py, perr)
+    print_table(rows, machine)
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    pngs: List[str] = []
+    try:
+        pngs = plots(args.out_dir, cpp, py)
+    except Exception as e:  # a plot must never hide the numbers
+        print(f"plots not written: {type(e).__name__}: {e}", file=sys.stderr)
+
+    # Anything this run left in /dev/shm under our prefixes is removed and reported.
+    leftovers = sorted(shm_entries() - shm_before)
+    ours = [n for n in leftovers if n.startswith(OUR_SHM_PREFIXES)]
+    for n in ours:
+        try:
+            os.unlink(os.path.join("/dev/shm", n))
+        except OSError:
+            pass
+    if leftovers:
+        print(f"warning: new entries in /dev/shm during the run: {leftovers} "
+              f"(removed those with bench prefixes: {ours})", file=sys.stderr)
+
+    doc = {
+        "machine": machine,
+        "mode": "full" if args.full else "quick",
+        "filter": args.filter,
+        "elapsed_s": round(time.monotonic() - t0, 1),
+        "targets": rows,
+        "cpp": cpp,
+        "cpp_errors": cerr,
+        "python": py,
+        "python_error": perr,
+        "dev_shm_leftovers": leftovers,
+    }
+    path = os.path.join(args.out_dir, "results.json")
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"\nwrote {path}" + "".join(f", {p}" for p in pngs) + f" in {doc['elapsed_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,6 +11,9 @@
 #include <thread>
 #include <vector>
 
+// Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
+// measures speed. Orders that matter are those of the code under test.
+
 using namespace shmq;
 using namespace shmq::core;
 
@@ -24,8 +27,8 @@ class TestRegistry final : public ClaimRegistry {
  public:
   static constexpr std::uint32_t kMax = 16;
   TestRegistry() {
-    for (auto& a : alive_) a.store(true);
-    for (auto& w : words_) w.store(0);
+    for (auto& a : alive_) a.store(true, std::memory_order_seq_cst);
+    for (auto& w : words_) w.store(0, std::memory_order_seq_cst);
   }
   std::uint32_t participants() const noexcept override { return kMax; }
   std::atomic<std::uint64_t>* claim_words(std::uint32_t i) const noexcept override {
@@ -34,7 +37,7 @@ class TestRegistry final : public ClaimRegistry {
   bool alive(std::uint32_t i) const noexcept override {
     return alive_[i].load(std::memory_order_acquire);  // acquire: pairs with kill()
   }
-  void reclaim(std::uint64_t) noexcept override { reclaims.fetch_add(1); }
+  void reclaim(std::uint64_t) noexcept override { reclaims.fetch_add(1, std::memory_order_seq_cst); }
   // A participant that stops touching the ring and is then reported dead.
   void kill(std::uint32_t i) { alive_[i].store(false, std::memory_order_release); }
 
@@ -230,7 +233,7 @@ TEST_CASE("mpmc_ring: a writer asleep on a full ring is woken when a reader free
   });
   CHECK(sut.send(as_bytes(x), Deadline::never()) == Status::ok);
   t.join();
-  CHECK(f.stats.full_waits.load() == 1);
+  CHECK(f.stats.full_waits.load(std::memory_order_seq_cst) == 1);
 }
 
 TEST_CASE("mpmc_ring: a sleeping reader is woken by a writer in another thread") {
@@ -247,7 +250,7 @@ TEST_CASE("mpmc_ring: a sleeping reader is woken by a writer in another thread")
   CHECK(value_of(v) == 77);
   sut.release(v);
   t.join();
-  CHECK(f.stats.empty_waits.load() == 1);
+  CHECK(f.stats.empty_waits.load(std::memory_order_seq_cst) == 1);
 }
 
 TEST_CASE("mpmc_ring: a reader holds at most three views and reports full beyond them") {
@@ -282,13 +285,13 @@ TEST_CASE("mpmc_ring: a writer that dies after claiming is skipped and counted r
     CHECK(sut.try_recv(v) == Status::empty);
     std::this_thread::sleep_for(kStuckGrace + std::chrono::milliseconds(1));
   }
-  CHECK(f.stats.recovered.load() == 0);
+  CHECK(f.stats.recovered.load(std::memory_order_seq_cst) == 0);
   f.registry.kill(0);
   REQUIRE(sut.recv(v, Deadline::never()) == Status::ok);
   CHECK(value_of(v) == 5);
   sut.release(v);
-  CHECK(f.stats.recovered.load() == 1);
-  CHECK(f.registry.reclaims.load() == 1);
+  CHECK(f.stats.recovered.load(std::memory_order_seq_cst) == 1);
+  CHECK(f.registry.reclaims.load(std::memory_order_seq_cst) == 1);
 }
 
 TEST_CASE("mpmc_ring: a reader that dies holding a message has it counted abandoned") {
@@ -310,7 +313,7 @@ TEST_CASE("mpmc_ring: a reader that dies holding a message has it counted abando
   }
   f.registry.kill(1);
   CHECK(sut.send(as_bytes(x), Deadline::never()) == Status::ok);
-  CHECK(f.stats.abandoned.load() == 1);
+  CHECK(f.stats.abandoned.load(std::memory_order_seq_cst) == 1);
   CHECK(recv_value(r, got) == Status::ok);
 }
 
@@ -365,7 +368,7 @@ TEST_CASE("mpmc_ring: a slot length beyond the slot size is reported corrupt, no
   f.ring.slot(0).length = 1u << 30;
   MpmcView v;
   CHECK(sut.try_recv(v) == Status::corrupt);
-  CHECK(f.stats.corrupt_events.load() == 1);
+  CHECK(f.stats.corrupt_events.load(std::memory_order_seq_cst) == 1);
   std::uint64_t got = 0;
   CHECK(recv_value(sut, got) == Status::ok);  // the next message is intact
   CHECK(got == 3);
@@ -374,7 +377,7 @@ TEST_CASE("mpmc_ring: a slot length beyond the slot size is reported corrupt, no
 TEST_CASE("mpmc_ring: a sequence number ahead of the position is reported corrupt") {
   Fixture f({.slots = 4, .slot_size = 16});
   auto sut = f.writer(0);
-  f.ring.slot(0).seq.store(1000);
+  f.ring.slot(0).seq.store(1000, std::memory_order_seq_cst);
   std::uint64_t x = 3;
   CHECK(sut.try_send(as_bytes(x)) == Status::corrupt);
 }
@@ -394,7 +397,7 @@ void stress(unsigned writers, unsigned readers, std::uint64_t per_writer, std::u
   std::atomic<std::uint64_t> order_errors{0}, dup_errors{0};
   std::vector<std::thread> threads;
   auto wait_start = [&] {
-    ready.fetch_add(1);
+    ready.fetch_add(1, std::memory_order_seq_cst);
     while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
   };
   for (unsigned w = 0; w < writers; ++w)
@@ -424,7 +427,7 @@ void stress(unsigned writers, unsigned readers, std::uint64_t per_writer, std::u
             std::this_thread::yield();  // full: let a reader run (2 cores, up to 8 threads)
         }
       }
-      if (writers_done.fetch_add(1) + 1 == writers) f.ring.close();
+      if (writers_done.fetch_add(1, std::memory_order_seq_cst) + 1 == writers) f.ring.close();
     });
   for (unsigned r = 0; r < readers; ++r)
     threads.emplace_back([&, r] {
@@ -435,12 +438,12 @@ void stress(unsigned writers, unsigned readers, std::uint64_t per_writer, std::u
         std::memcpy(rec, v.data, 16);
         const std::uint64_t w = rec[0], n = rec[1];
         if (w >= writers || n >= per_writer) {
-          dup_errors.fetch_add(1);
+          dup_errors.fetch_add(1, std::memory_order_seq_cst);
           return;
         }
-        if (n != 0 && n < last[r][w]) order_errors.fetch_add(1);
+        if (n != 0 && n < last[r][w]) order_errors.fetch_add(1, std::memory_order_seq_cst);
         last[r][w] = n;
-        if (seen[w][n]++ != 0) dup_errors.fetch_add(1);
+        if (seen[w][n]++ != 0) dup_errors.fetch_add(1, std::memory_order_seq_cst);
         ++received[r];
       };
       for (std::uint64_t i = 0;; ++i) {
@@ -459,14 +462,14 @@ void stress(unsigned writers, unsigned readers, std::uint64_t per_writer, std::u
         }
       }
     });
-  while (ready.load() != writers + readers) std::this_thread::yield();
+  while (ready.load(std::memory_order_seq_cst) != writers + readers) std::this_thread::yield();
   go.store(true, std::memory_order_release);
   for (auto& t : threads) t.join();
   std::uint64_t total = 0;
   for (auto n : received) total += n;
   CHECK(total == writers * per_writer);
-  CHECK(order_errors.load() == 0);
-  CHECK(dup_errors.load() == 0);
+  CHECK(order_errors.load(std::memory_order_seq_cst) == 0);
+  CHECK(dup_errors.load(std::memory_order_seq_cst) == 0);
   std::uint64_t missing = 0;
   for (auto& v : seen)
     for (auto s : v) missing += s == 0;

@@ -11,6 +11,9 @@
 #include <thread>
 #include <vector>
 
+// Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
+// measures speed. Orders that matter are those of the code under test.
+
 using namespace shmq;
 using namespace shmq::core;
 using namespace std::chrono_literals;
@@ -204,8 +207,8 @@ TEST_CASE("spsc ring: send_many publishes the tail once and recv_many the head o
   for (std::uint64_t seq = 0; seq < 10; ++seq) msgs.push_back(make_msg(seq, 20 + seq));
   for (const auto& m : msgs) spans.push_back(bytes_of(m));
   // A registered waiter makes every notify a counted FUTEX_WAKE: wakes == publishes.
-  sut.control().data_wait.waiters.store(1);
-  sut.control().space_wait.waiters.store(1);
+  sut.control().data_wait.waiters.store(1, std::memory_order_seq_cst);
+  sut.control().space_wait.waiters.store(1, std::memory_order_seq_cst);
   CHECK(sut.writer.send_many(spans, Deadline::now(), 3, AlwaysAlive{}) == 10);
   CHECK(Stats::read(sut.stats.wakes) == 1);
   std::uint64_t seq = 0;
@@ -219,8 +222,8 @@ TEST_CASE("spsc ring: send_many publishes the tail once and recv_many the head o
   CHECK(n == 10);
   CHECK(all_ok);
   CHECK(Stats::read(sut.stats.wakes) == 2);
-  sut.control().data_wait.waiters.store(0);
-  sut.control().space_wait.waiters.store(0);
+  sut.control().data_wait.waiters.store(0, std::memory_order_seq_cst);
+  sut.control().space_wait.waiters.store(0, std::memory_order_seq_cst);
 }
 
 TEST_CASE("spsc ring: a claim is published by commit with the used length, and abort publishes nothing") {
@@ -331,13 +334,13 @@ TEST_CASE("spsc ring: attach rejects head > tail, tail - head > capacity, misali
   SpscReader reader;
   SpscWriter writer;
   SUBCASE("head > tail") {
-    sut.control().head.store(64);
+    sut.control().head.store(64, std::memory_order_seq_cst);
   }
   SUBCASE("tail - head > capacity") {
-    sut.control().tail.store(256 + 8);
+    sut.control().tail.store(256 + 8, std::memory_order_seq_cst);
   }
   SUBCASE("misaligned tail") {
-    sut.control().tail.store(3);
+    sut.control().tail.store(3, std::memory_order_seq_cst);
   }
   SUBCASE("bad magic") {
     sut.control().magic ^= 1;
@@ -356,13 +359,13 @@ TEST_CASE("spsc ring: corrupt shared values seen while running are reported, not
   REQUIRE(sut.writer.try_send(bytes_of(make_msg(0, 16)), 0) == Status::ok);
   RecvView v;
   SUBCASE("tail beyond head + capacity") {
-    sut.control().tail.store(1000);
+    sut.control().tail.store(1000, std::memory_order_seq_cst);
   }
   SUBCASE("tail behind the reader") {
     REQUIRE(sut.reader.try_recv(v) == Status::ok);
     sut.reader.release(v.end);
-    sut.control().tail.store(0);
-    sut.control().tail.store(std::uint64_t(-8));
+    sut.control().tail.store(0, std::memory_order_seq_cst);
+    sut.control().tail.store(std::uint64_t(-8), std::memory_order_seq_cst);
   }
   SUBCASE("record length above max_payload") {
     const std::uint32_t len = 0x7FFFFFF0;
@@ -396,7 +399,7 @@ TEST_CASE("spsc ring: a head the reader never published is reported corrupt to t
   Ring sut(256);
   while (sut.writer.try_send(bytes_of(make_msg(0, 56)), 0) == Status::ok) {
   }
-  sut.control().head.store(10'000);  // beyond the writer's own tail
+  sut.control().head.store(10'000, std::memory_order_seq_cst);  // beyond the writer's own tail
   CHECK(sut.writer.try_send(bytes_of(make_msg(0, 56)), 0) == Status::corrupt);
   CHECK(Stats::read(sut.stats.corrupt_events) >= 1);
 }

@@ -8,6 +8,9 @@
 #include <thread>
 #include <vector>
 
+// Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
+// measures speed. Orders that matter are those of the code under test.
+
 using shmq::Deadline;
 using shmq::core::FutexResult;
 using shmq::core::wait_any;
@@ -29,7 +32,7 @@ TEST_CASE("wait_any: returns at once when a channel is already ready") {
   Channel a, b;
   b.publish();
   WaitWord* words[] = {&a.word, &b.word};
-  const auto r = wait_any(std::span<WaitWord* const>(words), [&] { return b.ready.load(); },
+  const auto r = wait_any(std::span<WaitWord* const>(words), [&] { return b.ready.load(std::memory_order_seq_cst); },
                           Deadline::never());
   CHECK(r == FutexResult::woken);
   CHECK_FALSE(a.word.has_waiters_guess());

@@ -12,6 +12,9 @@
 #include <functional>
 #include <string>
 
+// Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
+// measures speed. Orders that matter are those of the code under test.
+
 using namespace shmq;
 
 namespace {
@@ -208,7 +211,7 @@ TEST_CASE("segment: a participant is alive while its process lives and dead afte
   REQUIRE(::read(pipefd[0], &c, 1) == 1);
   CHECK(sut->participant_alive(0));
   CHECK(sut->live_participants() == 1);
-  const std::uint32_t gen_before = sut->header().participants[0].generation.load();
+  const std::uint32_t gen_before = sut->header().participants[0].generation.load(std::memory_order_seq_cst);
   CHECK(gen_before != 0);
   kill_and_reap(pid);
   CHECK_FALSE(sut->participant_alive(0));
@@ -322,7 +325,7 @@ TEST_CASE("segment: corrupt and foreign headers are each rejected with a named e
       {"version zero", [](SegmentHeader& h) { h.layout_version = 0; }, Errc::bad_version},
       {"unknown kind", [](SegmentHeader& h) { h.kind = 99; }, Errc::corrupt},
       {"wrong kind", [](SegmentHeader& h) { h.kind = static_cast<std::uint32_t>(SegmentKind::queue); }, Errc::wrong_kind},
-      {"garbage state", [](SegmentHeader& h) { h.state.store(0xdeadbeef); }, Errc::corrupt},
+      {"garbage state", [](SegmentHeader& h) { h.state.store(0xdeadbeef, std::memory_order_seq_cst); }, Errc::corrupt},
       {"header size", [](SegmentHeader& h) { h.header_bytes = 4096; }, Errc::size_mismatch},
       {"body offset", [](SegmentHeader& h) { h.body_offset = 0; }, Errc::size_mismatch},
       {"total larger than file", [](SegmentHeader& h) { h.total_bytes += 4096; }, Errc::truncated},

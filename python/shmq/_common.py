@@ -6,7 +6,7 @@ import atexit
 import os
 import threading
 from multiprocessing import util as _mp_util
-from typing import Optional
+from typing import Any, Optional
 
 from . import _shmq
 
@@ -102,3 +102,11 @@ def _install() -> None:
 
 
 _install()
+
+
+def flatbuffer_bytes(buf: Any) -> Any:
+    """The finished buffer of a ``flatbuffers.Builder`` as a memoryview of the builder's own
+    bytearray (no copy), or ``buf`` itself if it is already bytes-like."""
+    if hasattr(buf, "Bytes") and hasattr(buf, "Head"):
+        return memoryview(buf.Bytes)[buf.Head():]
+    return buf

@@ -62,6 +62,12 @@ class Connection:
         full. ``BrokenPipeError`` if the other end is closed."""
         self._h.send(obj)
 
+    def send_flatbuffer(self, builder: Any) -> None:
+        """Sends a finished FlatBuffers message (a ``flatbuffers.Builder`` or its finished
+        buffer) as a FlatBuffers record, as ``Queue.put_flatbuffer`` does; ``recv()`` on the other
+        end returns the buffer as bytes."""
+        self._h.send_flatbuffer(_common.flatbuffer_bytes(builder))
+
     def recv(self) -> Any:
         """Returns the next object sent with ``send`` (or ``send_bytes``, as bytes). Blocks until
         there is one; ``EOFError`` if the other end closed and nothing is left."""

@@ -177,6 +177,16 @@ class Queue:
         whatever else is already there without waiting. Raises ``queue.Empty`` if none came."""
         return self._h.get_many(max_items, block, timeout)
 
+    def put_flatbuffer(self, builder: Any, block: bool = True,
+                       timeout: Optional[float] = None) -> None:
+        """Puts a finished FlatBuffers message: a ``flatbuffers.Builder`` after ``Finish(root,
+        file_identifier=...)`` (its bytes are copied once, straight into shared memory) or the
+        finished buffer as bytes-like. It travels as a FlatBuffers record (kind 2) carrying the
+        schema's file_identifier, so C++ ``shmq::fb::Reader<T>`` reads it in place and refuses a
+        message of another type. ``get()`` returns the buffer as bytes; ``get_view()`` a
+        memoryview of it in shared memory, for the ``flatc --python`` classes (``shmq.schema``)."""
+        self._h.put_flatbuffer(_common.flatbuffer_bytes(builder), block, timeout)
+
     def get_view(self, block: bool = True, timeout: Optional[float] = None) -> MessageView:
         """Receives the next message without copying it; use as ``with q.get_view() as mv:``
         (see MessageView). Raises ``queue.Empty`` as ``get`` does."""

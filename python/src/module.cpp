@@ -62,6 +62,11 @@ constexpr std::size_t kPickleViewThreshold = 1 << 16;
 constexpr std::size_t kNoGilCopy = 1 << 20;
 constexpr std::uint8_t kOobTag = 0x01;
 constexpr std::size_t kBatch = 64;
+// FlatBuffers records, as serialize/include/shmq/serialize/prefix.hpp lays them out (message kind
+// 2, then {u32 type id, u32 start}); repeated here so the module does not need the FlatBuffers
+// C++ headers.
+constexpr std::uint16_t kFlatBuffersKind = 2;
+constexpr std::uint32_t kFbPrefixBytes = 8;
 
 // ---------------------------------------------------------------------------------------------
 // Cached Python objects (set at import; the module lives until the interpreter ends).
@@ -238,6 +243,24 @@ class Payload {
                                             "memoryview objects, not ") +
                                     Py_TYPE(obj)->tp_name);
     pickle(obj);
+  }
+
+  // A finished FlatBuffers buffer (kind 2): the serialize module's prefix {type id, start = 8}
+  // and the buffer, written straight from the caller's memory into the channel (one copy).
+  // The type id is the buffer's own file_identifier (bytes 4..7), as C++'s fb::Reader expects.
+  void encode_flatbuffer(PyObject* obj) {
+    if (PyObject_GetBuffer(obj, &raw_view_, PyBUF_C_CONTIGUOUS) != 0) throw nb::python_error();
+    const auto len = static_cast<std::size_t>(raw_view_.len);
+    if (len < 8)
+      throw_py(PyExc_ValueError, "a FlatBuffers buffer has at least 8 bytes (root offset and "
+                                 "file_identifier); got " + std::to_string(len));
+    std::uint32_t prefix[2] = {0, kFbPrefixBytes};
+    std::memcpy(&prefix[0], static_cast<const char*>(raw_view_.buf) + 4, 4);
+    header_.assign(1, 0);
+    std::memcpy(header_.data(), prefix, sizeof prefix);
+    kind_ = kFlatBuffersKind;
+    add(header_.data(), kFbPrefixBytes);
+    add(raw_view_.buf, len);
   }
 
   std::uint16_t kind() const { return kind_; }
@@ -417,8 +440,28 @@ PyObject* unpickle(const std::byte* p, std::size_t n) {
 }
 
 // The Python object a message stands for: bytes for kind 0 (and for any kind but pickle).
+// The FlatBuffers buffer inside a kind-2 payload, after its prefix; the prefix is read once and
+// bound-checked (another process wrote it). nullopt if it is malformed.
+std::optional<std::span<const std::byte>> flatbuffer_of(const std::byte* p, std::size_t n) {
+  if (n < kFbPrefixBytes) return std::nullopt;
+  std::uint32_t start = 0;
+  std::memcpy(&start, p + 4, 4);
+  if (start < kFbPrefixBytes || start > n) return std::nullopt;
+  return std::span<const std::byte>(p + start, n - start);
+}
+
+// The Python object a message stands for: bytes for kind 0 (and for any kind but pickle); for
+// FlatBuffers (kind 2) the buffer without its prefix, ready for the generated classes.
 PyObject* decode(const std::byte* p, std::size_t n, std::uint16_t kind) {
   if (kind == 1) return unpickle(p, n);
+  if (kind == kFlatBuffersKind) {
+    const auto fb = flatbuffer_of(p, n);
+    if (!fb) {
+      PyErr_SetString(PyExc_ValueError, "a FlatBuffers message with a malformed prefix");
+      return nullptr;
+    }
+    return bytes_from(fb->data(), fb->size());
+  }
   return bytes_from(p, n);
 }
 
@@ -486,8 +529,17 @@ int view_getbuffer(PyObject* self, Py_buffer* buf, int flags) {
     PyErr_SetString(PyExc_ValueError, "the message view was released");
     return -1;
   }
-  if (PyBuffer_FillInfo(buf, self, const_cast<std::byte*>(v->msg.data()),
-                        static_cast<Py_ssize_t>(v->msg.size()), 1, flags) != 0)
+  std::span<const std::byte> bytes = v->msg.bytes();
+  if (v->msg.kind() == kFlatBuffersKind) {  // the buffer, not its prefix
+    const auto fb = flatbuffer_of(bytes.data(), bytes.size());
+    if (!fb) {
+      PyErr_SetString(PyExc_ValueError, "a FlatBuffers message with a malformed prefix");
+      return -1;
+    }
+    bytes = *fb;
+  }
+  if (PyBuffer_FillInfo(buf, self, const_cast<std::byte*>(bytes.data()),
+                        static_cast<Py_ssize_t>(bytes.size()), 1, flags) != 0)
     return -1;
   v->exports += 1;
   return 0;
@@ -641,9 +693,19 @@ class QueueHandle {
   bool closed() const { return closed_; }
 
   void put(nb::handle obj, bool block, std::optional<double> timeout) {
-    const Deadline d = make_deadline(block, timeout);
     Payload p;
     p.encode(obj.ptr(), raw_only_);
+    put_encoded(p, block, timeout);
+  }
+
+  void put_flatbuffer(nb::handle buffer, bool block, std::optional<double> timeout) {
+    Payload p;
+    p.encode_flatbuffer(buffer.ptr());
+    put_encoded(p, block, timeout);
+  }
+
+  void put_encoded(const Payload& p, bool block, std::optional<double> timeout) {
+    const Deadline d = make_deadline(block, timeout);
     QueueState& st = state();
     if (!st.wmu_.lock(d)) throw_py(g.full, "");
     Locked guard(st.wmu_);
@@ -979,6 +1041,12 @@ class PipeEnd {
     send_payload(p);
   }
 
+  void send_flatbuffer(nb::handle buffer) {
+    Payload p;
+    p.encode_flatbuffer(buffer.ptr());
+    send_payload(p);
+  }
+
   void send_bytes(nb::handle buf, Py_ssize_t offset, std::optional<Py_ssize_t> size) {
     Py_buffer v;
     if (PyObject_GetBuffer(buf.ptr(), &v, PyBUF_ANY_CONTIGUOUS) != 0) throw nb::python_error();
@@ -1294,6 +1362,8 @@ NB_MODULE(_shmq, m) {
            nb::arg("timeout").none() = nb::none())
       .def("get", &QueueHandle::get, nb::arg("block") = true,
            nb::arg("timeout").none() = nb::none())
+      .def("put_flatbuffer", &QueueHandle::put_flatbuffer, nb::arg("buffer"),
+           nb::arg("block") = true, nb::arg("timeout").none() = nb::none())
       .def("put_nowait", &QueueHandle::put_nowait, nb::arg("obj").none())
       .def("get_nowait", &QueueHandle::get_nowait)
       .def("put_always", &QueueHandle::put_always, nb::arg("obj").none())
@@ -1322,6 +1392,7 @@ NB_MODULE(_shmq, m) {
       .def_prop_ro("raw_only", &PipeEnd::raw_only)
       .def_prop_ro("closed", &PipeEnd::closed)
       .def("send", &PipeEnd::send, nb::arg("obj").none())
+      .def("send_flatbuffer", &PipeEnd::send_flatbuffer, nb::arg("buffer"))
       .def("recv", &PipeEnd::recv)
       .def("send_bytes", &PipeEnd::send_bytes, nb::arg("buf"), nb::arg("offset") = 0,
            nb::arg("size").none() = nb::none())

@@ -323,6 +323,12 @@ def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict
     if fb["verdict"] != "not run":
         fb["verdict"], fb["target"] = "info", "ratio vs pickle"
     rows.append(fb)
+    fb_mp = ratio("FB mp", "Python FlatBuffers tick via shmq vs pickled dict via mp.Queue (info)",
+                  Y("flatbuffers/shmq.Queue/flatbuffers"), Y("flatbuffers/mp.Queue/pickle"),
+                  ">=", 0, "mp.Queue pickle")
+    if fb_mp["verdict"] != "not run":
+        fb_mp["verdict"], fb_mp["target"] = "info", "ratio vs mp.Queue pickle"
+    rows.append(fb_mp)
     # M1: allocations counted by a malloc hook inside the workers' rounds, over every shmq suite.
     shmq_names = [n for n in cpp.get("benchmarks", {}) if n.startswith(("pipe", "queue", "pingpong/pipe"))]
     allocs: List[float] = []

@@ -381,7 +381,7 @@ def _tick_module() -> Any:
     return Tick
 
 
-def _build_tick(Tick: Any, level_mod: Any, seq: int) -> bytes:
+def _build_tick(Tick: Any, level_mod: Any, seq: int) -> Any:
     import flatbuffers
     builder = flatbuffers.Builder(256)  # flatbuffers 2.0.7's Python Builder has no Clear()
     Tick.TickStart(builder)
@@ -393,8 +393,8 @@ def _build_tick(Tick: Any, level_mod: Any, seq: int) -> bytes:
     Tick.TickAddAsk(builder, level_mod.CreateLevel(builder, 101.5, 200, 3, 0))
     Tick.TickAddLastPrice(builder, 101.25)
     Tick.TickAddLastSize(builder, 100)
-    builder.Finish(Tick.TickEnd(builder))
-    return builder.Output()
+    builder.Finish(Tick.TickEnd(builder), file_identifier=b"TICK")
+    return builder
 
 
 def _fb_producer(q: Any, n: int, use_fb: bool, barrier: Any, times: Any) -> None:
@@ -405,8 +405,8 @@ def _fb_producer(q: Any, n: int, use_fb: bool, barrier: Any, times: Any) -> None
     barrier.wait()
     times[0] = time.perf_counter()
     for i in range(n):
-        if use_fb:
-            q.put(_build_tick(Tick, level_mod, i))
+        if use_fb:  # a FlatBuffers record, copied once from the builder into shared memory
+            q.put_flatbuffer(_build_tick(Tick, level_mod, i))
         else:
             q.put({"instrument_id": 7, "sequence": i, "exchange_ns": 1, "receive_ns": 2,
                    "bid": (101.25, 300, 4), "ask": (101.5, 200, 3), "last_price": 101.25,
@@ -430,8 +430,7 @@ def _fb_consumer(q: Any, n: int, use_fb: bool, barrier: Any, times: Any) -> None
 
 
 def run_flatbuffers(s: Scenario, n: int, timeout: float) -> Tuple[Optional[float], Optional[str]]:
-    import shmq
-    q = shmq.Queue()
+    q = IMPLS[s.impl].make(0)
     barrier = CTX.Barrier(2)
     times = CTX.Array("d", 2, lock=False)
     use_fb = s.spec[0] == "flatbuffers"
@@ -466,9 +465,9 @@ def build_scenarios(full: bool) -> List[Scenario]:
                                 batch=256))
     for impl in QUEUES + PIPES:
         out.append(Scenario(f"pingpong/{impl}", "pingpong", impl, spec=("bytes", 8)))
-    for kind in ("flatbuffers", "pickle"):
-        out.append(Scenario(f"flatbuffers/shmq.Queue/{kind}", "flatbuffers", "shmq.Queue",
-                            spec=(kind, 0)))
+    for impl, kind in (("shmq.Queue", "flatbuffers"), ("shmq.Queue", "pickle"),
+                       ("mp.Queue", "pickle")):
+        out.append(Scenario(f"flatbuffers/{impl}/{kind}", "flatbuffers", impl, spec=(kind, 0)))
     return out
 
 

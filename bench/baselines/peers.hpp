@@ -1,7 +1,7 @@
 // Adapters that give each peer queue the same two verbs, try_push(const T&) and try_pop(T&), so
 // one benchmark body drives them all. Peers are used the way their authors document: fixed
-// capacity, no allocation on the hot path (moodycamel ConcurrentQueue is pre-sized and used
-// with tokens and try_enqueue, which never allocates).
+// capacity, no allocation on the hot path once warm (moodycamel ConcurrentQueue is pre-sized and
+// used with tokens and enqueue; see MoodyCq for why not try_enqueue).
 #pragma once
 
 #include <atomic_queue/atomic_queue.h>
@@ -58,17 +58,25 @@ class AtomicQueue {
 
 // --- many producers, many consumers, in-process -----------------------------------------------
 // moodycamel ConcurrentQueue with explicit producer and consumer tokens (its fastest mode).
+//
+// Why enqueue and not try_enqueue: an explicit producer keeps every block it ever takes from the
+// shared pool (it reuses its own blocks, it never gives them back). try_enqueue cannot allocate,
+// so once one producer has run ahead and taken the whole pre-sized pool, a producer that still
+// needs its first (or a further) block fails forever: the round never ends. That is what hung
+// 64 B 2p2c/4p4c and 1024 B 2p2c (8 B had a pool bigger than a whole round). enqueue allocates a
+// block in that case, as the library intends; the pool is pre-sized to `capacity` elements per
+// producer so that, in steady state, blocks come from the pool and are reused, not allocated.
 template <class T>
 class MoodyCq {
  public:
   static constexpr const char* kName = "moodycamel_cq";
   MoodyCq(std::size_t capacity, std::size_t producers)
-      : q_(capacity, producers, 0) {}
+      : q_(capacity * producers, producers, 0) {}
 
   class Producer {
    public:
     explicit Producer(MoodyCq& q) : q_(q.q_), tok_(q.q_) {}
-    bool try_push(const T& v) noexcept { return q_.try_enqueue(tok_, v); }
+    bool try_push(const T& v) noexcept { return q_.enqueue(tok_, v); }
 
    private:
     moodycamel::ConcurrentQueue<T>& q_;

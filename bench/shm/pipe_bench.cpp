@@ -3,7 +3,10 @@
 //   pipe/<bytes>                  try_send / try_recv, one message at a time        (P1, P2)
 //   pipe_batched/<bytes>          send_many / recv_many, 32 per batch
 //   pingpong/pipe_spin            duplex pipe, try_send + try_recv loop               (P3)
-//   pingpong/pipe_blocking        duplex pipe, send + recv(Deadline::never())       (P4)
+//   pingpong/pipe_sleep           duplex pipe, send + recv(Deadline::never()) with spin budget 0
+//                                 on all four ends: every wait is a futex sleep       (P4)
+//   pingpong/pipe_blocking        as pipe_sleep with the default spin budget (recv spins first,
+//                                 so at sub-µs round trips it rarely sleeps; extra)
 // Every run also counts allocations inside the rounds (allocs_per_msg, M1) and the worker
 // processes' RSS beyond their mapped segments (rss_over_segments_kib, M1).
 #include <unistd.h>
@@ -169,21 +172,29 @@ void bm_pipe(benchmark::State& state, bool batched) {
   drive(state, w, n, n);
 }
 
-void bm_pingpong(benchmark::State& state, bool blocking) {
+enum class Wait { spin, blocking, sleep };
+
+void bm_pingpong(benchmark::State& state, Wait wait) {
   PipeGuard g("pingpong", true, 1 << 16);
   if (!g.ok()) {
     state.SkipWithError(g.error().c_str());
     return;
   }
   const std::string name = g.name();
-  const std::uint64_t n = blocking ? 20'000 : 100'000;
-  Workers w(Mode::process, 2, true, [&name, blocking, n](int index, Control& ctl) -> Body {
+  const bool blocking = wait != Wait::spin;
+  // Sleeping round trips cost ~10 µs: fewer per round, as for the bare futex peer.
+  const std::uint64_t n = wait == Wait::sleep ? 5'000 : wait == Wait::blocking ? 20'000 : 100'000;
+  Workers w(Mode::process, 2, true, [&name, wait, blocking, n](int index, Control& ctl) -> Body {
     auto pipe = open_in_worker(name, ctl);
     if (!pipe) return [](WorkerContext&) {};
     // End A (index 0) = writer(0) + reader(1); end B = writer(1) + reader(0).
     auto tx = take(pipe->writer(index == 0 ? 0 : 1), ctl);
     auto rx = take(pipe->reader(index == 0 ? 1 : 0), ctl);
     if (!tx || !rx) return [](WorkerContext&) {};
+    if (wait == Wait::sleep) {  // the blocking calls go to the futex at once
+      tx->set_spin_budget(0);
+      rx->set_spin_budget(0);
+    }
     // One hop: send `v`, then wait for the peer's next message and return its value.
     auto hop_send = [tx, blocking](std::uint64_t v) {
       const auto b = std::as_bytes(std::span(&v, 1));
@@ -247,9 +258,12 @@ int main(int argc, char** argv) {
   register_size<8>();
   register_size<64>();
   register_size<1024>();
-  benchmark::RegisterBenchmark("pingpong/pipe_spin", [](benchmark::State& st) { bm_pingpong(st, false); })
+  benchmark::RegisterBenchmark("pingpong/pipe_spin", [](benchmark::State& st) { bm_pingpong(st, Wait::spin); })
       ->UseManualTime();
-  benchmark::RegisterBenchmark("pingpong/pipe_blocking", [](benchmark::State& st) { bm_pingpong(st, true); })
+  benchmark::RegisterBenchmark("pingpong/pipe_sleep", [](benchmark::State& st) { bm_pingpong(st, Wait::sleep); })
+      ->UseManualTime();
+  benchmark::RegisterBenchmark("pingpong/pipe_blocking",
+                               [](benchmark::State& st) { bm_pingpong(st, Wait::blocking); })
       ->UseManualTime();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -390,6 +390,79 @@ TEST_CASE("pipe: a sleeping reader is woken by a send from another process") {
   CHECK(core::Stats::read(pipe.segment().stats(0).empty_waits) >= 1);
 }
 
+TEST_CASE("pipe: a zero spin budget makes blocking calls sleep at once") {
+  const std::string name = unique_name();
+  Cleanup cleanup{name};
+  Pipe pipe = make_pipe(name, 4096, /*duplex=*/true);
+  core::Stats& there = pipe.segment().stats(0);
+  {
+    auto w = pipe.writer(0);
+    auto r = pipe.reader(0);
+    REQUIRE((w && r));
+    CHECK(r->spin_budget() == core::Backoff::kDefaultBudget);  // the default is kept
+    CHECK(w->spin_budget() == core::Backoff::kDefaultBudget);
+    r->set_spin_budget(0);
+    w->set_spin_budget(0);
+    CHECK(r->spin_budget() == 0);
+    CHECK(w->spin_budget() == 0);
+    // An empty ring: the recv goes to the futex, not through a spin loop.
+    const std::uint64_t empty0 = core::Stats::read(there.empty_waits);
+    Message m;
+    CHECK(r->recv(m, Deadline::in(5ms)) == Status::timeout);
+    CHECK(core::Stats::read(there.empty_waits) > empty0);
+    // A full ring: the send sleeps on space_wait as well.
+    while (w->try_send(bytes_of(make_msg(0, 500)), 0) == Status::ok) {
+    }
+    const std::uint64_t full0 = core::Stats::read(there.full_waits);
+    CHECK(w->send(bytes_of(make_msg(0, 500)), Deadline::in(5ms), 0) == Status::timeout);
+    CHECK(core::Stats::read(there.full_waits) > full0);
+  }
+  // A cross-process ping-pong with budget 0 on all four ends: every hop arrives, and the
+  // receivers slept (the count per hop depends on scheduling, so only growth is checked).
+  Cleanup cleanup2{name + "-pp"};
+  Pipe fresh = make_pipe(name + "-pp", 4096, /*duplex=*/true);
+  core::Stats& pp_there = fresh.segment().stats(0);
+  core::Stats& pp_back = fresh.segment().stats(1);
+  const std::uint64_t trips = scaled<std::uint64_t>(2'000, 200);
+  const pid_t child = spawn([&] {
+    auto p = Pipe::open(name + "-pp");
+    if (!p) return 2;
+    auto tx = p->writer(1);
+    auto rx = p->reader(0);
+    if (!tx || !rx) return 3;
+    tx->set_spin_budget(0);
+    rx->set_spin_budget(0);
+    Message m;
+    for (std::uint64_t i = 0; i < trips; ++i) {
+      if (rx->recv(m, Deadline::in(60s)) != Status::ok || m.size() != sizeof i) return 4;
+      std::uint64_t v;
+      std::memcpy(&v, m.data(), sizeof v);
+      m.release();
+      if (v != i || tx->send(std::as_bytes(std::span(&v, 1)), Deadline::in(60s)) != Status::ok)
+        return 5;
+    }
+    return 0;
+  });
+  auto tx = fresh.writer(0);
+  auto rx = fresh.reader(1);
+  REQUIRE((tx && rx));
+  tx->set_spin_budget(0);
+  rx->set_spin_budget(0);
+  Message m;
+  for (std::uint64_t i = 0; i < trips; ++i) {
+    REQUIRE(tx->send(std::as_bytes(std::span(&i, 1)), Deadline::in(60s)) == Status::ok);
+    REQUIRE(rx->recv(m, Deadline::in(60s)) == Status::ok);
+    std::uint64_t v = 0;
+    REQUIRE(m.size() == sizeof v);
+    std::memcpy(&v, m.data(), sizeof v);
+    REQUIRE(v == i);
+  }
+  m.release();
+  CHECK(wait_exit(child) == 0);
+  CHECK(core::Stats::read(pp_there.empty_waits) + core::Stats::read(pp_back.empty_waits) >= 1);
+  CHECK(core::Stats::read(pp_there.wakes) + core::Stats::read(pp_back.wakes) >= 1);
+}
+
 TEST_CASE("pipe: recv, send and claim honour their deadlines") {
   const std::string name = unique_name();
   Cleanup cleanup{name};

@@ -211,6 +211,10 @@ class SpscEnd {
   SpscRingControl* control() const noexcept { return ctl_; }
   // Forget the ring without touching shared memory (a handle inherited by a forked child).
   void detach() noexcept { ctl_ = nullptr; }
+  // Pause rounds a blocking call (recv, send, claim, send_many) spins on the ring before it
+  // sleeps on the futex; 0 sleeps at once. Local to this end; Backoff::kDefaultBudget by default.
+  void set_spin_budget(std::uint32_t rounds) noexcept { spin_budget_ = rounds; }
+  std::uint32_t spin_budget() const noexcept { return spin_budget_; }
 
  protected:
   Status attach_common(std::span<std::byte> mem, std::uint64_t capacity, Stats* stats) noexcept {
@@ -256,6 +260,7 @@ class SpscEnd {
   std::uint64_t max_payload_ = 0;
   std::uint64_t unflushed_msgs_ = 0;
   std::uint64_t unflushed_bytes_ = 0;
+  std::uint32_t spin_budget_ = Backoff::kDefaultBudget;
   Status last_ = Status::ok;
 };
 
@@ -616,14 +621,14 @@ class SpscWriter : public SpscEnd {
     return last_ = Status::ok;
   }
 
-  // Waits until `need` bytes are free: spins, then sleeps on space_wait in slices, checking the
-  // reader's liveness after each slice that ends without a wake. ok | timeout | interrupted |
-  // closed | corrupt.
+  // Waits until `need` bytes are free: spins (spin_budget() rounds), then sleeps on space_wait
+  // in slices, checking the reader's liveness after each slice that ends without a wake.
+  // ok | timeout | interrupted | closed | corrupt.
   template <class PeerAlive>
   Status wait_room(std::uint64_t need, Deadline d, PeerAlive& alive) noexcept {
     if (const Status s = reserve(need); s != Status::full) return s;
     publish();  // the reader must see everything we wrote before we wait for it
-    Backoff backoff;
+    Backoff backoff(spin_budget_);
     for (;;) {
       const Status s = reserve(need);
       if (s != Status::full) return s;
@@ -704,11 +709,11 @@ class SpscReader : public SpscEnd {
     return last_ = s;
   }
 
-  // ok | timeout | interrupted | closed | corrupt. Spins, then sleeps on data_wait in slices,
-  // checking the writer's liveness after each slice that ends without a wake.
+  // ok | timeout | interrupted | closed | corrupt. Spins (spin_budget() rounds), then sleeps on
+  // data_wait in slices, checking the writer's liveness after each slice that ends without a wake.
   template <class PeerAlive>
   [[nodiscard]] Status recv(RecvView& out, Deadline d, PeerAlive&& alive) noexcept {
-    Backoff backoff;
+    Backoff backoff(spin_budget_);
     for (;;) {
       const Status s = try_recv(out);
       if (s != Status::empty) return s;

@@ -175,6 +175,13 @@ class PipeWriter {
     return st_->ring.send_many(msgs, d, kind, [this] { return reader_alive(); });
   }
 
+  // Pause rounds send/claim/send_many spin on a full ring before they sleep on the futex
+  // (0: sleep at once). Default core::Backoff::kDefaultBudget. Applies to this handle only.
+  void set_spin_budget(std::uint32_t rounds) noexcept {
+    if (st_) st_->ring.set_spin_budget(rounds);
+  }
+  std::uint32_t spin_budget() const noexcept { return st_ ? st_->ring.spin_budget() : 0; }
+
   std::size_t max_claim() const noexcept { return st_ ? st_->ring.max_claim() : 0; }
   Status last_status() const noexcept { return st_ ? st_->ring.last_status() : Status::closed; }
   bool valid() const noexcept { return st_ != nullptr; }
@@ -253,7 +260,7 @@ class PipeReader {
   template <class F>
   std::size_t recv_many(F&& fn, std::size_t max, Deadline d) noexcept {
     if (!st_ || max == 0) return 0;
-    core::Backoff backoff;
+    core::Backoff backoff(st_->ring.spin_budget());
     for (;;) {
       const std::size_t n = recv_many(fn, max);
       if (n != 0 || st_->ring.last_status() != Status::empty) return n;
@@ -263,6 +270,13 @@ class PipeReader {
       }
     }
   }
+
+  // Pause rounds recv/recv_many(.., d) spin on an empty ring before they sleep on the futex
+  // (0: sleep at once). Default core::Backoff::kDefaultBudget. Applies to this handle only.
+  void set_spin_budget(std::uint32_t rounds) noexcept {
+    if (st_) st_->ring.set_spin_budget(rounds);
+  }
+  std::uint32_t spin_budget() const noexcept { return st_ ? st_->ring.spin_budget() : 0; }
 
   // Bytes waiting, record headers included (a guess).
   std::size_t size_guess() const noexcept { return st_ ? st_->ring.size_guess() : 0; }

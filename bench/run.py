@@ -28,7 +28,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CPP_SUITES = ["shmq_bench_baselines", "shmq_bench_pipe", "shmq_bench_queue"]
+CPP_SUITES = ["shmq_bench_baselines", "shmq_bench_pipe", "shmq_bench_queue", "shmq_bench_fb"]
 OUR_SHM_PREFIXES = ("shmq.bench-", "shmq-bench-")
 
 
@@ -254,7 +254,8 @@ def cpp_series(cpp: Dict[str, Any], suite_errors: Dict[str, str], name: str, fie
     b = cpp.get("benchmarks", {}).get(name)
     if b is None:
         suite = ("shmq_bench_pipe" if name.startswith(("pipe", "pingpong/pipe")) else
-                 "shmq_bench_queue" if name.startswith("queue") else "shmq_bench_baselines")
+                 "shmq_bench_queue" if name.startswith("queue") else
+                 "shmq_bench_fb" if name.startswith("fb/") else "shmq_bench_baselines")
         why = suite_errors.get(suite, "filtered out or not in this build")
         return Series([], f"{name}: {why}")
     if b.get("error"):
@@ -374,6 +375,16 @@ def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict
     if fb["verdict"] != "not run":
         fb["verdict"], fb["target"] = "info", "ratio vs pickle"
     rows.append(fb)
+    # C++ FlatBuffers (issue: build in place vs build then copy): send + receive + verify + read
+    # every field, one thread, per message; > 1 means in place is faster.
+    for chan, msg in (("pipe", "tick"), ("pipe", "order"), ("pipe", "order_7k"),
+                      ("queue", "tick"), ("queue", "order")):
+        row = ratio(f"FB {chan} {msg}", f"C++ FlatBuffers {msg} via {chan}: in place vs built then copied",
+                    C(f"fb/{chan}/{msg}/inplace:1/verify:1"), C(f"fb/{chan}/{msg}/inplace:0/verify:1"),
+                    ">=", 0, "copied")
+        if row["verdict"] != "not run":
+            row["verdict"], row["target"] = "info", "ratio vs copied"
+        rows.append(row)
     fb_mp = ratio("FB mp", "Python FlatBuffers tick via shmq vs pickled dict via mp.Queue (info)",
                   Y("flatbuffers/shmq.Queue/flatbuffers"), Y("flatbuffers/mp.Queue/pickle"),
                   ">=", 0, "mp.Queue pickle")

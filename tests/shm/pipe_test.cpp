@@ -20,6 +20,9 @@
 #include <thread>
 #include <vector>
 
+// Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
+// measures speed. Orders that matter are those of the code under test.
+
 using namespace shmq;
 using namespace std::chrono_literals;
 
@@ -784,9 +787,9 @@ TEST_CASE("pipe: open rejects corrupt pipe segments with a named error") {
     REQUIRE(w->try_send(bytes_of(make_msg(0, 100)), 0) == Status::ok);
     core::SpscRingControl& c = control_of(pipe);
     ChannelParams& params = pipe.segment().header().params;
-    SUBCASE("head > tail") { c.head.store(c.tail.load() + 8); }
-    SUBCASE("tail - head > capacity") { c.tail.store(c.head.load() + 4096 + 8); }
-    SUBCASE("misaligned head") { c.head.store(4); }
+    SUBCASE("head > tail") { c.head.store(c.tail.load(std::memory_order_seq_cst) + 8, std::memory_order_seq_cst); }
+    SUBCASE("tail - head > capacity") { c.tail.store(c.head.load(std::memory_order_seq_cst) + 4096 + 8, std::memory_order_seq_cst); }
+    SUBCASE("misaligned head") { c.head.store(4, std::memory_order_seq_cst); }
     SUBCASE("bad ring magic") { c.magic = 0; }
     SUBCASE("ring capacity differs from the header's") { c.capacity = 2048; }
     SUBCASE("capacity not a power of two") { params.capacity = 3000; }
@@ -833,7 +836,7 @@ TEST_CASE("pipe: corrupt records are reported as corrupt, never delivered, never
     std::memcpy(record + 4, &tag, 4);
   }
   SUBCASE("tail moved beyond head + capacity while running") {
-    control_of(pipe).tail.store(1 << 20);
+    control_of(pipe).tail.store(1 << 20, std::memory_order_seq_cst);
   }
   Message m;
   CHECK(sut->try_recv(m) == Status::corrupt);

@@ -50,12 +50,36 @@ class QueueRegistry final : public core::ClaimRegistry {
 
 struct QueueShared {
   QueueShared() : registry(this) {}
+  // A generated or anonymous queue disappears with its last user: its spill files go too.
+  // "Last" is asked only after our own attach lock is gone, through a description of our own:
+  // a probe through our attach description would be blind to a forked peer, which shares that
+  // description, since F_OFD_GETLK never reports a description's own lock to it.
+  // A forked producer leaving (a Python child at exit) thus took its parent for absent and
+  // removed the files of committed, unread messages: their reader got `corrupt`.
+  //   1. not generated/anonymous: nothing to do (Queue::unlink and gc remove the files);
+  //   2. no probe description (fd limit): keep the files (a leak gc removes, never a loss);
+  //   3. after our detach, some description still holds the attach lock (another process, a
+  //      forked parent or child sharing ours, or another Queue of this process): keep them;
+  //   4. none: we were the last; remove them. Two last ones racing both remove: harmless.
   ~QueueShared() {
     if (!segment.valid()) return;
-    // A generated or anonymous queue disappears with its last user: take its spill files too.
     const std::uint32_t flags = segment.header().flags;
-    if ((flags & (kUnlinkWhenUnused | kAnonymous)) != 0 && !segment.others_attached())
-      (void)Queue::remove_spill_files(spill_tag);
+    if ((flags & (kUnlinkWhenUnused | kAnonymous)) == 0) return;  // case 1
+    auto probe = segment.reopen_fd();
+    { Segment gone = std::move(segment); }  // unmaps and drops our attach lock (if ours alone)
+    if (!probe) return;                     // case 2
+    if (!attach_locked(*probe)) (void)Queue::remove_spill_files(spill_tag);  // cases 3, 4
+    ::close(*probe);
+  }
+  // Whether any description holds the segment's attach lock; `fd` is a description holding none.
+  static bool attach_locked(int fd) noexcept {
+    struct flock fl {};
+    fl.l_type = F_WRLCK;  // conflicts with every reader's shared attach lock
+    fl.l_whence = SEEK_SET;
+    fl.l_start = kAttachLockByte;
+    fl.l_len = 1;
+    if (::fcntl(fd, F_OFD_GETLK, &fl) != 0) return true;  // unknown: keep the files
+    return fl.l_type != F_UNLCK;
   }
   QueueShared(const QueueShared&) = delete;
   QueueShared& operator=(const QueueShared&) = delete;

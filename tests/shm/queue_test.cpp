@@ -24,6 +24,9 @@
 #include <thread>
 #include <vector>
 
+// Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
+// measures speed. Orders that matter are those of the code under test.
+
 using namespace shmq;
 using namespace std::chrono_literals;
 
@@ -160,10 +163,10 @@ TEST_CASE("queue: statistics count sent and received messages once handles flush
       CHECK(rx->try_recv(m) == Status::ok);
     }
   }
-  CHECK(sut->stats().sent.load() == 300);
-  CHECK(sut->stats().received.load() == 300);
-  CHECK(sut->stats().bytes_sent.load() == 3000);
-  CHECK(sut->stats().bytes_received.load() == 3000);
+  CHECK(sut->stats().sent.load(std::memory_order_seq_cst) == 300);
+  CHECK(sut->stats().received.load(std::memory_order_seq_cst) == 300);
+  CHECK(sut->stats().bytes_sent.load(std::memory_order_seq_cst) == 3000);
+  CHECK(sut->stats().bytes_received.load(std::memory_order_seq_cst) == 3000);
 }
 
 TEST_CASE("queue: a spilled send with an expired deadline times out on a full queue") {
@@ -390,6 +393,93 @@ TEST_CASE("queue: a child's inherited handles only close descriptors when destro
   CHECK(as_string(m) == "b");
 }
 
+namespace {
+
+// A spilled message of `size` bytes whose every byte depends on its index.
+std::vector<std::byte> spilled_message(std::uint64_t index, std::size_t size) {
+  std::vector<std::byte> m(size);
+  std::memcpy(m.data(), &index, sizeof index);
+  for (std::size_t j = sizeof index; j < size; ++j)
+    m[j] = static_cast<std::byte>((index * 131 + j * 7) & 0xFF);
+  return m;
+}
+bool is_spilled_message(const Message& m, std::uint64_t index, std::size_t size) {
+  const auto want = spilled_message(index, size);
+  return m.size() == size && std::memcmp(m.data(), want.data(), size) == 0;
+}
+bool shm_file_exists(const std::string& file) {
+  struct stat st {};
+  return ::stat(("/dev/shm/" + file).c_str(), &st) == 0;
+}
+
+}  // namespace
+
+// Regression: a process that destroys its Queue (a Python producer at exit does) used to take
+// it for the last user when its only fellow was a forked parent or child: both hold the attach
+// lock through the one file description fork shares, which F_OFD_GETLK does not report to its
+// own holder. It then removed every spill file of the queue, committed-but-unread messages
+// included, and their reader got `corrupt`. Spilled messages over several laps, each checked.
+TEST_CASE("queue: a forked peer leaving does not take spill files of unread messages") {
+  constexpr std::uint64_t kSlots = 8;
+  constexpr std::uint64_t kMessages = kSlots * 6;  // six laps of the ring
+  constexpr std::size_t kSize = 1024;              // spills: larger than a slot
+  for (const bool child_writes : {true, false}) {
+    CAPTURE(child_writes);
+    auto sut = Queue::create({.name = "", .slots = kSlots, .slot_size = 64});
+    REQUIRE(sut.has_value());
+    const std::string name = sut->name();  // generated: the last one out removes everything
+    SharedArray<std::atomic<unsigned>> writer_left(1);
+    // The writer sends everything, then leaves (destroying its handles and its Queue) while the
+    // last lap is still unread; the reader reads all but that lap, waits for the writer to
+    // leave, then reads the last lap. Returns 0 on success.
+    auto write_all = [&]() -> int {
+      const int rc = [&] {
+        auto tx = sut->writer();
+        if (!tx) return 2;
+        for (std::uint64_t i = 0; i < kMessages; ++i)
+          if (tx->send(spilled_message(i, kSize), Deadline::in(10s)) != Status::ok) return 3;
+        return 0;
+      }();
+      *sut = Queue();
+      // release: the reader that sees 1 (acquire) runs after our Queue was destroyed.
+      writer_left[0].store(1, std::memory_order_release);
+      return rc;
+    };
+    auto read_all = [&]() -> int {
+      const int rc = [&] {
+        int bad = 0;
+        auto rx = sut->reader();
+        if (!rx) return 2;
+        Message m;
+        for (std::uint64_t i = 0; i < kMessages; ++i) {
+          if (i == kMessages - kSlots) {
+            m.release();  // its slot is the one the writer's last message needs
+            const auto give_up = std::chrono::steady_clock::now() + 10s;
+            while (writer_left[0].load(std::memory_order_acquire) == 0) {  // see write_all
+              if (std::chrono::steady_clock::now() > give_up) return 5;
+              std::this_thread::sleep_for(1ms);
+            }
+          }
+          const Status st = rx->recv(m, Deadline::in(10s));
+          if (st != Status::ok) return 10 + static_cast<int>(st);
+          if (!is_spilled_message(m, i, kSize)) ++bad;
+        }
+        return bad == 0 ? 0 : 4;
+      }();
+      *sut = Queue();
+      return rc;
+    };
+    const pid_t pid = ::fork();
+    if (pid == 0) ::_exit(child_writes ? write_all() : read_all());
+    REQUIRE(pid > 0);
+    CHECK((child_writes ? read_all() : write_all()) == 0);
+    CHECK(wait_exit(pid) == 0);
+    // Both have left: the last one out removed the segment and every spill file.
+    CHECK_FALSE(shm_file_exists("shmq." + name));
+    CHECK(spill_files_of(name) == 0);
+  }
+}
+
 TEST_CASE("queue: writer and reader threads sharing one mapping deliver every message once") {
   const std::string name = unique_name();
   Cleanup cleanup(name);
@@ -409,7 +499,7 @@ TEST_CASE("queue: writer and reader threads sharing one mapping deliver every me
         buf.assign(n % 50 == 7 ? 100 : 2, n);  // every 50th message spills
         buf[0] = w;
         const std::span<const std::byte> m{reinterpret_cast<const std::byte*>(buf.data()), buf.size() * 4};
-        if (tx->send(m, Deadline::never()) != Status::ok) bad.fetch_add(1);
+        if (tx->send(m, Deadline::never()) != Status::ok) bad.fetch_add(1, std::memory_order_seq_cst);
       }
     });
   // Messages are handed to a releasing thread: release() of a borrowed message from another
@@ -425,15 +515,15 @@ TEST_CASE("queue: writer and reader threads sharing one mapping deliver every me
         if (st != Status::ok) continue;
         std::uint32_t head[2];
         if (m.size() < 8) {
-          bad.fetch_add(1);
+          bad.fetch_add(1, std::memory_order_seq_cst);
           continue;
         }
         std::memcpy(head, m.data(), 8);
         if (head[0] >= kWriters || head[1] >= kPer) {
-          bad.fetch_add(1);
+          bad.fetch_add(1, std::memory_order_seq_cst);
           continue;
         }
-        seen[head[0] * kPer + head[1]].fetch_add(1);
+        seen[head[0] * kPer + head[1]].fetch_add(1, std::memory_order_seq_cst);
         if (head[1] % 16 == 0) {
           std::thread releaser([msg = std::move(m)]() mutable { msg.release(); });
           releaser.join();
@@ -444,9 +534,9 @@ TEST_CASE("queue: writer and reader threads sharing one mapping deliver every me
   q->close();
   for (unsigned i = kWriters; i < threads.size(); ++i) threads[i].join();
   std::uint64_t wrong = 0;
-  for (auto& x : seen) wrong += x.load() != 1;
+  for (auto& x : seen) wrong += x.load(std::memory_order_seq_cst) != 1;
   CHECK(wrong == 0);
-  CHECK(bad.load() == 0);
+  CHECK(bad.load(std::memory_order_seq_cst) == 0);
   CHECK(spill_files_of(name) == 0);
 }
 
@@ -570,15 +660,15 @@ TEST_CASE("queue: corrupt slot contents are reported, never read out of bounds")
     CHECK(rx->try_recv(m) == Status::corrupt);
   }
   SUBCASE("a dequeue position ahead of the slot sequence") {
-    ring->enqueue_pos.store(3);
-    ring->dequeue_pos.store(3);
-    slot0->seq.store(1000);  // slot of position 8 claims a far lap
+    ring->enqueue_pos.store(3, std::memory_order_seq_cst);
+    ring->dequeue_pos.store(3, std::memory_order_seq_cst);
+    slot0->seq.store(1000, std::memory_order_seq_cst);  // slot of position 8 claims a far lap
     Message m;
     CHECK(rx->try_recv(m) == Status::empty);
     for (int i = 0; i < 5; ++i) CHECK(tx->try_send(as_bytes("x")) == Status::ok);
     CHECK(tx->try_send(as_bytes("x")) == Status::corrupt);
   }
-  CHECK(sut->stats().corrupt_events.load() >= 1);
+  CHECK(sut->stats().corrupt_events.load(std::memory_order_seq_cst) >= 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -609,8 +699,8 @@ void process_stress(unsigned writers, unsigned readers, std::uint64_t per_writer
     if (pid == 0) {
       auto tx = q->writer();
       if (!tx) ::_exit(2);
-      start[0].fetch_add(1);
-      while (start[0].load() < writers + readers) std::this_thread::yield();
+      start[0].fetch_add(1, std::memory_order_seq_cst);
+      while (start[0].load(std::memory_order_seq_cst) < writers + readers) std::this_thread::yield();
       std::uint64_t n = 0;
       std::array<std::uint64_t, 2 * 16> buf;
       std::array<std::span<const std::byte>, 16> msgs;
@@ -643,21 +733,21 @@ void process_stress(unsigned writers, unsigned readers, std::uint64_t per_writer
       auto take = [&](std::span<const std::byte> b, std::uint16_t) {
         std::uint64_t rec[2];
         if (b.size() != 16) {
-          report[0].bad_records.fetch_add(1);
+          report[0].bad_records.fetch_add(1, std::memory_order_seq_cst);
           return;
         }
         std::memcpy(rec, b.data(), 16);
         if (rec[0] >= writers || rec[1] >= per_writer) {
-          report[0].bad_records.fetch_add(1);
+          report[0].bad_records.fetch_add(1, std::memory_order_seq_cst);
           return;
         }
-        if (any[rec[0]] && rec[1] <= last[rec[0]]) report[0].order_errors.fetch_add(1);
+        if (any[rec[0]] && rec[1] <= last[rec[0]]) report[0].order_errors.fetch_add(1, std::memory_order_seq_cst);
         any[rec[0]] = true;
         last[rec[0]] = rec[1];
         seen[rec[0] * per_writer + rec[1]].fetch_add(1, std::memory_order_relaxed);
         ++count;
       };
-      start[0].fetch_add(1);
+      start[0].fetch_add(1, std::memory_order_seq_cst);
       for (std::uint64_t i = 0;; ++i) {
         Status why = Status::ok;
         if (i % 2 == 0) {
@@ -670,7 +760,7 @@ void process_stress(unsigned writers, unsigned readers, std::uint64_t per_writer
         if (why == Status::closed) break;
         if (why != Status::ok) ::_exit(4);
       }
-      report[0].received.fetch_add(count);
+      report[0].received.fetch_add(count, std::memory_order_seq_cst);
       ::_exit(0);
     }
     pids.push_back(pid);
@@ -678,11 +768,11 @@ void process_stress(unsigned writers, unsigned readers, std::uint64_t per_writer
   for (unsigned i = 0; i < writers; ++i) CHECK(wait_exit(pids[i]) == 0);
   q->close();
   for (unsigned i = writers; i < pids.size(); ++i) CHECK(wait_exit(pids[i]) == 0);
-  CHECK(report[0].received.load() == writers * per_writer);
-  CHECK(report[0].order_errors.load() == 0);
-  CHECK(report[0].bad_records.load() == 0);
+  CHECK(report[0].received.load(std::memory_order_seq_cst) == writers * per_writer);
+  CHECK(report[0].order_errors.load(std::memory_order_seq_cst) == 0);
+  CHECK(report[0].bad_records.load(std::memory_order_seq_cst) == 0);
   std::uint64_t wrong = 0;
-  for (std::size_t i = 0; i < seen.size; ++i) wrong += seen[i].load() != 1;
+  for (std::size_t i = 0; i < seen.size; ++i) wrong += seen[i].load(std::memory_order_seq_cst) != 1;
   CHECK(wrong == 0);
   CHECK(q->size_guess() == 0);
 }
@@ -797,11 +887,11 @@ struct Plan {
     if (i % 2 == 0) {
       Message m;
       if (rx->recv(m, Deadline::never()) != Status::ok) ::_exit(4);
-      if (!record_delivery(l, m.bytes())) l.bad.fetch_add(1);
+      if (!record_delivery(l, m.bytes())) l.bad.fetch_add(1, std::memory_order_seq_cst);
     } else {
       rx->recv_many(
           [&](std::span<const std::byte> b, std::uint16_t) {
-            if (!record_delivery(l, b)) l.bad.fetch_add(1);
+            if (!record_delivery(l, b)) l.bad.fetch_add(1, std::memory_order_seq_cst);
           },
           4, Deadline::never());
     }
@@ -823,7 +913,7 @@ struct Gauntlet {
     }
     return parent_sent;
   }
-  void parent_committed(Ledger& l) { l.committed[parent_source].store(++parent_sent); }
+  void parent_committed(Ledger& l) { l.committed[parent_source].store(++parent_sent, std::memory_order_seq_cst); }
   std::uint64_t reader_kills = 0;
   double worst_recovery_ms = 0;
   std::uint64_t progress_failures = 0;
@@ -840,7 +930,7 @@ void survivor_step(Gauntlet& g, QueueWriter& tx, QueueReader& rx, const Plan& pl
   }
   if (plan.role == Victim::writer && feed) {
     rx.try_recv_many([&](std::span<const std::byte> b, std::uint16_t) {
-      if (!record_delivery(l, b)) l.bad.fetch_add(1);
+      if (!record_delivery(l, b)) l.bad.fetch_add(1, std::memory_order_seq_cst);
     }, 8);
   }
 }
@@ -872,7 +962,7 @@ void check_progress(Gauntlet& g, QueueWriter& tx, QueueReader& rx) {
     if (st != Status::ok) continue;
     Record r{};
     std::memcpy(&r, m.data(), std::min(sizeof r, m.size()));
-    if (!record_delivery(l, m.bytes())) l.bad.fetch_add(1);
+    if (!record_delivery(l, m.bytes())) l.bad.fetch_add(1, std::memory_order_seq_cst);
     arrived = r.source == probe_source && r.n == probe;
   }
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -971,14 +1061,14 @@ TEST_CASE("queue: kill -9 at every kill point loses and duplicates no committed 
   for (std::uint32_t i = 0; i < 2 * kGauntletSlots; ++i) check_progress(g, *tx, *rx);
   Message m;
   while (rx->try_recv(m) == Status::ok)
-    if (!record_delivery(l, m.bytes())) l.bad.fetch_add(1);
+    if (!record_delivery(l, m.bytes())) l.bad.fetch_add(1, std::memory_order_seq_cst);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   std::uint64_t duplicates = 0, missing = 0, delivered = 0;
   for (std::uint32_t src = 0; src < g.next_source; ++src) {
-    const std::uint32_t committed = l.committed[src].load();
+    const std::uint32_t committed = l.committed[src].load(std::memory_order_seq_cst);
     for (std::uint32_t n = 0; n < kMaxPerSource; ++n) {
-      const unsigned d = l.delivered[src][n].load();
+      const unsigned d = l.delivered[src][n].load(std::memory_order_seq_cst);
       delivered += d;
       duplicates += d > 1;
       if (n < committed && d == 0) ++missing;
@@ -987,15 +1077,15 @@ TEST_CASE("queue: kill -9 at every kill point loses and duplicates no committed 
   }
   const core::Stats& st = q->stats();
   MESSAGE("gauntlet: " << kCycles << " cycles in " << s << " s; " << delivered << " delivered; worst recovery "
-                       << g.worst_recovery_ms << " ms; abandoned " << st.abandoned.load() << ", recovered "
-                       << st.recovered.load() << ", missing " << missing);
+                       << g.worst_recovery_ms << " ms; abandoned " << st.abandoned.load(std::memory_order_seq_cst) << ", recovered "
+                       << st.recovered.load(std::memory_order_seq_cst) << ", missing " << missing);
   CHECK(g.progress_failures == 0);
   CHECK(duplicates == 0);
-  CHECK(l.bad.load() == 0);
+  CHECK(l.bad.load(std::memory_order_seq_cst) == 0);
   // A committed message may vanish only with a reader killed while holding it (counted).
-  CHECK(missing <= st.abandoned.load());
-  CHECK(st.abandoned.load() <= 4 * g.reader_kills);
-  CHECK(st.recovered.load() >= 1);
+  CHECK(missing <= st.abandoned.load(std::memory_order_seq_cst));
+  CHECK(st.abandoned.load(std::memory_order_seq_cst) <= 4 * g.reader_kills);
+  CHECK(st.recovered.load(std::memory_order_seq_cst) >= 1);
   CHECK(spill_files_of(name) == 0);
 }
 

@@ -25,7 +25,11 @@
 //     nothing behind (the kernel frees an unlinked, unmapped file). The slot stays held until the
 //     Message is released, so such a message is counted `abandoned` like any other;
 //   - if every participant dies, the files of a named queue go with it: Queue::unlink() and the
-//     CLI's gc remove "shmq.<name>.x*" (remove_spill_files()).
+//     CLI's gc remove "shmq.<name>.x*" (remove_spill_files());
+//   - a generated or anonymous queue's last user removes them when it leaves. "Last" is asked
+//     after its own attach lock is gone, through a fresh description (a forked parent and child
+//     share one attach description, so asking through it would miss the other and remove the
+//     files of unread messages).
 //   The cost, one create + mmap per large message, is small next to copying a message larger than
 //   a slot (typically kilobytes to megabytes).
 //

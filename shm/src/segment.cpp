@@ -571,10 +571,5 @@ std::uint32_t Segment::live_participants() const noexcept {
 
 bool Segment::creator_alive() const noexcept { return byte_locked(fd_, kCreatorLockByte); }
 
-// Probing through our own attach description ignores our own lock: OFD locks of one description
-// never conflict with each other.
-bool Segment::others_attached() const noexcept {
-  return byte_locked(attach_fd_, kAttachLockByte);
-}
 
 }  // namespace shmq

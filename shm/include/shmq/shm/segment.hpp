@@ -219,9 +219,6 @@ class Segment {
   std::uint32_t live_participants() const noexcept;
   // Whether the creator still holds its creation lock (only while state == initializing).
   bool creator_alive() const noexcept;
-  // Whether any Segment mapping other than this one (in any process, this one included) is
-  // attached. One syscall.
-  bool others_attached() const noexcept;
 
   // Opens a new file description of this segment (for a lock that must not be shared with
   // other handles in this process).

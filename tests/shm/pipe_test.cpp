@@ -649,7 +649,9 @@ TEST_CASE("pipe: kill -9 of the writer mid-stream: no partial message is deliver
     REQUIRE(rest.last == Status::closed);
   }
   MESSAGE("writer kills while a streamed message was incomplete: " << mid_stream << " of " << cycles);
-  CHECK(mid_stream > 0);
+  // Coverage, not correctness: at full scale (the release run) some kills must land mid-stream;
+  // the short sanitizer runs have too few cycles for that to be certain.
+  if (cycles >= 100) CHECK(mid_stream > 0);
 }
 
 TEST_CASE("pipe: kill -9 of the reader: the writer gets closed") {

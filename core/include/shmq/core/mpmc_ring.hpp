@@ -478,6 +478,36 @@ class LocalCounters {
   std::uint64_t bytes_ = 0;
 };
 
+// The blocking loop shared by writers (waiting out `full` on space_free) and readers (waiting out
+// `empty` on data_ready): retry `attempt`, spin, then sleep on `word` in slices bounded by the
+// stuck-slot watch. `waits` counts the first sleep of the call; local counts are flushed before
+// sleeping so a statistics reader is not misled by a sleeping handle.
+template <class Attempt, class Ready>
+Status block_on(Attempt&& attempt, Status waiting_out, Deadline d, WaitWord& word, Ready&& ready,
+                std::atomic<std::uint64_t>* waits, LocalCounters& counters,
+                const detail::StuckWatch& watch) noexcept {
+  Backoff backoff;
+  bool counted = false;
+  for (;;) {
+    const Status st = attempt();
+    if (st != waiting_out) return st;
+    if (d.expired()) return Status::timeout;
+    if (backoff.spin()) continue;
+    if (!counted && waits != nullptr) {
+      Stats::bump(*waits);
+      counted = true;
+    }
+    counters.flush();
+    const FutexResult r = word.wait(
+        [&] {
+          SHMQ_KILL_POINT(KillPoint::asleep);
+          return ready();
+        },
+        d.capped(watch.sleep_cap()));
+    if (r == FutexResult::interrupted) return Status::interrupted;
+  }
+}
+
 // One writer participant. Not thread-safe: one thread at a time (any number of writers).
 class MpmcWriter {
  public:
@@ -625,26 +655,9 @@ class MpmcWriter {
   // Retries `attempt` while it reports `full`: spin, then sleep on space_free in slices.
   template <class Attempt>
   Status block(Attempt&& attempt, Deadline d) noexcept {
-    Backoff backoff;
-    bool counted = false;
-    for (;;) {
-      const Status st = attempt();
-      if (st != Status::full) return st;
-      if (d.expired()) return Status::timeout;
-      if (backoff.spin()) continue;
-      if (!counted && stats_ != nullptr) {
-        Stats::bump(stats_->full_waits);
-        counted = true;
-      }
-      counters_.flush();
-      const FutexResult r = ring_.header().space_free.wait(
-          [&] {
-            SHMQ_KILL_POINT(KillPoint::asleep);
-            return writable_guess();
-          },
-          d.capped(watch_.sleep_cap()));
-      if (r == FutexResult::interrupted) return Status::interrupted;
-    }
+    return block_on(attempt, Status::full, d, ring_.header().space_free,
+                    [this] { return writable_guess(); },
+                    stats_ != nullptr ? &stats_->full_waits : nullptr, counters_, watch_);
   }
 
   bool room_below_maxsize(std::uint64_t pos) const noexcept {
@@ -876,28 +889,12 @@ class MpmcReader {
   void discard_stats() noexcept { counters_.discard(); }
 
  private:
+  // Retries `attempt` while it reports `empty`: spin, then sleep on data_ready in slices.
   template <class Attempt>
   Status block(Attempt&& attempt, Deadline d) noexcept {
-    Backoff backoff;
-    bool counted = false;
-    for (;;) {
-      const Status st = attempt();
-      if (st != Status::empty) return st;
-      if (d.expired()) return Status::timeout;
-      if (backoff.spin()) continue;
-      if (!counted && stats_ != nullptr) {
-        Stats::bump(stats_->empty_waits);
-        counted = true;
-      }
-      counters_.flush();
-      const FutexResult r = ring_.header().data_ready.wait(
-          [&] {
-            SHMQ_KILL_POINT(KillPoint::asleep);
-            return readable_guess();
-          },
-          d.capped(watch_.sleep_cap()));
-      if (r == FutexResult::interrupted) return Status::interrupted;
-    }
+    return block_on(attempt, Status::empty, d, ring_.header().data_ready,
+                    [this] { return readable_guess(); },
+                    stats_ != nullptr ? &stats_->empty_waits : nullptr, counters_, watch_);
   }
 
   std::uint32_t free_hold_word() const noexcept {

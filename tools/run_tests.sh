@@ -13,6 +13,7 @@ PARTS=${SHMQ_TEST_PARTS:-cpp,asan,tsan,fuzz,python}
 passed=0
 failed=0
 failures=()
+details=()  # failing tests and their first doctest errors, repeated just above the last line
 jobs=$(nproc)
 
 want() { [[ ",$PARTS," == *",$1,"* ]]; }
@@ -36,6 +37,8 @@ run_meson_suites() {
   echo "== $label: doctest suites ($dir)"
   "$MESON" test -C "$dir" --print-errorlogs --num-processes 1 "$@" 2>&1 | tee "$log" | grep -E '^ *[0-9]+/[0-9]+ |^(Ok|Fail|Timeout):'
   count_meson "$log" "$label"
+  while IFS= read -r line; do details+=("$label: $line"); done < <(
+    grep -E '^ *[0-9]+/[0-9]+ .*(FAIL|TIMEOUT|ERROR)|: ERROR: |^ *values: |^(TEST CASE|  SUBCASE):|SUMMARY: |^==[0-9]+==ERROR' "$log" | head -20)
   rm -f "$log"
 }
 
@@ -104,6 +107,9 @@ if [ -n "$left" ]; then
   failed=$((failed + 1)); failures+=("leftover segments")
 fi
 
-[ ${#failures[@]} -gt 0 ] && echo "failed parts: ${failures[*]}"
+if [ ${#failures[@]} -gt 0 ]; then
+  echo "failed parts: ${failures[*]}"
+  for d in "${details[@]}"; do echo "  $d"; done
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -245,6 +245,12 @@ class Payload {
     pickle(obj);
   }
 
+  // Raw bytes that the caller keeps alive (send_bytes' slice of a buffer it holds).
+  void raw(const void* data, std::size_t n) {
+    kind_ = 0;
+    add(data, n);
+  }
+
   // A finished FlatBuffers buffer (kind 2): the serialize module's prefix {type id, start = 8}
   // and the buffer, written straight from the caller's memory into the channel (one copy).
   // The type id is the buffer's own file_identifier (bytes 4..7), as C++'s fb::Reader expects.
@@ -570,18 +576,6 @@ Status put_payload(Writer& w, const Payload& p, Deadline d) {
     }
     Status s = c.status();
     if (s != Status::full || is_poll(d)) return s;
-    if (n >= kNoGilCopy) {
-      // large: claim and copy with the GIL released
-      return block_in_slices(
-          [&](Deadline slice) {
-            auto cl = w.claim(n, slice, p.kind());
-            if (!cl.valid()) return cl.status();
-            p.write(cl.bytes().data());
-            cl.commit(n);
-            return Status::ok;
-          },
-          d);
-    }
     return block_in_slices(
         [&](Deadline slice) {
           auto cl = w.claim(n, slice, p.kind());
@@ -1060,11 +1054,8 @@ class PipeEnd {
     Py_ssize_t sz = size ? *size : n - offset;
     if (sz < 0) throw_py(PyExc_ValueError, "size is negative");
     if (offset + sz > n) throw_py(PyExc_ValueError, "buffer length < offset + size");
-    PyObject* mv = PyMemoryView_FromMemory(static_cast<char*>(v.buf) + offset, sz, PyBUF_READ);
-    if (mv == nullptr) throw nb::python_error();
-    nb::object keep = nb::steal(mv);
-    Payload p;
-    p.encode(mv, true);
+    Payload p;  // the slice goes straight from the caller's buffer, held by `rel`
+    p.raw(static_cast<const char*>(v.buf) + offset, static_cast<std::size_t>(sz));
     send_payload(p);
   }
 

@@ -36,7 +36,9 @@ class Deadline {
   using Clock = std::chrono::steady_clock;
 
   static constexpr Deadline never() noexcept { return Deadline(Clock::time_point::max()); }
-  static Deadline now() noexcept { return Deadline(Clock::now()); }   // poll once, do not wait
+  // Poll once, do not wait. The clock's epoch (boot) is always past, so checking it costs no
+  // clock read: a try_* call on the hot path makes no clock_gettime at all.
+  static constexpr Deadline now() noexcept { return Deadline(Clock::time_point{}); }
   static Deadline at(Clock::time_point tp) noexcept { return Deadline(tp); }
   template <class Rep, class Period>
   static Deadline in(std::chrono::duration<Rep, Period> d) noexcept {
@@ -48,7 +50,8 @@ class Deadline {
   }
 
   constexpr bool is_never() const noexcept { return tp_ == Clock::time_point::max(); }
-  bool expired() const noexcept { return !is_never() && Clock::now() >= tp_; }
+  constexpr bool is_poll() const noexcept { return tp_ == Clock::time_point{}; }
+  bool expired() const noexcept { return is_poll() || (!is_never() && Clock::now() >= tp_); }
   constexpr Clock::time_point time_point() const noexcept { return tp_; }
   // The earlier of this deadline and now + slice: how blocking calls bound each sleep.
   template <class Rep, class Period>

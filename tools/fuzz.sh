@@ -21,7 +21,11 @@ if [ ! -f "$BUILD/build.ninja" ]; then
     -Dtests=disabled -Dbench=disabled -Dtools=disabled -Dpython=disabled -Dinstall_lib=false \
     -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
 fi
-"$MESON" compile -C "$BUILD" fb_verify_fuzz fb_fuzz_seeds segment_open_fuzz segment_fuzz_seeds >/dev/null
+if ! out=$("$MESON" compile -C "$BUILD" fb_verify_fuzz fb_fuzz_seeds segment_open_fuzz segment_fuzz_seeds 2>&1); then
+  echo "fuzz: building the targets in $BUILD failed (remove $BUILD if it was set up by an older checkout):" >&2
+  echo "$out" | tail -30 >&2
+  exit 1
+fi
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}

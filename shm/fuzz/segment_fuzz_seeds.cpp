@@ -55,12 +55,15 @@ int main(int argc, char** argv) {
     shmq::QueueConfig c;
     c.slots = 8;
     c.slot_size = 64;
+    c.arena_chunks = 1;  // one small chunk, so the seed stays small and holds an arena reference
+    c.arena_chunk_bytes = 4096;
     c.anonymous = true;
     auto q = shmq::Queue::create(c);
     if (!q) return 1;
     auto tx = q->writer();
     if (!tx) return 1;
     for (unsigned i = 0; i < 6; ++i) (void)tx->try_send(payload(8 + i * 9, i), i % 2);
+    (void)tx->try_send(payload(300, 7), 0);  // larger than a slot: in the arena chunk
     written += save(q->segment(), dir + "/queue");
   }
   std::printf("wrote %d seeds to %s\n", written, dir.c_str());

@@ -27,6 +27,22 @@ static_assert(9 + 5 + (kSpillTagBytes - 1) + 2 < kSpillPrefixMax);
 static_assert(kSpillPrefixMax + 16 + 1 <= kPathMax);
 constexpr std::uint64_t kMaxSpillBytes = 1ull << 40;
 
+// The arena after the ring: owner words (one u64 per chunk) rounded up to a page, then chunks.
+struct ArenaLayout {
+  std::uint64_t offset = 0;  // from the body's start
+  std::uint64_t owner_bytes = 0;
+  std::uint64_t total = 0;   // owners and chunks
+};
+constexpr std::uint64_t round_up(std::uint64_t v, std::uint64_t a) noexcept { return (v + a - 1) / a * a; }
+ArenaLayout arena_layout(std::uint64_t ring_end, std::uint64_t chunks, std::uint64_t chunk_bytes) noexcept {
+  ArenaLayout l;
+  l.offset = round_up(ring_end, kArenaAlign);
+  if (chunks == 0) return l;
+  l.owner_bytes = round_up(chunks * sizeof(std::uint64_t), kArenaAlign);
+  l.total = l.owner_bytes + chunks * chunk_bytes;  // <= 512 * 1 GiB: no overflow
+  return l;
+}
+
 std::string quoted(std::string_view name) {
   return name.empty() ? std::string("the anonymous queue") : "queue '" + std::string(name) + "'";
 }
@@ -89,9 +105,17 @@ struct QueueShared {
     std::snprintf(out, sizeof out, "%s%016llx", spill_prefix, static_cast<unsigned long long>(pos));
   }
 
+  // Arena chunk i's owner word and bytes (i < arena_chunks).
+  std::atomic<std::uint64_t>& owner(std::uint64_t i) const noexcept { return arena_owner[i]; }
+  std::byte* chunk(std::uint64_t i) const noexcept { return arena + i * arena_chunk_bytes; }
+
   Segment segment;
   core::MpmcRing ring;
   QueueBodyHeader* body = nullptr;
+  std::atomic<std::uint64_t>* arena_owner = nullptr;
+  std::byte* arena = nullptr;
+  std::uint64_t arena_chunks = 0;
+  std::uint64_t arena_chunk_bytes = 0;
   std::string spill_tag;
   char spill_prefix[kSpillPrefixMax] = {};
   QueueRegistry registry;
@@ -104,6 +128,13 @@ bool QueueRegistry::alive(std::uint32_t index) const noexcept {
   return q_->segment.participant_alive(index);
 }
 void QueueRegistry::reclaim(std::uint64_t pos) noexcept {
+  // The dead owner of `pos` may hold an arena chunk tagged pos + 1 (never more than one).
+  for (std::uint64_t i = 0; i < q_->arena_chunks; ++i) {
+    std::uint64_t tag = pos + 1;
+    // release: [A2]; the dead owner's bytes are discarded, the next taker's CAS acquires.
+    if (q_->owner(i).compare_exchange_strong(tag, 0, std::memory_order_release, std::memory_order_relaxed))
+      break;
+  }
   char path[kPathMax];
   q_->spill_path(pos, path);
   ::unlink(path);  // ENOENT: the slot never spilled, or its reader unlinked the file already
@@ -117,6 +148,7 @@ struct QueueWriterState {
   Participant participant;
   pid_t pid = 0;
   core::MpmcWriter core;
+  std::uint64_t arena_next = 0;  // where the next chunk search starts (round robin)
 };
 
 struct QueueReaderState {
@@ -145,6 +177,19 @@ Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out) noexcep
     core::Stats::bump(stats.corrupt_events);
     return Status::corrupt;
   };
+  if (v.length == 2 * sizeof(std::uint64_t)) {  // {length, chunk + 1}: in the arena
+    std::uint64_t ref[2];
+    std::memcpy(ref, v.data, sizeof ref);  // read once, then checked
+    const std::uint64_t len = ref[0], chunk = ref[1];
+    if (chunk == 0 || chunk > q.arena_chunks || len == 0 || len > q.arena_chunk_bytes) return corrupt();
+    // relaxed: the slot's acquire [Q1] ordered the writer's tag before this; a chunk not tagged
+    // with this slot's position belongs to someone else and is left alone.
+    if (q.owner(chunk - 1).load(std::memory_order_relaxed) != v.pos + 1) return corrupt();
+    out.base = q.chunk(chunk - 1);
+    out.length = len;
+    out.chunk = chunk;
+    return Status::ok;
+  }
   if (v.length != sizeof(std::uint64_t)) return corrupt();
   std::uint64_t len = 0;
   std::memcpy(&len, v.data, sizeof len);  // read once, then checked
@@ -167,17 +212,20 @@ Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out) noexcep
   return Status::ok;
 }
 
-void unmap_spill(SpillMap& m) noexcept {
-  if (m.base != nullptr) ::munmap(m.base, m.length);
-  m.base = nullptr;
-  m.length = 0;
+void unmap_spill(QueueShared& q, SpillMap& m) noexcept {
+  if (m.chunk != 0) {
+    q.owner(m.chunk - 1).store(0, std::memory_order_release);  // [A2]: our reads come first
+  } else if (m.base != nullptr) {
+    ::munmap(m.base, m.length);
+  }
+  m = {};
 }
 
 namespace {
 
 void release_hook(void* context, std::uint64_t) noexcept {
   auto* h = static_cast<QueueReaderState::Hold*>(context);
-  unmap_spill(h->spill);
+  unmap_spill(*h->owner->shared, h->spill);  // before the slot: see queue.hpp on the arena
   h->owner->core.release(h->view);
 }
 
@@ -226,6 +274,16 @@ Result<Queue> Queue::create(const QueueConfig& config) {
                             .initial_epoch = config.initial_epoch};
   auto ring_bytes = core::MpmcRing::required_bytes(mc);
   if (!ring_bytes) return std::move(ring_bytes).error();
+  if (config.arena_chunks > kMaxArenaChunks)
+    return Error(Errc::invalid_argument, "arena_chunks " + std::to_string(config.arena_chunks) +
+                                             " exceeds " + std::to_string(kMaxArenaChunks));
+  if (config.arena_chunks != 0 &&
+      (config.arena_chunk_bytes == 0 || config.arena_chunk_bytes % kArenaAlign != 0 ||
+       config.arena_chunk_bytes > kMaxArenaChunkBytes))
+    return Error(Errc::invalid_argument, "arena_chunk_bytes " + std::to_string(config.arena_chunk_bytes) +
+                                             " is not a multiple of 4096 in (0, 1 GiB]");
+  const detail::ArenaLayout arena = detail::arena_layout(
+      sizeof(QueueBodyHeader) + *ring_bytes, config.arena_chunks, config.arena_chunk_bytes);
   SegmentConfig sc;
   sc.name = config.name;
   sc.kind = SegmentKind::queue;
@@ -233,7 +291,7 @@ Result<Queue> Queue::create(const QueueConfig& config) {
   sc.params.slot_size = config.slot_size;
   sc.params.maxsize = config.maxsize;
   sc.params.directions = 1;
-  sc.body_bytes = sizeof(QueueBodyHeader) + *ring_bytes;
+  sc.body_bytes = arena.offset + arena.total;
   sc.anonymous = config.anonymous;
 
   std::string anon_tag;
@@ -247,6 +305,12 @@ Result<Queue> Queue::create(const QueueConfig& config) {
     body->maxsize = config.maxsize;
     body->ring_offset = sizeof(QueueBodyHeader);
     body->ring_bytes = *ring_bytes;
+    body->arena_offset = arena.offset;
+    body->arena_chunks = config.arena_chunks;
+    body->arena_chunk_bytes = config.arena_chunks != 0 ? config.arena_chunk_bytes : 0;
+    auto* owners = reinterpret_cast<std::atomic<std::uint64_t>*>(s.body() + arena.offset);
+    for (std::uint32_t i = 0; i < config.arena_chunks; ++i)
+      owners[i].store(0, std::memory_order_relaxed);  // relaxed: published by [S1] as below
     const std::string& tag = config.anonymous ? anon_tag : s.name();
     std::memset(body->spill_tag, 0, sizeof body->spill_tag);
     std::memcpy(body->spill_tag, tag.data(), std::min(tag.size(), sizeof body->spill_tag - 1));
@@ -288,7 +352,8 @@ Result<Queue> Queue::attach(Segment seg) {
   const auto* b = reinterpret_cast<const QueueBodyHeader*>(seg.body());
   const std::uint64_t magic = b->magic, slots = b->slots, slot_size = b->slot_size,
                       maxsize = b->maxsize, ring_offset = b->ring_offset,
-                      ring_bytes = b->ring_bytes;
+                      ring_bytes = b->ring_bytes, arena_offset = b->arena_offset,
+                      arena_chunks = b->arena_chunks, arena_chunk_bytes = b->arena_chunk_bytes;
   char tag[kSpillTagBytes];
   std::memcpy(tag, b->spill_tag, sizeof tag);
   if (magic != kQueueBodyMagic)
@@ -303,6 +368,16 @@ Result<Queue> Queue::attach(Segment seg) {
   if (ring_offset + ring_bytes > seg.body_bytes())
     return Error(Errc::size_mismatch, who + " needs " + std::to_string(ring_offset + ring_bytes) +
                                           " body bytes but has " + std::to_string(seg.body_bytes()));
+  if (arena_chunks > kMaxArenaChunks) return bad("arena_chunks", arena_chunks);
+  if (arena_chunks != 0 && (arena_chunk_bytes == 0 || arena_chunk_bytes % kArenaAlign != 0 ||
+                            arena_chunk_bytes > kMaxArenaChunkBytes))
+    return bad("arena_chunk_bytes", arena_chunk_bytes);
+  const detail::ArenaLayout arena = detail::arena_layout(ring_offset + ring_bytes, arena_chunks, arena_chunk_bytes);
+  if (arena_offset != arena.offset) return bad("arena_offset", arena_offset);
+  if (arena.offset + arena.total > seg.body_bytes())
+    return Error(Errc::size_mismatch, who + " needs " + std::to_string(arena.offset + arena.total) +
+                                          " body bytes (with its arena) but has " +
+                                          std::to_string(seg.body_bytes()));
   if (std::memchr(tag, 0, sizeof tag) == nullptr || !valid_segment_name(tag))
     return Error(Errc::corrupt, who + " has a corrupt header at field 'spill_tag'");
   auto ring = core::MpmcRing::attach({seg.body() + ring_offset, ring_bytes});
@@ -319,6 +394,10 @@ Result<Queue> Queue::attach(Segment seg) {
   shared->segment = std::move(seg);
   shared->ring = *ring;
   shared->body = reinterpret_cast<QueueBodyHeader*>(shared->segment.body());
+  shared->arena_owner = reinterpret_cast<std::atomic<std::uint64_t>*>(shared->segment.body() + arena.offset);
+  shared->arena = shared->segment.body() + arena.offset + arena.owner_bytes;
+  shared->arena_chunks = arena_chunks;
+  shared->arena_chunk_bytes = arena_chunk_bytes;
   shared->spill_tag = tag;
   std::snprintf(shared->spill_prefix, sizeof shared->spill_prefix, "%sshmq.%s.x", detail::kShmDir,
                 tag);
@@ -471,6 +550,7 @@ QueueClaim::QueueClaim(QueueClaim&& o) noexcept
       size_(o.size_),
       spill_base_(std::exchange(o.spill_base_, nullptr)),
       spill_len_(o.spill_len_),
+      chunk_(std::exchange(o.chunk_, 0)),
       kind_(o.kind_),
       status_(o.status_) {}
 
@@ -485,7 +565,12 @@ QueueClaim& QueueClaim::operator=(QueueClaim&& o) noexcept {
 void QueueClaim::commit(std::size_t used) noexcept {
   if (owner_ == nullptr) return;
   used = std::min(used, size_);
-  if (spill_base_ != nullptr) {
+  if (chunk_ != 0) {
+    const std::uint64_t ref[2] = {used, chunk_};
+    std::memcpy(claim_.data, ref, sizeof ref);
+    owner_->core.commit(claim_, sizeof ref, kind_, core::kSlotSpilled);
+    chunk_ = 0;
+  } else if (spill_base_ != nullptr) {
     ::munmap(spill_base_, spill_len_);
     spill_base_ = nullptr;
     const std::uint64_t len = used;
@@ -500,6 +585,10 @@ void QueueClaim::commit(std::size_t used) noexcept {
 
 void QueueClaim::abort() noexcept {
   if (owner_ == nullptr) return;
+  if (chunk_ != 0) {
+    owner_->shared->owner(chunk_ - 1).store(0, std::memory_order_release);  // [A2]
+    chunk_ = 0;
+  }
   if (spill_base_ != nullptr) {
     ::munmap(spill_base_, spill_len_);
     spill_base_ = nullptr;
@@ -570,7 +659,26 @@ QueueClaim QueueWriter::claim(std::size_t n, Deadline d, std::uint16_t kind) noe
     c.size_ = n;
     return c;
   }
-  // Larger than a slot: a spill file named by the claimed position (never used before).
+  // Larger than a slot: a free arena chunk if one is big enough, tagged with our position.
+  QueueShared& q = *s_->shared;
+  if (n <= q.arena_chunk_bytes && mc.capacity >= 2 * sizeof(std::uint64_t)) {
+    for (std::uint64_t k = 0; k < q.arena_chunks; ++k) {
+      const std::uint64_t i = (s_->arena_next + k) % q.arena_chunks;
+      std::uint64_t free = 0;
+      // relaxed pre-check: skips taken chunks without a locked instruction.
+      if (q.owner(i).load(std::memory_order_relaxed) != 0) continue;
+      // acquire: [A1]
+      if (!q.owner(i).compare_exchange_strong(free, mc.pos + 1, std::memory_order_acquire,
+                                              std::memory_order_relaxed))
+        continue;
+      s_->arena_next = i + 1;
+      c.chunk_ = i + 1;
+      c.data_ = q.chunk(i);
+      c.size_ = n;
+      return c;
+    }
+  }
+  // Else a spill file named by the claimed position (never used before).
   char path[detail::kPathMax];
   s_->shared->spill_path(mc.pos, path);
   int fd = ::open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -671,7 +779,7 @@ Status copy_one(QueueReaderState& s, Message& out, Deadline d, bool wait) noexce
     if (detail::map_spill(*s.shared, v, m) != Status::ok) return;
     auto b = m.bytes();
     out.set_owned(std::vector<std::byte>(b.begin(), b.end()), v.kind);
-    detail::unmap_spill(m);
+    detail::unmap_spill(*s.shared, m);
   };
   const std::size_t n = wait ? s.core.recv_many(copy, 1, d, &why) : s.core.try_recv_many(copy, 1, &why);
   if (n == 1 && !out.valid()) return Status::corrupt;

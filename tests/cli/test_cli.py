@@ -349,6 +349,29 @@ def make_tick_payload(tmp_path):
     return schema, payload
 
 
+def test_large_messages_go_to_the_arena_and_dump_reads_them(cli, tmp_path):
+    name = cli.name()
+    r = cli.ok("create", name, "--kind", "queue", "--slot-size", 64, "--arena-chunks", 1,
+               "--arena-chunk-bytes", 4096)
+    assert "arena 1 x 4" in r.stdout.decode()
+    small, big = tmp_path / "small.bin", tmp_path / "big.bin"
+    small.write_bytes(b"a" * 1000)
+    big.write_bytes(b"b" * 5000)  # larger than a chunk: a file of its own
+    cli.ok("send", name, "-f", small, "-f", small, "-f", big)
+    assert len(list(SHM.glob(f"shmq.{name}.x*"))) == 2  # the second 1000 B found the chunk taken
+    msgs = cli.json("dump", name)["messages"]
+    assert [m["size"] for m in msgs] == [1000, 1000, 5000]
+    assert msgs[0]["note"] == "in arena chunk 0"
+    assert "file" in msgs[1]["note"] and "file" in msgs[2]["note"]
+    out = tmp_path / "got"
+    cli.ok("recv", name, "-n", 3, "-f", out)
+    got = sorted(tmp_path.glob("got*"))
+    assert [p.read_bytes() for p in got] == [b"a" * 1000, b"a" * 1000, b"b" * 5000]
+    assert list(SHM.glob(f"shmq.{name}.x*")) == []
+    bad = cli.run("create", cli.name(), "--kind", "queue", "--arena-chunk-bytes", 1000)
+    assert bad.returncode == 1 and b"4096" in bad.stderr
+
+
 def test_dump_decodes_flatbuffers_with_a_schema(cli, tmp_path):
     schema, payload = make_tick_payload(tmp_path)
     name = cli.name()
@@ -441,7 +464,7 @@ def test_rm_force_removes_a_segment_in_use(cli):
 
 def test_gc_removes_spill_files_with_their_queue(cli, tmp_path):
     name = cli.name()
-    cli.ok("create", name, "--kind", "queue", "--slot-size", 64)
+    cli.ok("create", name, "--kind", "queue", "--slot-size", 64, "--arena-chunks", 0)
     big = tmp_path / "big.bin"
     big.write_bytes(b"y" * 1000)
     cli.ok("send", name, "-f", big, "-f", big)

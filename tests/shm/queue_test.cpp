@@ -77,6 +77,31 @@ std::size_t spill_files_of(const std::string& name) {
   return n;
 }
 
+std::vector<std::byte> spilled_message(std::uint64_t index, std::size_t size) {
+  std::vector<std::byte> m(size);
+  std::memcpy(m.data(), &index, sizeof index);
+  for (std::size_t j = sizeof index; j < size; ++j)
+    m[j] = static_cast<std::byte>((index * 131 + j * 7) & 0xFF);
+  return m;
+}
+bool is_spilled_message(const Message& m, std::uint64_t index, std::size_t size) {
+  const auto want = spilled_message(index, size);
+  return m.size() == size && std::memcmp(m.data(), want.data(), size) == 0;
+}
+
+// The arena's owner words (queue.hpp): 0 = free, else the holding slot position + 1.
+std::vector<std::uint64_t> arena_owners(const Queue& q) {
+  const auto& b = *reinterpret_cast<const QueueBodyHeader*>(q.segment().body());
+  const auto* owners = reinterpret_cast<const std::atomic<std::uint64_t>*>(q.segment().body() + b.arena_offset);
+  std::vector<std::uint64_t> out;
+  for (std::uint64_t i = 0; i < b.arena_chunks; ++i) out.push_back(owners[i].load(std::memory_order_seq_cst));
+  return out;
+}
+bool arena_all_free(const Queue& q) {
+  const auto o = arena_owners(q);
+  return std::all_of(o.begin(), o.end(), [](std::uint64_t v) { return v == 0; });
+}
+
 std::span<const std::byte> as_bytes(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
@@ -201,10 +226,10 @@ TEST_CASE("queue: create refuses invalid parameters with invalid_argument") {
   CHECK(Queue::open(name).error().code == Errc::not_found);
 }
 
-TEST_CASE("queue: 1 MiB messages spill, arrive intact and leave no file behind") {
+TEST_CASE("queue: 1 MiB messages spill (no arena), arrive intact and leave no file behind") {
   const std::string name = unique_name();
   Cleanup cleanup(name);
-  auto sut = Queue::create({.name = name, .slots = 8, .slot_size = 64});
+  auto sut = Queue::create({.name = name, .slots = 8, .slot_size = 64, .arena_chunks = 0});
   REQUIRE(sut.has_value());
   auto tx = sut->writer();
   auto rx = sut->reader();
@@ -239,7 +264,7 @@ TEST_CASE("queue: 1 MiB messages spill, arrive intact and leave no file behind")
 TEST_CASE("queue: a claim larger than a slot is written in place and an aborted one vanishes") {
   const std::string name = unique_name();
   Cleanup cleanup(name);
-  auto sut = Queue::create({.name = name, .slots = 8, .slot_size = 64});
+  auto sut = Queue::create({.name = name, .slots = 8, .slot_size = 64, .arena_chunks = 0});
   REQUIRE(sut.has_value());
   auto tx = sut->writer();
   auto rx = sut->reader();
@@ -267,6 +292,120 @@ TEST_CASE("queue: a claim larger than a slot is written in place and an aborted 
   CHECK(as_string(m) == "0123");
   CHECK(m.kind() == 2);
   CHECK(rx->try_recv(m) == Status::empty);
+}
+
+TEST_CASE("queue: messages larger than a slot go to the arena: in place, no file, chunks reused") {
+  const std::string name = unique_name();
+  Cleanup cleanup(name);
+  auto sut = Queue::create({.name = name, .slots = 8, .slot_size = 64, .arena_chunks = 2,
+                            .arena_chunk_bytes = 8192});
+  REQUIRE(sut.has_value());
+  auto tx = sut->writer();
+  auto rx = sut->reader();
+  REQUIRE(tx.has_value());
+  REQUIRE(rx.has_value());
+  const std::byte* lo = sut->segment().body();
+  const std::byte* hi = lo + sut->segment().body_bytes();
+  // Many laps through two chunks: each message lands in the segment, and no file is made.
+  for (std::uint64_t i = 0; i < 200; ++i) {
+    const auto msg = spilled_message(i, 100 + (i * 37) % 8000);
+    REQUIRE(tx->try_send(msg, 4) == Status::ok);
+    CHECK(spill_files_of(name) == 0);
+    Message m;
+    REQUIRE(rx->try_recv(m) == Status::ok);
+    CHECK(m.kind() == 4);
+    CHECK(m.data() >= lo);
+    CHECK(m.data() + m.size() <= hi);
+    CHECK(is_spilled_message(m, i, msg.size()));
+    CHECK_FALSE(arena_all_free(*sut));  // held until released
+    m.release();
+    CHECK(arena_all_free(*sut));
+  }
+  // Both chunks held: the next large message spills into a file; larger than a chunk: a file.
+  Message a, b;
+  REQUIRE(tx->try_send(spilled_message(1, 5000)) == Status::ok);
+  REQUIRE(tx->try_send(spilled_message(2, 5000)) == Status::ok);
+  REQUIRE(tx->try_send(spilled_message(3, 5000)) == Status::ok);
+  REQUIRE(tx->try_send(spilled_message(4, 9000)) == Status::ok);
+  CHECK(spill_files_of(name) == 2);
+  REQUIRE(rx->try_recv(a) == Status::ok);
+  REQUIRE(rx->try_recv(b) == Status::ok);
+  CHECK(is_spilled_message(a, 1, 5000));
+  CHECK(is_spilled_message(b, 2, 5000));
+  const auto held = arena_owners(*sut);
+  CHECK(std::count(held.begin(), held.end(), 0u) == 0);
+  Message c, d;
+  REQUIRE(rx->try_recv(c) == Status::ok);
+  REQUIRE(rx->try_recv(d) == Status::ok);  // the fourth hold: copied out
+  CHECK(is_spilled_message(c, 3, 5000));
+  CHECK(is_spilled_message(d, 4, 9000));
+  a.release();
+  b.release();
+  c.release();
+  d.release();
+  CHECK(arena_all_free(*sut));
+  CHECK(spill_files_of(name) == 0);
+  // recv_many hands arena bytes to the callback and frees the chunk after it.
+  REQUIRE(tx->try_send(spilled_message(5, 3000)) == Status::ok);
+  bool ok = false;
+  CHECK(rx->try_recv_many([&](std::span<const std::byte> bytes, std::uint16_t) {
+    const auto want = spilled_message(5, 3000);
+    ok = bytes.size() == want.size() && std::memcmp(bytes.data(), want.data(), want.size()) == 0;
+  }, 4) == 1);
+  CHECK(ok);
+  CHECK(arena_all_free(*sut));
+}
+
+TEST_CASE("queue: an arena claim is written in place; an aborted one frees its chunk") {
+  const std::string name = unique_name();
+  Cleanup cleanup(name);
+  auto sut = Queue::create({.name = name, .slots = 8, .slot_size = 64, .arena_chunks = 1,
+                            .arena_chunk_bytes = 4096});
+  REQUIRE(sut.has_value());
+  auto tx = sut->writer();
+  auto rx = sut->reader();
+  {
+    QueueClaim c = tx->try_claim(4000, 9);
+    REQUIRE(c.valid());
+    CHECK_FALSE(arena_all_free(*sut));
+  }  // aborted
+  CHECK(arena_all_free(*sut));
+  QueueClaim c = tx->try_claim(4096, 9);
+  REQUIRE(c.valid());
+  CHECK(c.bytes().data() >= sut->segment().body());
+  CHECK(spill_files_of(name) == 0);
+  std::memset(c.bytes().data(), 0x3c, 3000);
+  c.commit(3000);
+  Message m;
+  REQUIRE(rx->try_recv(m) == Status::ok);
+  CHECK(m.size() == 3000);
+  CHECK(std::all_of(m.bytes().begin(), m.bytes().end(), [](std::byte x) { return x == std::byte{0x3c}; }));
+}
+
+TEST_CASE("queue: corrupt arena references are reported and free no one else's chunk") {
+  const std::string name = unique_name();
+  Cleanup cleanup(name);
+  auto sut = Queue::create({.name = name, .slots = 8, .slot_size = 64, .arena_chunks = 2,
+                            .arena_chunk_bytes = 4096});
+  REQUIRE(sut.has_value());
+  auto tx = sut->writer();
+  auto rx = sut->reader();
+  auto* ring = reinterpret_cast<core::MpmcRingHeader*>(sut->segment().body() + sizeof(QueueBodyHeader));
+  auto* slot0 = reinterpret_cast<core::MpmcSlotHeader*>(reinterpret_cast<std::byte*>(ring) + sizeof(*ring));
+  auto* ref = reinterpret_cast<std::uint64_t*>(reinterpret_cast<std::byte*>(slot0) + sizeof(core::MpmcSlotHeader));
+  REQUIRE(tx->try_send(spilled_message(0, 1000)) == Status::ok);
+  REQUIRE(ref[1] >= 1);
+  const std::uint64_t chunk = ref[1];
+  SUBCASE("a chunk index beyond the arena") { ref[1] = 3; }
+  SUBCASE("chunk zero") { ref[1] = 0; }
+  SUBCASE("a length beyond the chunk") { ref[0] = 4097; }
+  SUBCASE("a chunk tagged for another position") { ref[1] = chunk == 1 ? 2 : 1; }
+  Message m;
+  CHECK(rx->try_recv(m) == Status::corrupt);
+  CHECK(sut->stats().corrupt_events.load(std::memory_order_seq_cst) >= 1);
+  // The real chunk stays with its (corrupt) slot's tag; no other chunk was freed or taken.
+  const auto owners = arena_owners(*sut);
+  CHECK(std::count(owners.begin(), owners.end(), 0u) == 1);
 }
 
 TEST_CASE("queue: send_many mixes slot-sized and spilled messages in order") {
@@ -396,17 +535,6 @@ TEST_CASE("queue: a child's inherited handles only close descriptors when destro
 namespace {
 
 // A spilled message of `size` bytes whose every byte depends on its index.
-std::vector<std::byte> spilled_message(std::uint64_t index, std::size_t size) {
-  std::vector<std::byte> m(size);
-  std::memcpy(m.data(), &index, sizeof index);
-  for (std::size_t j = sizeof index; j < size; ++j)
-    m[j] = static_cast<std::byte>((index * 131 + j * 7) & 0xFF);
-  return m;
-}
-bool is_spilled_message(const Message& m, std::uint64_t index, std::size_t size) {
-  const auto want = spilled_message(index, size);
-  return m.size() == size && std::memcmp(m.data(), want.data(), size) == 0;
-}
 bool shm_file_exists(const std::string& file) {
   struct stat st {};
   return ::stat(("/dev/shm/" + file).c_str(), &st) == 0;
@@ -425,7 +553,7 @@ TEST_CASE("queue: a forked peer leaving does not take spill files of unread mess
   constexpr std::size_t kSize = 1024;              // spills: larger than a slot
   for (const bool child_writes : {true, false}) {
     CAPTURE(child_writes);
-    auto sut = Queue::create({.name = "", .slots = kSlots, .slot_size = 64});
+    auto sut = Queue::create({.name = "", .slots = kSlots, .slot_size = 64, .arena_chunks = 0});
     REQUIRE(sut.has_value());
     const std::string name = sut->name();  // generated: the last one out removes everything
     SharedArray<std::atomic<unsigned>> writer_left(1);
@@ -584,6 +712,10 @@ const CorruptCase kCorruptCases[] = {
     {"body maxsize", [](std::byte* b, int) { body_of(b).maxsize = 4; }, Errc::corrupt, "maxsize"},
     {"ring offset", [](std::byte* b, int) { body_of(b).ring_offset += 128; }, Errc::corrupt, "ring_offset"},
     {"ring bytes", [](std::byte* b, int) { body_of(b).ring_bytes += 64; }, Errc::corrupt, "ring_bytes"},
+    {"arena chunks", [](std::byte* b, int) { body_of(b).arena_chunks = kMaxArenaChunks + 1; }, Errc::corrupt, "arena_chunks"},
+    {"arena chunk bytes", [](std::byte* b, int) { body_of(b).arena_chunk_bytes = 1000; }, Errc::corrupt, "arena_chunk_bytes"},
+    {"arena offset", [](std::byte* b, int) { body_of(b).arena_offset += 4096; }, Errc::corrupt, "arena_offset"},
+    {"arena beyond the file", [](std::byte* b, int) { body_of(b).arena_chunks = 400; }, Errc::size_mismatch, nullptr},
     {"spill tag unterminated",
      [](std::byte* b, int) { std::memset(body_of(b).spill_tag, 'a', sizeof body_of(b).spill_tag); },
      Errc::corrupt, "spill_tag"},
@@ -632,7 +764,7 @@ TEST_CASE("queue: open rejects corrupt queue segments with named errors") {
 TEST_CASE("queue: corrupt slot contents are reported, never read out of bounds") {
   const std::string name = unique_name();
   Cleanup cleanup(name);
-  auto sut = Queue::create({.name = name, .slots = 8, .slot_size = 64});
+  auto sut = Queue::create({.name = name, .slots = 8, .slot_size = 64, .arena_chunks = 0});
   REQUIRE(sut.has_value());
   auto tx = sut->writer();
   auto rx = sut->reader();
@@ -1023,7 +1155,10 @@ void run_cycle(Gauntlet& g, Queue& q, QueueWriter& tx, QueueReader& rx, const Pl
 TEST_CASE("queue: kill -9 at every kill point loses and duplicates no committed message") {
   const std::string name = unique_name();
   Cleanup cleanup(name);
+  // A two-chunk arena of 4 KiB: large records (300 B to 4.3 KiB) take a chunk, or a file when
+  // both are taken or they are larger, so kills hit both paths.
   auto q = Queue::create({.name = name, .slots = kGauntletSlots, .slot_size = kGauntletSlotSize,
+                          .arena_chunks = 2, .arena_chunk_bytes = 4096,
                           .initial_position = kNearWrap, .initial_epoch = kEpochNearWrap});
   REQUIRE(q.has_value());
   auto tx = q->writer();
@@ -1087,6 +1222,7 @@ TEST_CASE("queue: kill -9 at every kill point loses and duplicates no committed 
   CHECK(st.abandoned.load(std::memory_order_seq_cst) <= 4 * g.reader_kills);
   CHECK(st.recovered.load(std::memory_order_seq_cst) >= 1);
   CHECK(spill_files_of(name) == 0);
+  CHECK(arena_all_free(*q));  // every chunk a dead writer or reader held was reclaimed
 }
 
 TEST_CASE("queue: no test segment or spill file is left in /dev/shm") {

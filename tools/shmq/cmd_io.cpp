@@ -182,10 +182,13 @@ int cmd_create(const CreateOptions& o) {
   if (o.slots_given) c.slots = o.slots;
   if (o.slot_size_given) c.slot_size = o.slot_size;
   if (o.maxsize_given) c.maxsize = o.maxsize;
+  if (o.arena_chunks_given) c.arena_chunks = o.arena_chunks;
+  if (o.arena_chunk_bytes_given) c.arena_chunk_bytes = o.arena_chunk_bytes;
   auto queue = Queue::create(c);
   if (!queue) return report(ctx, queue.error());
-  std::cout << fmt::format("created queue '{}': {} slots of {} bytes, maxsize {}\n", o.name,
-                           c.slots, queue->slot_size(), queue->capacity());
+  std::cout << fmt::format("created queue '{}': {} slots of {} bytes, maxsize {}, arena {} x {}\n",
+                           o.name, c.slots, queue->slot_size(), queue->capacity(), c.arena_chunks,
+                           human_bytes(c.arena_chunk_bytes));
   return kExitOk;
 }
 

@@ -49,7 +49,10 @@ struct CreateOptions {
   std::uint64_t slots = 0;      // queue; 0 = default
   std::uint64_t slot_size = 0;  // queue; 0 = default
   std::uint64_t maxsize = 0;    // queue; 0 = slots
+  std::uint32_t arena_chunks = 0;
+  std::uint64_t arena_chunk_bytes = 0;
   bool slots_given = false, slot_size_given = false, maxsize_given = false, capacity_given = false;
+  bool arena_chunks_given = false, arena_chunk_bytes_given = false;
 };
 int cmd_create(const CreateOptions& o);
 

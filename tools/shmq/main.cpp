@@ -53,6 +53,10 @@ int main(int argc, char** argv) {
   auto* o_slot_size = c_create->add_option("--slot-size", cr.slot_size, "Queue: bytes per slot");
   auto* o_maxsize = c_create->add_option("--maxsize", cr.maxsize,
                                          "Queue: bound in messages (0: the number of slots)");
+  auto* o_arena = c_create->add_option("--arena-chunks", cr.arena_chunks,
+                                       "Queue: large-message arena chunks (0: none; default 8)");
+  auto* o_chunk = c_create->add_option("--arena-chunk-bytes", cr.arena_chunk_bytes,
+                                       "Queue: bytes per arena chunk (a multiple of 4096; default 2 MiB)");
 
   RmOptions rm;
   auto* c_rm = app.add_subcommand("rm", "Remove named segments");
@@ -130,10 +134,13 @@ int main(int argc, char** argv) {
     cr.slots_given = o_slots->count() > 0;
     cr.slot_size_given = o_slot_size->count() > 0;
     cr.maxsize_given = o_maxsize->count() > 0;
-    const bool queue_opts = cr.slots_given || cr.slot_size_given || cr.maxsize_given;
+    cr.arena_chunks_given = o_arena->count() > 0;
+    cr.arena_chunk_bytes_given = o_chunk->count() > 0;
+    const bool queue_opts = cr.slots_given || cr.slot_size_given || cr.maxsize_given ||
+                            cr.arena_chunks_given || cr.arena_chunk_bytes_given;
     const bool pipe_opts = cr.capacity_given || o_duplex->count() > 0;
     if (cr.kind == "pipe" && queue_opts) {
-      std::cerr << "shmq create: --slots, --slot-size and --maxsize apply to queues only\n";
+      std::cerr << "shmq create: --slots, --slot-size, --maxsize and --arena-* apply to queues only\n";
       return kExitUsage;
     }
     if (cr.kind == "queue" && pipe_opts) {

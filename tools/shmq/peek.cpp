@@ -248,6 +248,8 @@ struct QueueRing {
   std::uint64_t slots = 0, slot_size = 0, stride = 0, maxsize = 0;
   std::uint64_t enqueue = 0, dequeue = 0;
   bool closed = false;
+  std::uint64_t arena_chunks = 0, arena_chunk_bytes = 0;
+  std::uint64_t arena_data = 0;  // file offset of chunk 0
   std::string spill_prefix;  // "/dev/shm/shmq.<tag>.x": + 16 hex digits of the position
 };
 
@@ -266,6 +268,20 @@ Result<QueueRing> read_queue_ring(const Probe& p) {
   if (body_magic != kQueueBodyMagic) return bad("magic (queue body)", body_magic);
   if (ring_offset != sizeof(QueueBodyHeader)) return bad("ring_offset", ring_offset);
   if (ring_bytes > p.header()->body_bytes - ring_offset) return bad("ring_bytes", ring_bytes);
+  const auto arena_offset = field<std::uint64_t>(*body, offsetof(QueueBodyHeader, arena_offset));
+  q.arena_chunks = field<std::uint64_t>(*body, offsetof(QueueBodyHeader, arena_chunks));
+  q.arena_chunk_bytes = field<std::uint64_t>(*body, offsetof(QueueBodyHeader, arena_chunk_bytes));
+  if (q.arena_chunks > kMaxArenaChunks) return bad("arena_chunks", q.arena_chunks);
+  if (q.arena_chunks != 0) {
+    if (q.arena_chunk_bytes == 0 || q.arena_chunk_bytes % kArenaAlign != 0 ||
+        q.arena_chunk_bytes > kMaxArenaChunkBytes)
+      return bad("arena_chunk_bytes", q.arena_chunk_bytes);
+    const std::uint64_t owners = (q.arena_chunks * 8 + kArenaAlign - 1) / kArenaAlign * kArenaAlign;
+    if (arena_offset % kArenaAlign != 0 || arena_offset < ring_offset + ring_bytes ||
+        arena_offset + owners + q.arena_chunks * q.arena_chunk_bytes > p.header()->body_bytes)
+      return bad("arena_offset", arena_offset);
+    q.arena_data = kHeaderBytes + arena_offset + owners;
+  }
   char tag[kSpillTagBytes];
   std::memcpy(tag, body->data() + offsetof(QueueBodyHeader, spill_tag), sizeof tag);
   if (std::memchr(tag, '\0', sizeof tag) == nullptr) {
@@ -388,7 +404,21 @@ PeekResult peek_queue(const Probe& p, std::size_t count, std::size_t keep) {
     m.spilled = (*flags & core::kSlotSpilled) != 0;
     const std::uint64_t payload_off = slot_off + sizeof(core::MpmcSlotHeader);
     Result<std::vector<std::byte>> b = std::vector<std::byte>{};
-    if (m.spilled) {
+    if (m.spilled && *length == 2 * sizeof(std::uint64_t)) {
+      // The slot holds {length, chunk + 1}: the bytes are in an arena chunk of the segment.
+      auto len = read_value<std::uint64_t>(p, payload_off);
+      auto chunk = read_value<std::uint64_t>(p, payload_off + sizeof(std::uint64_t));
+      if (!len || !chunk || *chunk == 0 || *chunk > q.arena_chunks || *len == 0 ||
+          *len > q.arena_chunk_bytes) {
+        out.corrupt = true;
+        out.stopped = fmt::format("corrupt arena reference in the slot at position {}", pos);
+        return out;
+      }
+      m.size = *len;
+      m.note = fmt::format("in arena chunk {}", *chunk - 1);
+      b = read_bytes(p, q.arena_data + (*chunk - 1) * q.arena_chunk_bytes,
+                     static_cast<std::size_t>(std::min<std::uint64_t>(*len, keep)));
+    } else if (m.spilled) {
       // The slot holds the message's length; the bytes are in a file of their own.
       auto len = read_value<std::uint64_t>(p, payload_off);
       if (*length != sizeof(std::uint64_t) || !len || *len == 0 || *len > kMaxSegmentBytes) {

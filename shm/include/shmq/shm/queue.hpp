@@ -11,7 +11,18 @@
 // Segment body: QueueBodyHeader, then the core::MpmcRing (core/mpmc_ring.hpp: layout, claim
 // protocol, crash recovery, Synchronization tags Q1-Q6).
 //
-// Messages larger than a slot spill into a file of their own, /dev/shm/shmq.<tag>.x<position in
+// Messages larger than a slot go to the large-message arena when it has a free chunk big enough:
+// `arena_chunks` chunks of `arena_chunk_bytes` (page multiples) after the ring, each with an
+// owner word in front of them (0 = free, else the claimed slot position + 1). The slot then holds
+// {u64 length, u64 chunk + 1} with kSlotSpilled. Why this is crash-safe without a shared
+// allocator: a chunk is taken with one CAS tagged by the writer's claimed position, so whoever
+// recovers that position from a dead writer or reader (core::ClaimRegistry::reclaim) frees
+// exactly the chunks tagged with it; a reader frees its chunk before it releases the slot, so a
+// reader killed in between leaves nothing to free. The pages are mapped once and reused: no
+// syscall and no page fault per message (a file per message cost ~60 us at 64 KiB).
+//
+// Messages larger than a chunk (or arriving while every chunk is taken) spill into a file of
+// their own, /dev/shm/shmq.<tag>.x<position in
 // 16 hex digits> (<tag> is the queue's name, or a random "memfd-..." tag for anonymous queues).
 // Why a file per message, named by the slot position the writer claimed:
 //   - any size, with no allocator shared between processes that a crash could leave inconsistent:
@@ -39,6 +50,11 @@
 //        notifies tasks_done when it reaches 0; join() loads it with acquire.
 //   Spill files are written through their own mapping before the slot commit [Q1]; the reader
 //   maps them after its acquire of the slot, so the bytes are visible (same physical pages).
+//   [A1] arena chunk owner: a writer takes a chunk with an acquire CAS 0 -> pos + 1 (pairs with
+//        [A2], so the previous reader's reads of the chunk happened before we overwrite it);
+//        the chunk's bytes reach the reader through the slot commit [Q1].
+//   [A2] the reader (or a survivor reclaiming a dead owner's position) frees it with a release
+//        store of 0 after it is done with the bytes.
 //
 // Threads: a Queue may be shared by threads (handles are created under no lock of ours but
 // join() is thread-safe). Each QueueWriter / QueueReader is used by one thread at a time;
@@ -73,13 +89,19 @@ struct QueueConfig {
   std::uint64_t slots = 4096;  // power of two, at least 2 (Queue(maxsize=1): slots 2, maxsize 1)
   std::uint64_t slot_size = 256;  // payload bytes per slot (multiple of 8); larger messages spill
   std::uint64_t maxsize = 0;   // bound in messages (Python's Queue(maxsize)); 0 = slots
+  // The large-message arena (0 chunks: none). Only the chunks' touched pages take memory.
+  std::uint32_t arena_chunks = 8;               // at most kMaxArenaChunks
+  std::uint64_t arena_chunk_bytes = 2ull << 20; // a multiple of 4096, at most 1 GiB
   bool anonymous = false;      // memfd: shared by fork only
   // Test hooks: start positions and futex words near their wrap points.
   std::uint64_t initial_position = 0;
   std::uint32_t initial_epoch = 0;
 };
 
-inline constexpr std::uint64_t kQueueBodyMagic = 0x3145555551514D53ull;  // "SMQQUEU1"
+inline constexpr std::uint64_t kQueueBodyMagic = 0x3245555551514D53ull;  // "SMQQUEU2"
+inline constexpr std::uint32_t kMaxArenaChunks = 512;
+inline constexpr std::uint64_t kArenaAlign = 4096;
+inline constexpr std::uint64_t kMaxArenaChunkBytes = 1ull << 30;
 inline constexpr std::size_t kSpillTagBytes = kMaxNameLength + 8;
 
 // The first bytes of a queue segment's body.
@@ -91,6 +113,9 @@ struct alignas(core::kCacheLine) QueueBodyHeader {
   std::uint64_t maxsize;
   std::uint64_t ring_offset;  // from the body's start
   std::uint64_t ring_bytes;
+  std::uint64_t arena_offset;       // from the body's start: owner words, then the chunks
+  std::uint64_t arena_chunks;
+  std::uint64_t arena_chunk_bytes;
   char spill_tag[kSpillTagBytes];  // NUL-terminated; the <tag> of spill file names
   // ---- JoinableQueue
   alignas(core::kCacheLine) std::atomic<std::int64_t> unfinished_tasks;  // [J1]
@@ -109,16 +134,18 @@ struct QueueShared;
 struct QueueWriterState;
 struct QueueReaderState;
 
-// A spilled message mapped by a reader (slow path, in queue.cpp).
+// A message larger than a slot, as a reader sees it: an arena chunk (chunk != 0) or a spill
+// file's mapping (in queue.cpp).
 struct SpillMap {
   void* base = nullptr;
   std::size_t length = 0;
+  std::uint64_t chunk = 0;  // arena chunk index + 1; 0: a spill file mapping
   std::span<const std::byte> bytes() const noexcept {
     return {static_cast<const std::byte*>(base), length};
   }
 };
 Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out) noexcept;
-void unmap_spill(SpillMap& m) noexcept;
+void unmap_spill(QueueShared& q, SpillMap& m) noexcept;
 core::MpmcReader& reader_core(QueueReaderState& s) noexcept;
 QueueShared& reader_shared(QueueReaderState& s) noexcept;
 }  // namespace detail
@@ -148,6 +175,7 @@ class QueueClaim {
   std::size_t size_ = 0;
   void* spill_base_ = nullptr;  // the spill file's mapping, for a message larger than a slot
   std::size_t spill_len_ = 0;
+  std::uint64_t chunk_ = 0;     // or the arena chunk index + 1 holding it
   std::uint16_t kind_ = 0;
   Status status_ = Status::closed;
 };
@@ -288,7 +316,7 @@ auto QueueReader::deliver(F& fn) noexcept {
     detail::SpillMap m;
     if (detail::map_spill(detail::reader_shared(*s_), v, m) == Status::ok) {
       fn(m.bytes(), v.kind);
-      detail::unmap_spill(m);
+      detail::unmap_spill(detail::reader_shared(*s_), m);
     }
   };
 }

@@ -192,7 +192,9 @@ struct Control {
 };
 
 // M1's second half: this process's resident memory beyond the shmq segments it maps.
-// RSS from /proc/self/status; segments are the mappings of /dev/shm/shmq.* and memfd:shmq*.
+// RSS from /proc/self/status, less the resident pages of the mappings of /dev/shm/shmq.* and
+// memfd:shmq* (from /proc/self/smaps: a queue's arena is mostly untouched, so its mapped size
+// would understate the rest).
 inline std::int64_t rss_over_segments_kib() {
   std::int64_t rss_kib = -1;
   if (FILE* f = std::fopen("/proc/self/status", "r")) {
@@ -202,13 +204,16 @@ inline std::int64_t rss_over_segments_kib() {
     std::fclose(f);
   }
   std::int64_t seg_kib = 0;
-  if (FILE* f = std::fopen("/proc/self/maps", "r")) {
+  if (FILE* f = std::fopen("/proc/self/smaps", "r")) {
     char line[1024];
+    bool in_segment = false;
     while (std::fgets(line, sizeof line, f)) {
       unsigned long lo = 0, hi = 0;
-      if (std::sscanf(line, "%lx-%lx", &lo, &hi) != 2) continue;
-      if (std::strstr(line, "/dev/shm/shmq.") || std::strstr(line, "memfd:shmq"))
-        seg_kib += static_cast<std::int64_t>((hi - lo) / 1024);
+      if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && std::strchr(line, '-') < std::strchr(line, ' ')) {
+        in_segment = std::strstr(line, "/dev/shm/shmq.") || std::strstr(line, "memfd:shmq");
+      } else if (in_segment && std::strncmp(line, "Rss:", 4) == 0) {
+        seg_kib += std::atoll(line + 4);
+      }
     }
     std::fclose(f);
   }

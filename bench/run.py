@@ -405,7 +405,7 @@ def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict
         "no shmq C++ benchmark ran"
     rows.append(absolute("M1 allocs", "allocations per message, hot path (all shmq C++ runs)",
                          Series(allocs, why), "<=", 0, "per msg"))
-    rows.append(absolute("M1 RSS", "worker RSS beyond mapped segments (max)",
+    rows.append(absolute("M1 RSS", "worker RSS beyond its segments' resident pages (max)",
                          Series(rss, why), "<=", 4096, "KiB"))
     return rows
 

@@ -18,10 +18,15 @@ Full = _queue_mod.Full
 _Q = TypeVar("_Q", bound="Queue")
 
 DEFAULT_SLOTS = 4096
-# Messages up to this size (bytes, or a pickle) travel inside a slot; larger ones spill into a file
-# of their own, which costs a create + mmap + unlink (measured: a 1 KiB message through a 256-byte
-# slot ran at a third of multiprocessing.Queue). 2 KiB x 4096 slots = 8 MiB of /dev/shm per queue.
+# Messages up to this size (bytes, or a pickle) travel inside a slot; larger ones take an arena
+# chunk (a CAS) or, failing that, a file (create + mmap + unlink, ~60 us at 64 KiB). 2 KiB x 4096
+# slots = 8 MiB of /dev/shm per queue.
 DEFAULT_SLOT_SIZE = 2048
+# Messages larger than a slot go to the large-message arena: this many chunks of this many bytes
+# in the queue's segment (only touched pages take memory); larger ones, or any while every chunk
+# is in use, to a shared-memory file of their own.
+DEFAULT_ARENA_CHUNKS = 8
+DEFAULT_ARENA_CHUNK_BYTES = 2 << 20
 
 # Methods served straight by the native handle: Queue.__init__ binds them on the instance, so a
 # call costs one native call and no Python frame. (A subclass that overrides one keeps its own.)
@@ -81,7 +86,8 @@ class Queue:
       raise in ``put``, ``qsize()``/``empty()``/``full()`` are exact at that instant, and
       ``join_thread()``/``cancel_join_thread()`` have nothing to wait for.
     * Bounded storage. The ring has ``slots`` entries (default 4096; a message larger than
-      ``slot_size`` bytes spills into a side allocation, so any size works). ``maxsize=0`` means
+      ``slot_size`` bytes goes to the queue's large-message arena, ``arena_chunks`` chunks of
+      ``arena_chunk_bytes``, or beyond that into a file of its own, so any size works). ``maxsize=0`` means
       "at most ``slots`` messages": a ``put`` into a full ring blocks (or raises ``queue.Full``
       with ``block=False``) where multiprocessing would keep buffering in the feeder thread.
       ``maxsize`` larger than ``slots`` raises ``ValueError``; pass ``slots=``.
@@ -103,7 +109,9 @@ class Queue:
 
     def __init__(self, maxsize: int = 0, *, name: Optional[str] = None,
                  slots: Optional[int] = None, slot_size: int = DEFAULT_SLOT_SIZE,
-                 serializer: str = "pickle", create: Optional[bool] = None) -> None:
+                 serializer: str = "pickle", create: Optional[bool] = None,
+                 arena_chunks: int = DEFAULT_ARENA_CHUNKS,
+                 arena_chunk_bytes: int = DEFAULT_ARENA_CHUNK_BYTES) -> None:
         raw_only = _common.check_serializer(serializer)
         if maxsize is None or maxsize < 0:
             maxsize = 0
@@ -114,7 +122,8 @@ class Queue:
         if name is None:
             _common.scan_once()
         handle = _shmq.QueueHandle(name or "", create, int(slots), int(slot_size), int(maxsize),
-                                   raw_only, self._joinable, self._closed_error)
+                                   raw_only, self._joinable, self._closed_error,
+                                   int(arena_chunks), int(arena_chunk_bytes))
         self._setup(handle, serializer)
 
     def _setup(self, handle: Any, serializer: str) -> None:
@@ -278,12 +287,13 @@ class SimpleQueue:
 
     def __init__(self, *, name: Optional[str] = None, slots: int = DEFAULT_SLOTS,
                  slot_size: int = DEFAULT_SLOT_SIZE, serializer: str = "pickle",
-                 create: Optional[bool] = None) -> None:
+                 create: Optional[bool] = None, arena_chunks: int = DEFAULT_ARENA_CHUNKS,
+                 arena_chunk_bytes: int = DEFAULT_ARENA_CHUNK_BYTES) -> None:
         raw_only = _common.check_serializer(serializer)
         if name is None:
             _common.scan_once()
         handle = _shmq.QueueHandle(name or "", create, int(slots), int(slot_size), 0, raw_only,
-                                   False, OSError)
+                                   False, OSError, int(arena_chunks), int(arena_chunk_bytes))
         self._setup(handle, serializer)
 
     def _setup(self, handle: Any, serializer: str) -> None:

@@ -39,12 +39,7 @@
 #include "shmq/shm/message.hpp"
 #include "shmq/shm/pipe.hpp"
 #include "shmq/shm/segment.hpp"
-#if __has_include("shmq/shm/queue.hpp")
 #include "shmq/shm/queue.hpp"
-#define SHMQ_PY_HAVE_QUEUE 1
-#else
-#define SHMQ_PY_HAVE_QUEUE 0
-#endif
 
 namespace nb = nanobind;
 
@@ -622,7 +617,6 @@ Status recv_message(Reader& r, shmq::Message& m, Deadline d) {
 
 // ---------------------------------------------------------------------------------------------
 // Queue
-#if SHMQ_PY_HAVE_QUEUE
 
 struct QueueState final : ChannelState {
   std::optional<shmq::Queue> queue;
@@ -651,7 +645,7 @@ class QueueHandle {
  public:
   QueueHandle(const std::string& name, std::optional<bool> create, std::uint64_t slots,
               std::uint64_t slot_size, std::uint64_t maxsize, bool raw_only, bool joinable,
-              nb::handle closed_error)
+              nb::handle closed_error, std::uint32_t arena_chunks, std::uint64_t arena_chunk_bytes)
       : raw_only_(raw_only), joinable_(joinable), closed_error_(nb::borrow(closed_error)) {
     st_ = std::make_shared<QueueState>();
     const bool may_create = !create.has_value() || *create;
@@ -666,6 +660,8 @@ class QueueHandle {
       cfg.slots = slots;
       cfg.slot_size = slot_size;
       cfg.maxsize = maxsize;
+      cfg.arena_chunks = arena_chunks;
+      cfg.arena_chunk_bytes = arena_chunk_bytes;
       auto q = shmq::Queue::create(cfg);
       if (q) {
         st_->queue.emplace(std::move(*q));
@@ -930,37 +926,7 @@ class QueueHandle {
   nb::object closed_error_;
 };
 
-#else
-// Built before the Queue channel exists: the class is there but refuses to be constructed.
-class QueueHandle {
- public:
-  QueueHandle(const std::string&, std::optional<bool>, std::uint64_t, std::uint64_t,
-              std::uint64_t, bool, bool, nb::handle) {
-    throw_py(PyExc_NotImplementedError, "this build of shmq has no Queue channel yet");
-  }
-  std::string name() const { return {}; }
-  std::uint64_t capacity() const { return 0; }
-  bool closed() const { return true; }
-  void put(nb::handle, bool, std::optional<double>) {}
-  nb::object get(bool, std::optional<double>) { return nb::none(); }
-  void put_nowait(nb::handle) {}
-  nb::object get_nowait() { return nb::none(); }
-  void put_always(nb::handle) {}
-  nb::object get_always() { return nb::none(); }
-  std::size_t put_many(nb::handle, bool, std::optional<double>) { return 0; }
-  nb::list get_many(std::size_t, bool, std::optional<double>) { return {}; }
-  nb::object get_view(bool, std::optional<double>) { return nb::none(); }
-  std::size_t qsize() { return 0; }
-  bool empty() { return true; }
-  bool full() { return false; }
-  void task_done() {}
-  bool join(std::optional<double>) { return true; }
-  void close() {}
-  shmq::core::WaitWord* wait_word(bool* ready) { *ready = false; return nullptr; }
-  bool ready_guess() { return false; }
-  bool ready_slow() { return false; }
-};
-#endif  // SHMQ_PY_HAVE_QUEUE
+
 
 // ---------------------------------------------------------------------------------------------
 // Pipe ends
@@ -1277,13 +1243,8 @@ void close_all() {
   for (ChannelState* s : std::vector<ChannelState*>(g_states)) s->drop_all();
 }
 
-#if SHMQ_PY_HAVE_QUEUE
 bool is_spill(const std::string& file) { return shmq::Queue::is_spill_file_name(file); }
 void remove_spills(const std::string& name) { (void)shmq::Queue::remove_spill_files(name); }
-#else
-bool is_spill(const std::string& file) { return file.find(".x") != std::string::npos; }
-void remove_spills(const std::string&) {}
-#endif
 
 // Removes generated-name segments ("anon-...", unlinked by their last user) that no live process
 // holds: leftovers of processes killed before they could detach. Named segments are left alone.
@@ -1343,9 +1304,11 @@ NB_MODULE(_shmq, m) {
 
   nb::class_<QueueHandle>(m, "QueueHandle")
       .def(nb::init<const std::string&, std::optional<bool>, std::uint64_t, std::uint64_t,
-                    std::uint64_t, bool, bool, nb::handle>(),
+                    std::uint64_t, bool, bool, nb::handle, std::uint32_t, std::uint64_t>(),
            nb::arg("name"), nb::arg("create").none(), nb::arg("slots"), nb::arg("slot_size"),
-           nb::arg("maxsize"), nb::arg("raw_only"), nb::arg("joinable"), nb::arg("closed_error"))
+           nb::arg("maxsize"), nb::arg("raw_only"), nb::arg("joinable"), nb::arg("closed_error"),
+           nb::arg("arena_chunks") = shmq::QueueConfig{}.arena_chunks,
+           nb::arg("arena_chunk_bytes") = shmq::QueueConfig{}.arena_chunk_bytes)
       .def_prop_ro("name", &QueueHandle::name)
       .def_prop_ro("capacity", &QueueHandle::capacity)
       .def_prop_ro("closed", &QueueHandle::closed)

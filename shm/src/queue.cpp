@@ -59,6 +59,7 @@ class QueueRegistry final : public core::ClaimRegistry {
   std::atomic<std::uint64_t>* claim_words(std::uint32_t index) const noexcept override;
   bool alive(std::uint32_t index) const noexcept override;
   void reclaim(std::uint64_t pos) noexcept override;
+  void sweep_sleepers() noexcept override;
 
  private:
   const QueueShared* q_;
@@ -138,6 +139,34 @@ void QueueRegistry::reclaim(std::uint64_t pos) noexcept {
   char path[kPathMax];
   q_->spill_path(pos, path);
   ::unlink(path);  // ENOENT: the slot never spilled, or its reader unlinked the file already
+}
+
+// Takes back the wait counts a dead participant's SleepMark `seen` stands for, if `mark` still
+// holds it (the CAS makes one taker of many: a sweeper, or the slot's next holder).
+void take_back_sleep(const QueueShared& q, std::atomic<std::uint64_t>& mark, std::uint64_t seen) noexcept {
+  if (seen == 0) return;
+  // acq_rel: one winner among racing takers; no data rides on it.
+  if (!mark.compare_exchange_strong(seen, 0, std::memory_order_acq_rel, std::memory_order_relaxed)) return;
+  auto drop = [](core::WaitWord& w) {
+    // relaxed load + release CAS: as a leaving waiter's decrement; never below 0 (a hostile
+    // segment could hold any count).
+    std::uint32_t n = w.waiters.load(std::memory_order_relaxed);
+    while (n != 0 && !w.waiters.compare_exchange_weak(n, n - 1, std::memory_order_release,
+                                                     std::memory_order_relaxed)) {
+    }
+  };
+  if ((seen & core::kSleepOnData) != 0) drop(q.ring.header().data_ready);
+  if ((seen & core::kSleepOnSpace) != 0) drop(q.ring.header().space_free);
+}
+
+void QueueRegistry::sweep_sleepers() noexcept {
+  for (std::uint32_t i = 0; i < kMaxParticipants; ++i) {
+    auto& mark = q_->segment.header().participants[i].asleep;
+    // relaxed: a dead holder's last store is visible once the kernel reports it dead.
+    const std::uint64_t seen = mark.load(std::memory_order_relaxed);
+    if (seen == 0 || q_->segment.participant_alive(i)) continue;
+    take_back_sleep(*q_, mark, seen);
+  }
 }
 
 struct QueueWriterState {
@@ -446,6 +475,17 @@ Result<std::size_t> Queue::remove_spill_files(std::string_view name) {
 // ---------------------------------------------------------------------------------------------
 // Queue: handles and shared state
 
+namespace {
+// A new holder of a participant slot first takes back what a predecessor killed asleep left
+// there, then marks its own sleeps with its generation.
+core::SleepMark sleep_mark(QueueShared& q, Participant& p) noexcept {
+  auto& mark = p.slot()->asleep;
+  // relaxed: the predecessor is dead (we hold its lock); its stores are visible.
+  detail::take_back_sleep(q, mark, mark.load(std::memory_order_relaxed));
+  return {&mark, static_cast<std::uint64_t>(p.generation()) << 32};
+}
+}  // namespace
+
 Result<QueueWriter> Queue::writer() {
   if (!shared_) return Error(Errc::closed, "the queue handle is empty");
   auto p = shared_->segment.join(Role::writer);
@@ -455,7 +495,7 @@ Result<QueueWriter> Queue::writer() {
   s->participant = std::move(*p);
   s->pid = ::getpid();
   s->core = core::MpmcWriter(shared_->ring, s->participant.slot()->claim, &shared_->registry,
-                             &shared_->segment.stats(0));
+                             &shared_->segment.stats(0), sleep_mark(*shared_, s->participant));
   QueueWriter w;
   w.s_ = std::move(s);
   return w;
@@ -470,7 +510,7 @@ Result<QueueReader> Queue::reader() {
   s->participant = std::move(*p);
   s->pid = ::getpid();
   s->core = core::MpmcReader(shared_->ring, s->participant.slot()->claim, &shared_->registry,
-                             &shared_->segment.stats(0));
+                             &shared_->segment.stats(0), sleep_mark(*shared_, s->participant));
   for (auto& h : s->holds) h.owner = s.get();
   QueueReader r;
   r.s_ = std::move(s);

@@ -7,6 +7,7 @@ import queue
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -180,6 +181,28 @@ def test_hundred_megabyte_message():
     got = q.get()
     assert len(got) == len(big) and got == big
     q.close()
+
+
+def test_large_messages_use_the_arena_and_spill_beyond_it(qname):
+    def spills():
+        return sorted(p.name for p in Path("/dev/shm").glob(f"shmq.{qname}.x*"))
+
+    q = shmq.Queue(name=qname, create=True, slot_size=256, arena_chunks=2, arena_chunk_bytes=1 << 16)
+    msgs = [os.urandom(50_000), os.urandom(60_000), os.urandom(40_000), os.urandom(70_000)]
+    for m in msgs:
+        q.put(m)
+    # Two fit the two chunks; the third finds both taken and the fourth is larger than a chunk.
+    assert len(spills()) == 2
+    assert [q.get() for _ in msgs] == msgs
+    assert spills() == []
+    q.close()
+    shmq.unlink(qname)
+    off = shmq.Queue(slot_size=256, arena_chunks=0)  # no arena: every large message is a file
+    off.put(b"z" * 1000)
+    assert off.get() == b"z" * 1000
+    off.close()
+    with pytest.raises(ValueError, match="4096"):
+        shmq.Queue(arena_chunk_bytes=1000)
 
 
 # ---- names and pickling

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <functional>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -391,6 +392,54 @@ TEST_CASE("pipe: a sleeping reader is woken by a send from another process") {
   CHECK(wait_exit(child) == 0);
   CHECK(core::Stats::read(pipe.segment().stats(0).wakes) >= 1);
   CHECK(core::Stats::read(pipe.segment().stats(0).empty_waits) >= 1);
+}
+
+// A peer killed while asleep leaves its futex waiter count raised; the next holder of its role
+// clears it, or every later send (or release) would make a FUTEX_WAKE syscall for nobody.
+TEST_CASE("pipe: the next holder of a role killed asleep clears its waiter count") {
+  const std::string name = unique_name();
+  Cleanup cleanup{name};
+  Pipe pipe = make_pipe(name, 4096);
+  for (const bool reader : {true, false}) {
+    CAPTURE(reader);
+    // For the writer's case a reader that never reads, so the ring fills and the writer sleeps.
+    std::optional<PipeReader> idle;
+    if (!reader) {
+      auto r = pipe.reader();
+      REQUIRE(r.has_value());
+      idle = std::move(*r);
+    }
+    const pid_t child = spawn([&] {
+      auto p = Pipe::open(name);
+      if (!p) return 2;
+      if (reader) {
+        auto r = p->reader();
+        if (!r) return 3;
+        Message m;
+        (void)r->recv(m, Deadline::never());
+      } else {
+        auto w = p->writer();
+        if (!w) return 3;
+        for (std::uint64_t seq = 0;; ++seq)  // fills the ring, then sleeps
+          if (w->send(bytes_of(make_msg(seq, 100)), Deadline::never(), kind_of(seq)) != Status::ok) return 4;
+      }
+      return 0;
+    });
+    core::WaitWord& word = reader ? control_of(pipe).data_wait : control_of(pipe).space_wait;
+    for (int i = 0; i < 30'000 && !word.has_waiters_guess(); ++i) std::this_thread::sleep_for(1ms);
+    ::kill(child, SIGKILL);
+    CHECK(wait_exit(child) == 128 + SIGKILL);
+    REQUIRE(word.waiters.load(std::memory_order_seq_cst) == 1);  // left behind
+    if (reader) {
+      auto r = pipe.reader();
+      REQUIRE(r.has_value());
+      CHECK(word.waiters.load(std::memory_order_seq_cst) == 0);
+    } else {
+      auto w = pipe.writer();
+      REQUIRE(w.has_value());
+      CHECK(word.waiters.load(std::memory_order_seq_cst) == 0);
+    }
+  }
 }
 
 TEST_CASE("pipe: a zero spin budget makes blocking calls sleep at once") {

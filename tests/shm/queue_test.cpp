@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -547,6 +548,65 @@ bool shm_file_exists(const std::string& file) {
 // lock through the one file description fork shares, which F_OFD_GETLK does not report to its
 // own holder. It then removed every spill file of the queue, committed-but-unread messages
 // included, and their reader got `corrupt`. Spilled messages over several laps, each checked.
+// A reader killed while asleep leaves its futex waiter count raised; without the sweep every
+// later send would make a FUTEX_WAKE syscall for nobody.
+TEST_CASE("queue: a reader killed asleep does not leave every later send making a syscall") {
+  for (const bool rejoin : {false, true}) {
+    CAPTURE(rejoin);
+    const std::string name = unique_name();
+    Cleanup cleanup(name);
+    auto sut = Queue::create({.name = name, .slots = 64, .slot_size = 64});
+    REQUIRE(sut.has_value());
+    auto& ring = *reinterpret_cast<core::MpmcRingHeader*>(sut->segment().body() + sizeof(QueueBodyHeader));
+    // Our handles take participant slots first, so the child's slot is one nobody else holds.
+    auto tx = sut->writer();
+    auto rx = sut->reader();
+    REQUIRE(tx.has_value());
+    REQUIRE(rx.has_value());
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      auto q = Queue::open(name);
+      if (!q) ::_exit(2);
+      auto r = q->reader();
+      if (!r) ::_exit(3);
+      Message m;
+      (void)r->recv(m, Deadline::never());
+      ::_exit(4);
+    }
+    while (!ring.data_ready.has_waiters_guess()) std::this_thread::sleep_for(1ms);
+    ::kill(child, SIGKILL);
+    CHECK(wait_exit(child) == 128 + SIGKILL);
+    CHECK(ring.data_ready.waiters.load(std::memory_order_seq_cst) == 1);  // left behind
+    std::optional<QueueReader> late;
+    if (rejoin) {
+      // A new participant takes the dead reader's slot and, with it, its count back at once.
+      auto r = sut->reader();
+      REQUIRE(r.has_value());
+      late = std::move(*r);
+      CHECK(ring.data_ready.waiters.load(std::memory_order_seq_cst) == 0);
+    }
+    // Otherwise only the sweep after kIdleWakesBeforeSweep wakes of nobody can help.
+    const auto wakes = [&] { return sut->stats().wakes.load(std::memory_order_seq_cst); };
+    const std::uint64_t before = wakes();
+    Message m;
+    for (int i = 0; i < 1000; ++i) {
+      REQUIRE(tx->try_send(as_bytes("x")) == Status::ok);
+      REQUIRE(rx->try_recv(m) == Status::ok);
+      m.release();
+    }
+    CHECK(ring.data_ready.waiters.load(std::memory_order_seq_cst) == 0);
+    CHECK(wakes() - before <= core::kIdleWakesBeforeSweep);
+    const std::uint64_t settled = wakes();
+    for (int i = 0; i < 1000; ++i) {
+      REQUIRE(tx->try_send(as_bytes("x")) == Status::ok);
+      REQUIRE(rx->try_recv(m) == Status::ok);
+      m.release();
+    }
+    CHECK(wakes() == settled);
+  }
+}
+
 TEST_CASE("queue: a forked peer leaving does not take spill files of unread messages") {
   constexpr std::uint64_t kSlots = 8;
   constexpr std::uint64_t kMessages = kSlots * 6;  // six laps of the ring

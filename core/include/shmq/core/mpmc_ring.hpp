@@ -96,6 +96,11 @@ inline constexpr auto kStuckProbeMax = std::chrono::milliseconds(32);
 inline constexpr std::uint8_t kSlotSkip = 1;     // an aborted claim: readers drop it
 inline constexpr std::uint8_t kSlotSpilled = 2;  // the payload references a side allocation
 
+// SleepMark bits: which of the ring's wait words a participant sleeps on.
+inline constexpr std::uint64_t kSleepOnData = 1;   // data_ready (readers)
+inline constexpr std::uint64_t kSleepOnSpace = 2;  // space_free (writers)
+inline constexpr std::uint32_t kIdleWakesBeforeSweep = 64;
+
 struct MpmcSlotHeader {
   std::atomic<std::uint64_t> seq;  // [Q1] [Q2]
   std::uint32_t length;            // payload bytes used; plain, published by [Q1]
@@ -145,6 +150,9 @@ class ClaimRegistry {
   virtual bool alive(std::uint32_t index) const noexcept = 0;
   // Frees host resources tied to position `pos` of a slot recovered from a dead participant.
   virtual void reclaim(std::uint64_t /*pos*/) noexcept {}
+  // Takes back the wait counts of participants killed asleep (their SleepMarks). Called after
+  // kIdleWakesBeforeSweep wake syscalls that woke nobody.
+  virtual void sweep_sleepers() noexcept {}
 
  protected:
   ~ClaimRegistry() = default;
@@ -348,6 +356,18 @@ class MpmcRecovery {
   MpmcRecovery(MpmcRing ring, ClaimRegistry* registry, Stats* stats) noexcept
       : ring_(ring), registry_(registry), stats_(stats) {}
 
+  // Wakes `w` for up to `n` sleepers; a wake syscall that woke nobody hints at a count left by a
+  // dead sleeper, and every kIdleWakesBeforeSweep of them the host sweeps (slow path).
+  void notify(WaitWord& w, int n) noexcept {
+    int woken = 1;
+    if (!w.notify(n, &woken)) return;
+    if (stats_ != nullptr) Stats::bump(stats_->wakes);
+    if (woken != 0 || registry_ == nullptr) return;
+    if (++idle_wakes_ < kIdleWakesBeforeSweep) return;
+    idle_wakes_ = 0;
+    registry_->sweep_sleepers();
+  }
+
   // True if a live participant's claim word covers (op, pos).
   bool live_claimant(std::uint64_t pos, detail::ClaimOp op) const noexcept {
     const std::uint32_t n = registry_->participants();
@@ -428,6 +448,7 @@ class MpmcRecovery {
   MpmcRing ring_;
   ClaimRegistry* registry_;
   Stats* stats_;
+  std::uint32_t idle_wakes_ = 0;
 };
 
 // A slot claimed for writing in place. Plain data; MpmcWriter::commit/abort finish it.
@@ -485,7 +506,7 @@ class LocalCounters {
 template <class Attempt, class Ready>
 Status block_on(Attempt&& attempt, Status waiting_out, Deadline d, WaitWord& word, Ready&& ready,
                 std::atomic<std::uint64_t>* waits, LocalCounters& counters,
-                const detail::StuckWatch& watch) noexcept {
+                const detail::StuckWatch& watch, SleepMark mark) noexcept {
   Backoff backoff;
   bool counted = false;
   for (;;) {
@@ -503,7 +524,7 @@ Status block_on(Attempt&& attempt, Status waiting_out, Deadline d, WaitWord& wor
           SHMQ_KILL_POINT(KillPoint::asleep);
           return ready();
         },
-        d.capped(watch.sleep_cap()));
+        d.capped(watch.sleep_cap()), mark);
     if (r == FutexResult::interrupted) return Status::interrupted;
   }
 }
@@ -514,10 +535,11 @@ class MpmcWriter {
   MpmcWriter() noexcept : recovery_({}, nullptr, nullptr), counters_(nullptr, true) {}
   // `words`: this participant's kClaimWords claim words (zeroed here). `registry` may be null
   // (no crash recovery, e.g. threads of one process that cannot die separately).
+  // `mark`: where this participant records its sleeps (SleepMark; value without the word bit).
   MpmcWriter(MpmcRing ring, std::atomic<std::uint64_t>* words, ClaimRegistry* registry,
-             Stats* stats) noexcept
+             Stats* stats, SleepMark mark = {}) noexcept
       : ring_(ring), words_(words), recovery_(ring, registry, stats), stats_(stats),
-        counters_(stats, true) {
+        counters_(stats, true), mark_{mark.word, mark.value | kSleepOnSpace} {
     // relaxed: nothing is claimed yet; a survivor reading a stale word only waits one probe.
     for (std::uint32_t w = 0; w < kClaimWords; ++w) words_[w].store(0, std::memory_order_relaxed);
   }
@@ -657,7 +679,7 @@ class MpmcWriter {
   Status block(Attempt&& attempt, Deadline d) noexcept {
     return block_on(attempt, Status::full, d, ring_.header().space_free,
                     [this] { return writable_guess(); },
-                    stats_ != nullptr ? &stats_->full_waits : nullptr, counters_, watch_);
+                    stats_ != nullptr ? &stats_->full_waits : nullptr, counters_, watch_, mark_);
   }
 
   bool room_below_maxsize(std::uint64_t pos) const noexcept {
@@ -766,7 +788,7 @@ class MpmcWriter {
     // release: [Q4] a survivor that reads 0 sees the commits above.
     word.store(0, std::memory_order_release);
     SHMQ_KILL_POINT(KillPoint::after_commit_before_wake);
-    ring_.header().data_ready.notify(static_cast<int>(n));  // [Q5] one reader per message
+    recovery_.notify(ring_.header().data_ready, static_cast<int>(n));  // [Q5] one reader per message
   }
 
   MpmcRing ring_;
@@ -774,6 +796,7 @@ class MpmcWriter {
   MpmcRecovery recovery_;
   Stats* stats_ = nullptr;
   LocalCounters counters_;
+  SleepMark mark_;
   detail::StuckWatch watch_;
 };
 
@@ -783,9 +806,9 @@ class MpmcReader {
  public:
   MpmcReader() noexcept : recovery_({}, nullptr, nullptr), counters_(nullptr, false) {}
   MpmcReader(MpmcRing ring, std::atomic<std::uint64_t>* words, ClaimRegistry* registry,
-             Stats* stats) noexcept
+             Stats* stats, SleepMark mark = {}) noexcept
       : ring_(ring), words_(words), recovery_(ring, registry, stats), stats_(stats),
-        counters_(stats, false) {
+        counters_(stats, false), mark_{mark.word, mark.value | kSleepOnData} {
     // relaxed: as in MpmcWriter.
     for (std::uint32_t w = 0; w < kClaimWords; ++w) words_[w].store(0, std::memory_order_relaxed);
   }
@@ -853,7 +876,7 @@ class MpmcReader {
         ring_.slot(pos + i).seq.store(pos + i + ring_.slots(), std::memory_order_release);
       }
       words_[0].store(0, std::memory_order_release);  // [Q4]
-      ring_.header().space_free.notify(static_cast<int>(n));
+      recovery_.notify(ring_.header().space_free, static_cast<int>(n));
       counters_.add(delivered, bytes);
     }
     if (why != nullptr) *why = delivered != 0 ? Status::ok : st;
@@ -894,7 +917,7 @@ class MpmcReader {
   Status block(Attempt&& attempt, Deadline d) noexcept {
     return block_on(attempt, Status::empty, d, ring_.header().data_ready,
                     [this] { return readable_guess(); },
-                    stats_ != nullptr ? &stats_->empty_waits : nullptr, counters_, watch_);
+                    stats_ != nullptr ? &stats_->empty_waits : nullptr, counters_, watch_, mark_);
   }
 
   std::uint32_t free_hold_word() const noexcept {
@@ -929,7 +952,7 @@ class MpmcReader {
     // release: [Q2] pairs with the acquire of seq by the writer of pos + slots.
     ring_.slot(pos).seq.store(pos + ring_.slots(), std::memory_order_release);
     word.store(0, std::memory_order_release);  // [Q4]
-    ring_.header().space_free.notify(1);       // [Q5]
+    recovery_.notify(ring_.header().space_free, 1);  // [Q5]
   }
 
   // Claims up to `want` consecutive committed slots; *got receives how many.
@@ -1003,6 +1026,7 @@ class MpmcReader {
   MpmcRecovery recovery_;
   Stats* stats_ = nullptr;
   LocalCounters counters_;
+  SleepMark mark_;
   detail::StuckWatch watch_;
 };
 

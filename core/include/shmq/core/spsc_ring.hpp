@@ -281,6 +281,9 @@ class SpscWriter : public SpscEnd {
     cached_head_ = head;
     // relaxed: crash-recovery word of the previous writer (see the Synchronization block).
     pending_abort_ = ctl_->writer_streaming.load(std::memory_order_relaxed) != 0;
+    // relaxed: only the writer sleeps on space_wait and we are the writer now, so a count left
+    // there is a predecessor's killed asleep; without this every release would make a syscall.
+    ctl_->space_wait.waiters.store(0, std::memory_order_relaxed);
     // relaxed: a counter for liveness decisions, no data behind it.
     ctl_->writer_attached.fetch_add(1, std::memory_order_relaxed);
     // release: a reader that sees the flag cleared also sees our attach state.
@@ -677,6 +680,8 @@ class SpscReader : public SpscEnd {
     head_ = read_pos_ = cached_tail_ = head;
     skip_abandoned(tail);
     resync_ = true;  // we may start in the middle of a chunked message
+    // relaxed: as in SpscWriter::attach, for data_wait, where only the reader sleeps.
+    ctl_->data_wait.waiters.store(0, std::memory_order_relaxed);
     // relaxed: a counter for liveness decisions, no data behind it.
     ctl_->reader_attached.fetch_add(1, std::memory_order_relaxed);
     // release: as in SpscWriter::attach.

@@ -113,6 +113,15 @@ inline int futex_wake(std::atomic<std::uint32_t>* word, int count) noexcept {
   return rc < 0 ? 0 : static_cast<int>(rc);
 }
 
+// Where a sleeper records, for crash recovery, that it holds one count of a WaitWord: `value`
+// (non-zero: the host's tag and a bit naming the word) is stored in `*word` while the count is
+// held. A process killed asleep leaves its mark, so a survivor that finds the marker dead can
+// take the count back (the Queue's sweep); without it every later notify would make a syscall.
+struct SleepMark {
+  std::atomic<std::uint64_t>* word = nullptr;
+  std::uint64_t value = 0;
+};
+
 // A sleeping place for one condition ("data available", "space available"), 8 bytes, placed in
 // shared memory by its owner on a cache line of its own.
 struct WaitWord {
@@ -129,30 +138,37 @@ struct WaitWord {
   // after registering as a waiter, so a concurrent notify() cannot be missed. Returns the last
   // futex result (woken also when ready() held without sleeping).
   template <class Ready>
-  FutexResult wait(Ready&& ready, Deadline deadline) noexcept {
+  FutexResult wait(Ready&& ready, Deadline deadline, SleepMark mark = {}) noexcept {
     // acquire: pairs with the release increment in notify(); the value is only compared.
     const std::uint32_t seen = epoch.load(std::memory_order_acquire);
     // [W1] seq_cst: first half of the Dekker pair (see the Synchronization block).
     waiters.fetch_add(1, std::memory_order_seq_cst);
+    // relaxed: after W1 (an acquire RMW), so a mark always stands for a count; it is read only
+    // after its writer died.
+    if (mark.word != nullptr) mark.word->store(mark.value, std::memory_order_relaxed);
     // [F1] seq_cst: orders W1 before the re-check below; pairs with [F2] in notify().
     std::atomic_thread_fence(std::memory_order_seq_cst);
     FutexResult r = FutexResult::woken;
     if (!ready()) r = futex_wait(&epoch, seen, deadline);
+    // relaxed: before the release decrement below, so a mark never outlives its count.
+    if (mark.word != nullptr) mark.word->store(0, std::memory_order_relaxed);
     // release: no data is published by leaving; release keeps the decrement after the sleep.
     waiters.fetch_sub(1, std::memory_order_release);
     return r;
   }
 
   // Called after the caller's release store that made the condition true. Issues FUTEX_WAKE only
-  // if someone registered as a waiter. Returns true if a wake syscall was issued.
-  bool notify(int count = INT_MAX) noexcept {
+  // if someone registered as a waiter. Returns true if a wake syscall was issued; *woken (if
+  // given) receives how many it woke (0 with a count left by a dead waiter).
+  bool notify(int count = INT_MAX, int* woken = nullptr) noexcept {
     // [F2] seq_cst: orders the caller's publish before R2; pairs with [F1] in wait().
     std::atomic_thread_fence(std::memory_order_seq_cst);
     // [R2] relaxed: the fence above gives the ordering; the value only gates the syscall.
     if (waiters.load(std::memory_order_relaxed) == 0) return false;
     // release: a waiter that reads the new epoch (acquire) also sees the caller's publish.
     epoch.fetch_add(1, std::memory_order_release);
-    futex_wake(&epoch, count);
+    const int n = futex_wake(&epoch, count);
+    if (woken != nullptr) *woken = n;
     return true;
   }
 

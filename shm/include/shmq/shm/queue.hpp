@@ -55,6 +55,9 @@
 //        the chunk's bytes reach the reader through the slot commit [Q1].
 //   [A2] the reader (or a survivor reclaiming a dead owner's position) frees it with a release
 //        store of 0 after it is done with the bytes.
+//   Sleep marks (core::SleepMark in the participant slot's `asleep`, generation << 32 | word bit)
+//   are read only once their holder is dead; a CAS to 0 makes one taker (the slot's next holder
+//   or a sweep) give the dead sleeper's waiter count back.
 //
 // Threads: a Queue may be shared by threads (handles are created under no lock of ours but
 // join() is thread-safe). Each QueueWriter / QueueReader is used by one thread at a time;

@@ -40,7 +40,7 @@ enum SegmentFlags : std::uint32_t {
 enum class SegmentState : std::uint32_t { initializing = 0x494E4954, ready = 0x52454459, closed = 0x434C5344 };
 
 inline constexpr std::uint64_t kSegmentMagic = 0x31474553514D4853ull;  // "SHMQSEG1" little-endian
-inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::uint32_t kLayoutVersion = 2;
 inline constexpr std::size_t kMaxNameLength = 200;           // name without the "shmq." prefix
 inline constexpr std::uint32_t kMaxParticipants = 64;
 inline constexpr std::size_t kHeaderBytes = 16384;           // the header area; the body follows
@@ -60,6 +60,9 @@ struct alignas(core::kCacheLine) ParticipantSlot {
   std::atomic<std::uint64_t> joined_ns;   // CLOCK_REALTIME ns, for display
   // Words a channel uses to record claims in flight (the Queue's crash recovery); 0 when idle.
   std::atomic<std::uint64_t> claim[4];
+  // The holder's core::SleepMark while it is counted as a futex waiter: generation << 32 | the
+  // word's bit; 0 when awake. Left set by a holder killed asleep (the Queue's sweep).
+  std::atomic<std::uint64_t> asleep;
 };
 static_assert(sizeof(ParticipantSlot) == core::kCacheLine);
 

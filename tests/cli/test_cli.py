@@ -362,6 +362,8 @@ def test_large_messages_go_to_the_arena_and_dump_reads_them(cli, tmp_path):
     msgs = cli.json("dump", name)["messages"]
     assert [m["size"] for m in msgs] == [1000, 1000, 5000]
     assert msgs[0]["note"] == "in arena chunk 0"
+    assert cli.json("stat", name)["rings"][0]["arena"] == {"chunks": 1, "chunk_bytes": 4096, "in_use": 1}
+    assert "arena: 1 chunks of 4.0 KiB, 1 in use" in cli.ok("stat", name).stdout.decode()
     assert "file" in msgs[1]["note"] and "file" in msgs[2]["note"]
     out = tmp_path / "got"
     cli.ok("recv", name, "-n", 3, "-f", out)

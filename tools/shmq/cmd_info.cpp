@@ -244,7 +244,9 @@ int cmd_stat(const StatOptions& o) {
       }
       if (rs.has_message_depth) {
         rj.push_back({{"direction", d}, {"dequeue_pos", rs.head}, {"enqueue_pos", rs.tail},
-                      {"depth_messages", rs.depth_messages}, {"closed", rs.closed}});
+                      {"depth_messages", rs.depth_messages}, {"closed", rs.closed},
+                      {"arena", {{"chunks", rs.arena_chunks}, {"chunk_bytes", rs.arena_chunk_bytes},
+                                 {"in_use", rs.arena_in_use}}}});
       } else {
         rj.push_back({{"direction", d}, {"head", rs.head}, {"tail", rs.tail},
                       {"depth_bytes", rs.depth_bytes}, {"writer_closed", rs.writer_closed},
@@ -312,6 +314,11 @@ int cmd_stat(const StatOptions& o) {
                                    r["enqueue_pos"].get<std::uint64_t>(),
                                    r["depth_messages"].get<std::uint64_t>(),
                                    r["closed"].get<bool>() ? ", closed" : "");
+          const json& a = r["arena"];
+          std::cout << fmt::format("    arena: {} chunks of {}, {} in use\n",
+                                   a["chunks"].get<std::uint64_t>(),
+                                   human_bytes(a["chunk_bytes"].get<std::uint64_t>()),
+                                   a["in_use"].get<std::uint64_t>());
         }
       }
     }

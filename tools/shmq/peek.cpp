@@ -250,6 +250,7 @@ struct QueueRing {
   bool closed = false;
   std::uint64_t arena_chunks = 0, arena_chunk_bytes = 0;
   std::uint64_t arena_data = 0;  // file offset of chunk 0
+  std::uint64_t arena_owners = 0;  // file offset of the owner words
   std::string spill_prefix;  // "/dev/shm/shmq.<tag>.x": + 16 hex digits of the position
 };
 
@@ -280,6 +281,7 @@ Result<QueueRing> read_queue_ring(const Probe& p) {
     if (arena_offset % kArenaAlign != 0 || arena_offset < ring_offset + ring_bytes ||
         arena_offset + owners + q.arena_chunks * q.arena_chunk_bytes > p.header()->body_bytes)
       return bad("arena_offset", arena_offset);
+    q.arena_owners = kHeaderBytes + arena_offset;
     q.arena_data = kHeaderBytes + arena_offset + owners;
   }
   char tag[kSpillTagBytes];
@@ -486,6 +488,12 @@ RingState read_ring_state(const Probe& p, unsigned direction) {
   s.depth_messages = d <= 0 ? 0 : std::min<std::uint64_t>(static_cast<std::uint64_t>(d), q->maxsize);
   s.has_message_depth = true;
   s.closed = q->closed;
+  s.arena_chunks = q->arena_chunks;
+  s.arena_chunk_bytes = q->arena_chunk_bytes;
+  for (std::uint64_t i = 0; i < q->arena_chunks; ++i) {
+    auto owner = read_value<std::uint64_t>(p, q->arena_owners + i * sizeof(std::uint64_t));
+    s.arena_in_use += owner && *owner != 0;
+  }
   return s;
 }
 

@@ -33,6 +33,7 @@ struct RingState {
   bool has_message_depth = false;
   bool writer_closed = false, reader_closed = false;  // pipe
   bool closed = false;                               // queue
+  std::uint64_t arena_chunks = 0, arena_chunk_bytes = 0, arena_in_use = 0;  // queue
   std::uint64_t head = 0, tail = 0;                   // pipe positions / queue dequeue, enqueue
 };
 

@@ -22,8 +22,8 @@
 // syscall and no page fault per message (a file per message cost ~60 us at 64 KiB).
 //
 // Messages larger than a chunk (or arriving while every chunk is taken) spill into a file of
-// their own, /dev/shm/shmq.<tag>.x<position in
-// 16 hex digits> (<tag> is the queue's name, or a random "memfd-..." tag for anonymous queues).
+// their own, /dev/shm/shmq.<tag>.x<position in 16 hex digits> (<tag> is the queue's name, or a
+// random "memfd-..." tag for anonymous queues).
 // Why a file per message, named by the slot position the writer claimed:
 //   - any size, with no allocator shared between processes that a crash could leave inconsistent:
 //     the kernel owns the space;
@@ -41,8 +41,8 @@
 //     after its own attach lock is gone, through a fresh description (a forked parent and child
 //     share one attach description, so asking through it would miss the other and remove the
 //     files of unread messages).
-//   The cost, one create + mmap per large message, is small next to copying a message larger than
-//   a slot (typically kilobytes to megabytes).
+//   The cost, a create + fallocate + mmap + unlink and fresh pages per message, is why the arena
+//   comes first; for messages above a chunk (megabytes) it is small next to the copy.
 //
 // Synchronization (beyond the ring's)
 //   [J1] unfinished_tasks: tasks_added() increments before the put commits (the commit [Q1] then

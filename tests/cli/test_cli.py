@@ -297,6 +297,27 @@ def test_dump_peeks_without_consuming(cli, kind):
     assert cli.ok("recv", name, "-n", 5, "-t", 10).stdout.splitlines() == lines
 
 
+def test_dump_and_depth_skip_what_a_live_reader_read_but_has_not_returned(cli):
+    # The ring's reader returns space in batches: a reader that read 2 messages of a 64 KiB pipe
+    # has not yet moved head, but it has been handed them, so they are neither waiting nor shown.
+    import shmq
+    r, w = shmq.Pipe(duplex=False, capacity=1 << 16)
+    try:
+        for i in range(5):
+            w.send_bytes(b"message %d" % i)
+        assert r.recv_bytes() == b"message 0" and r.recv_bytes() == b"message 1"
+        d = cli.json("dump", r.name)
+        assert [m["text"] for m in d["messages"]] == ["message 2", "message 3", "message 4"]
+        assert not any(m.get("held") for m in d["messages"])
+        ring = cli.json("stat", r.name)["rings"][0]
+        assert ring["head"] == 0 and ring["read"] == 48  # two 24-byte records read
+        assert ring["depth_bytes"] == ring["tail"] - 48 == 72
+        assert "space not yet returned" in cli.ok("stat", r.name).stdout.decode()
+    finally:
+        r.close()
+        w.close()
+
+
 def test_dump_describes_pickles_without_unpickling(cli, tmp_path):
     name = cli.name()
     cli.ok("create", name, "--kind", "pipe")

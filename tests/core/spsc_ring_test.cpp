@@ -125,6 +125,46 @@ TEST_CASE("spsc ring: try_send reports full when the reader lags, and ok once it
   CHECK(sut.writer.try_send(bytes_of(msg), 0) == Status::ok);
 }
 
+TEST_CASE("spsc ring: the reader returns space in batches of head_batch bytes, and when it runs dry") {
+  Ring sut(4096);
+  REQUIRE(SpscRing::head_batch(4096) == 256);
+  const auto msg = make_msg(0, 56);  // 64-byte records: 64 fill the ring, 4 make a batch
+  int sent = 0;
+  while (sut.writer.try_send(bytes_of(msg), 0) == Status::ok) ++sent;
+  REQUIRE(sent == 64);
+  RecvView v;
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(sut.reader.try_recv(v) == Status::ok);
+    sut.reader.release(v.end);
+  }
+  CHECK(sut.control().head.load() == 0);  // 192 bytes read: below the batch, not yet returned
+  CHECK(sut.control().read_pos.load() == 192);  // but recorded for a later reader
+  CHECK(sut.writer.try_send(bytes_of(msg), 0) == Status::full);
+  REQUIRE(sut.reader.try_recv(v) == Status::ok);
+  sut.reader.release(v.end);
+  CHECK(sut.control().head.load() == 256);
+  CHECK(sut.writer.try_send(bytes_of(msg), 0) == Status::ok);
+  // Reading on to the end returns everything, batch or not.
+  int got = 0;
+  while (sut.reader.try_recv(v) == Status::ok) {
+    sut.reader.release(v.end);
+    ++got;
+  }
+  CHECK(got == 61);
+  CHECK(sut.control().head.load() == sut.control().tail.load());
+}
+
+TEST_CASE("spsc ring: closing the reader returns the space it read") {
+  Ring sut(4096);
+  for (int i = 0; i < 2; ++i) REQUIRE(sut.writer.try_send(bytes_of(make_msg(0, 56)), 0) == Status::ok);
+  RecvView v;
+  REQUIRE(sut.reader.try_recv(v) == Status::ok);
+  sut.reader.release(v.end);
+  CHECK(sut.control().head.load() == 0);
+  sut.reader.close();
+  CHECK(sut.control().head.load() == 64);
+}
+
 TEST_CASE("spsc ring: records that would cross the end wrap behind a padding record, in order") {
   Ring sut(256);
   std::uint64_t sent = 0, received = 0;
@@ -418,6 +458,31 @@ TEST_CASE("spsc ring: a new reader skips messages a dead reader held and counts 
   RecvView v;
   REQUIRE(next.try_recv(v) == Status::ok);
   CHECK(msg_ok(2, 10, v.bytes, v.kind));
+  next.release(v.end);
+  CHECK(next.try_recv(v) == Status::empty);  // and nothing past the published tail
+}
+
+TEST_CASE("spsc ring: a new reader never gets again what a dead reader read but had not returned") {
+  Ring sut(1 << 16);
+  for (std::uint64_t seq = 0; seq < 10; ++seq)
+    REQUIRE(sut.writer.try_send(bytes_of(make_msg(seq, 10)), kind_of(seq)) == Status::ok);
+  RecvView v;
+  REQUIRE(sut.reader.try_recv(v) == Status::ok);  // copied and released: not held
+  sut.reader.release(v.end);
+  int seen = 0;
+  sut.reader.recv_many([&](std::span<const std::byte>, std::uint16_t) { ++seen; }, 3);
+  REQUIRE(seen == 3);
+  REQUIRE(sut.control().head.load() == 0);  // 4 records of 24 bytes: below the 4 KiB batch
+  // The reader "dies" with 4 messages read and their space not yet returned.
+  SpscReader next;
+  REQUIRE(next.attach(sut.span(), 1 << 16, &sut.stats) == Status::ok);
+  CHECK(Stats::read(sut.stats.abandoned) == 0);  // it held none of them
+  for (std::uint64_t seq = 4; seq < 10; ++seq) {
+    REQUIRE(next.try_recv(v) == Status::ok);
+    CHECK(msg_ok(seq, 10, v.bytes, v.kind));
+    next.release(v.end);
+  }
+  CHECK(next.try_recv(v) == Status::empty);
 }
 
 TEST_CASE("spsc ring: a new writer aborts the message a dead writer left half-streamed") {

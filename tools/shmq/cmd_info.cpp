@@ -248,7 +248,7 @@ int cmd_stat(const StatOptions& o) {
                       {"arena", {{"chunks", rs.arena_chunks}, {"chunk_bytes", rs.arena_chunk_bytes},
                                  {"in_use", rs.arena_in_use}}}});
       } else {
-        rj.push_back({{"direction", d}, {"head", rs.head}, {"tail", rs.tail},
+        rj.push_back({{"direction", d}, {"head", rs.head}, {"read", rs.read}, {"tail", rs.tail},
                       {"depth_bytes", rs.depth_bytes}, {"writer_closed", rs.writer_closed},
                       {"reader_closed", rs.reader_closed}});
       }
@@ -303,8 +303,11 @@ int cmd_stat(const StatOptions& o) {
                                  s.fallback_copies, s.verify_failures, s.corrupt_events);
         const json& r = rj[d];
         if (r.contains("depth_bytes")) {
-          std::cout << fmt::format("    ring: head {}, tail {}, {} waiting{}{}\n",
-                                   r["head"].get<std::uint64_t>(), r["tail"].get<std::uint64_t>(),
+          const auto head = r["head"].get<std::uint64_t>(), read = r["read"].get<std::uint64_t>();
+          const std::string unreturned =
+              read != head ? fmt::format(" (read to {}, space not yet returned)", read) : "";
+          std::cout << fmt::format("    ring: head {}{}, tail {}, {} waiting{}{}\n", head, unreturned,
+                                   r["tail"].get<std::uint64_t>(),
                                    human_bytes(r["depth_bytes"].get<std::uint64_t>()),
                                    r["writer_closed"].get<bool>() ? ", writer closed" : "",
                                    r["reader_closed"].get<bool>() ? ", reader closed" : "");

@@ -53,6 +53,13 @@ struct PipeRing {
   std::uint64_t head = 0, tail = 0, read_pos = 0;
   std::uint32_t held = 0;
   bool writer_closed = false, reader_closed = false;
+
+  // How far the reader has read: read_pos when it lies in [head, tail] (messages it holds, or read
+  // and not yet returned: the ring's head batching), else head (read_pos is then a stale word).
+  std::uint64_t read_end() const noexcept {
+    const bool valid = read_pos - head <= tail - head && read_pos % core::kRecordAlign == 0;
+    return valid ? read_pos : head;
+  }
 };
 
 // The rings of a pipe lie back to back after the header, one per direction
@@ -111,12 +118,12 @@ PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std:
   const PipeRing& r = *ring;
   const std::uint64_t mask = r.capacity - 1;
   const std::uint64_t max_payload = core::SpscRing::max_payload(r.capacity);
-  // Messages between head and read_pos were handed to the reader, which still holds them.
-  const bool held_valid = r.held != 0 && r.read_pos - r.head <= r.tail - r.head &&
-                          r.read_pos % core::kRecordAlign == 0;
-  const std::uint64_t held_end = held_valid ? r.read_pos : r.head;
+  // Messages between head and read_end() were handed to the reader. If it holds some, they are
+  // shown (marked held: their space is not free); if not, they are consumed and skipped.
+  const bool held_valid = r.held != 0;
+  const std::uint64_t held_end = r.read_end();
 
-  std::uint64_t pos = r.head;
+  std::uint64_t pos = held_valid ? r.head : held_end;
   bool assembling = false;
   bool seen_start = false;  // before the first message start, stray chunks are a consumed message's rest
   std::uint64_t got = 0;
@@ -471,7 +478,8 @@ RingState read_ring_state(const Probe& p, unsigned direction) {
     s.ok = true;
     s.head = r->head;
     s.tail = r->tail;
-    s.depth_bytes = r->tail - r->head;
+    s.read = r->read_end();
+    s.depth_bytes = r->tail - r->read_end();  // what the reader has not yet been handed
     s.writer_closed = r->writer_closed;
     s.reader_closed = r->reader_closed;
     return s;

@@ -35,6 +35,7 @@ struct RingState {
   bool closed = false;                               // queue
   std::uint64_t arena_chunks = 0, arena_chunk_bytes = 0, arena_in_use = 0;  // queue
   std::uint64_t head = 0, tail = 0;                   // pipe positions / queue dequeue, enqueue
+  std::uint64_t read = 0;  // pipe: how far the reader has read (>= head: space not yet returned)
 };
 
 RingState read_ring_state(const Probe& p, unsigned direction);

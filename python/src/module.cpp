@@ -841,10 +841,11 @@ class QueueHandle {
     }
   }
 
-  shmq::core::WaitWord* wait_word(bool* ready) {
+  shmq::core::WaitWord* wait_word(bool* ready, shmq::core::SleepMark* mark) {
     QueueState& st = state();
     shmq::QueueReader& r = reader(st);
     *ready = r.ready_guess();
+    *mark = r.data_sleep_mark();
     return r.data_wait_word();
   }
   bool ready_guess() { return st_ && st_->reader && st_->reader->ready_guess(); }
@@ -1188,6 +1189,8 @@ nb::list wait_handles(nb::handle handles, std::optional<double> timeout) {
   if (n > static_cast<Py_ssize_t>(shmq::core::kWaitAnyMax))
     throw_py(PyExc_ValueError, "wait() takes at most 128 shmq objects");
   std::vector<shmq::core::WaitWord*> words(static_cast<std::size_t>(n), nullptr);
+  // Queue readers mark their sleep (a Pipe's next reader clears a dead one's count instead).
+  std::vector<shmq::core::SleepMark> marks(static_cast<std::size_t>(n));
   std::vector<std::function<bool()>> ready(static_cast<std::size_t>(n));
   std::vector<std::function<bool()>> ready_slow(static_cast<std::size_t>(n));
   nb::list out;
@@ -1201,7 +1204,7 @@ nb::list wait_handles(nb::handle handles, std::optional<double> timeout) {
       ready_slow[i] = [p] { return p->ready_slow(); };
     } else if (nb::isinstance<QueueHandle>(h)) {
       QueueHandle* q = nb::cast<QueueHandle*>(h);
-      words[i] = q->wait_word(&now);
+      words[i] = q->wait_word(&now, &marks[static_cast<std::size_t>(i)]);
       ready[i] = [q] { return q->ready_guess(); };
       ready_slow[i] = [q] { return q->ready_slow(); };
     } else {
@@ -1220,7 +1223,7 @@ nb::list wait_handles(nb::handle handles, std::optional<double> timeout) {
     {
       nb::gil_scoped_release nogil;
       shmq::core::wait_any(std::span<shmq::core::WaitWord* const>(words), any_ready,
-                           d.capped(kSlice));
+                           d.capped(kSlice), std::span<const shmq::core::SleepMark>(marks));
     }
     for (Py_ssize_t i = 0; i < n; ++i)
       if (ready_slow[static_cast<std::size_t>(i)]()) out.append(i);

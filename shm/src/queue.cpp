@@ -851,6 +851,9 @@ Status QueueReader::recv(Message& out, Deadline d) noexcept {
 core::WaitWord* QueueReader::data_wait_word() noexcept {
   return s_ ? &s_->shared->ring.header().data_ready : nullptr;
 }
+core::SleepMark QueueReader::data_sleep_mark() const noexcept {
+  return s_ ? s_->core.data_sleep_mark() : core::SleepMark{};
+}
 bool QueueReader::ready_guess() const noexcept { return s_ && s_->core.readable_guess(); }
 void QueueReader::close() noexcept { s_.reset(); }
 

@@ -73,3 +73,25 @@ TEST_CASE("wait_any: a notify on any word wakes the sleeper, and no wake-up is l
   waker.join();
   CHECK(seen == kRounds);
 }
+
+TEST_CASE("wait_any: a word given twice holds one count, and each mark is set only while asleep") {
+  Channel a, b;
+  std::atomic<std::uint64_t> mark_a{0}, mark_b{0};
+  const shmq::core::SleepMark marks[] = {{&mark_a, 0x11}, {&mark_a, 0x11}, {&mark_b, 0x22}};
+  WaitWord* words[] = {&a.word, &a.word, &b.word};
+  std::thread sleeper([&] {
+    (void)wait_any(std::span<WaitWord* const>(words), [&] { return b.ready.load(std::memory_order_seq_cst); },
+                   Deadline::never(), std::span<const shmq::core::SleepMark>(marks));
+  });
+  // The last mark is stored after every count is raised.
+  while (mark_b.load(std::memory_order_seq_cst) == 0) std::this_thread::yield();
+  CHECK(a.word.waiters.load(std::memory_order_seq_cst) == 1);
+  CHECK(mark_a.load(std::memory_order_seq_cst) == 0x11);
+  CHECK(mark_b.load(std::memory_order_seq_cst) == 0x22);
+  b.publish();
+  sleeper.join();
+  CHECK(a.word.waiters.load(std::memory_order_seq_cst) == 0);
+  CHECK(b.word.waiters.load(std::memory_order_seq_cst) == 0);
+  CHECK(mark_a.load(std::memory_order_seq_cst) == 0);
+  CHECK(mark_b.load(std::memory_order_seq_cst) == 0);
+}

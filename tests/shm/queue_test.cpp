@@ -25,6 +25,8 @@
 #include <thread>
 #include <vector>
 
+#include "shmq/core/wait_any.hpp"
+
 // Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
 // measures speed. Orders that matter are those of the code under test.
 
@@ -551,8 +553,11 @@ bool shm_file_exists(const std::string& file) {
 // A reader killed while asleep leaves its futex waiter count raised; without the sweep every
 // later send would make a FUTEX_WAKE syscall for nobody.
 TEST_CASE("queue: a reader killed asleep does not leave every later send making a syscall") {
-  for (const bool rejoin : {false, true}) {
+  // Asleep in recv (its slot rejoined or not), or in wait_any (as Python's shmq.wait sleeps).
+  for (const int mode : {0, 1, 2}) {
+    const bool rejoin = mode == 1, in_wait_any = mode == 2;
     CAPTURE(rejoin);
+    CAPTURE(in_wait_any);
     const std::string name = unique_name();
     Cleanup cleanup(name);
     auto sut = Queue::create({.name = name, .slots = 64, .slot_size = 64});
@@ -570,6 +575,13 @@ TEST_CASE("queue: a reader killed asleep does not leave every later send making 
       if (!q) ::_exit(2);
       auto r = q->reader();
       if (!r) ::_exit(3);
+      if (in_wait_any) {
+        core::WaitWord* w = r->data_wait_word();
+        const core::SleepMark mark = r->data_sleep_mark();
+        (void)core::wait_any(std::span<core::WaitWord* const>(&w, 1), [&] { return r->ready_guess(); },
+                             Deadline::never(), std::span<const core::SleepMark>(&mark, 1));
+        ::_exit(5);
+      }
       Message m;
       (void)r->recv(m, Deadline::never());
       ::_exit(4);

@@ -898,6 +898,9 @@ class MpmcReader {
     return n;
   }
 
+  // Where this reader marks a sleep on data_ready (for wait_any, which sleeps on it too).
+  SleepMark data_sleep_mark() const noexcept { return mark_; }
+
   // True if a message (or `closed`) is waiting (a guess).
   bool readable_guess() const noexcept {
     // relaxed: a guess; the claim re-validates everything.

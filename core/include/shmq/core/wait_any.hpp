@@ -82,23 +82,34 @@ inline FutexResult futex_waitv_call(FutexWaitv* waiters, std::size_t n, Deadline
 // Sleeps until `ready()` holds, `deadline` passes, or a signal arrives, where ready() is true
 // when any of the channels behind `words` can make progress (the caller decides which). Each
 // notify() on any of the words wakes the sleeper; the caller re-checks readiness after every
-// return, as with WaitWord::wait(). At most kWaitAnyMax words; null entries are skipped.
-// Returns woken also when ready() held without sleeping.
+// return, as with WaitWord::wait(). At most kWaitAnyMax words; null entries and repeats are
+// skipped. `marks`, if given, holds one SleepMark per entry of `words` (as WaitWord::wait()
+// takes one): each is set while its count is held, so a survivor can take back the count of a
+// sleeper killed here. Returns woken also when ready() held without sleeping.
 template <class Ready>
-FutexResult wait_any(std::span<WaitWord* const> words, Ready&& ready, Deadline deadline) noexcept {
+FutexResult wait_any(std::span<WaitWord* const> words, Ready&& ready, Deadline deadline,
+                     std::span<const SleepMark> marks = {}) noexcept {
   FutexWaitv waiters[kWaitAnyMax];
   WaitWord* registered[kWaitAnyMax];
+  SleepMark mark_of[kWaitAnyMax];
   std::size_t n = 0;
-  for (WaitWord* w : words) {
+  for (std::size_t k = 0; k < words.size(); ++k) {
+    WaitWord* w = words[k];
     if (w == nullptr || n == kWaitAnyMax) continue;
+    bool repeat = false;  // one count per word: a mark stands for exactly one
+    for (std::size_t i = 0; i < n && !repeat; ++i) repeat = registered[i] == w;
+    if (repeat) continue;
     // [A1] acquire: pairs with the release increment in notify(); the value is only compared.
     const std::uint32_t seen = w->epoch.load(std::memory_order_acquire);
     waiters[n] = FutexWaitv{seen, reinterpret_cast<std::uintptr_t>(&w->epoch), kFutex2SizeU32, 0};
+    mark_of[n] = k < marks.size() ? marks[k] : SleepMark{};
     registered[n++] = w;
   }
   for (std::size_t i = 0; i < n; ++i) {
     // [W1] seq_cst: first half of each word's Dekker pair (see wait.hpp).
     registered[i]->waiters.fetch_add(1, std::memory_order_seq_cst);
+    // relaxed: after W1, as in WaitWord::wait(); read only after its writer died.
+    if (mark_of[i].word != nullptr) mark_of[i].word->store(mark_of[i].value, std::memory_order_relaxed);
   }
   // [F1] seq_cst: orders every W1 before the re-check; pairs with [F2] in WaitWord::notify().
   std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -128,6 +139,8 @@ FutexResult wait_any(std::span<WaitWord* const> words, Ready&& ready, Deadline d
                     : (deadline.expired() ? FutexResult::timed_out : FutexResult::changed);
   }
   for (std::size_t i = 0; i < n; ++i) {
+    // relaxed: before the release decrement below, so a mark never outlives its count.
+    if (mark_of[i].word != nullptr) mark_of[i].word->store(0, std::memory_order_relaxed);
     // release: no data is published by leaving; release keeps the decrement after the sleep.
     registered[i]->waiters.fetch_sub(1, std::memory_order_release);
   }

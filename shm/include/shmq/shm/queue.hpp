@@ -243,6 +243,9 @@ class QueueReader {
 
   bool valid() const noexcept { return s_ != nullptr; }
   core::WaitWord* data_wait_word() noexcept;  // for wait_any
+  // The SleepMark to pass to wait_any with data_wait_word(), so a survivor can take back the
+  // count of this reader killed asleep there.
+  core::SleepMark data_sleep_mark() const noexcept;
   bool ready_guess() const noexcept;          // a message (or closed) is waiting
   void close() noexcept;                      // leaves the queue; the queue stays open
 

@@ -324,7 +324,12 @@ Result<Queue> Queue::create(const QueueConfig& config) {
   sc.anonymous = config.anonymous;
 
   std::string anon_tag;
-  if (config.anonymous) anon_tag = "memfd-" + random_segment_name().substr(5);
+  if (config.anonymous) {
+    // The memfd carries the tag as its label, so `shmq gc` can tell that the spill files of an
+    // anonymous queue belong to one that is still mapped (it has no name in /dev/shm).
+    anon_tag = "memfd-" + random_segment_name().substr(5);
+    sc.name = anon_tag;
+  }
   bool ring_ok = true;
   auto seg = Segment::create(sc, [&](Segment& s) {
     auto* body = new (s.body()) QueueBodyHeader;

@@ -292,7 +292,8 @@ Result<Segment> Segment::create(const SegmentConfig& config,
 
   int fd = -1;
   if (anonymous) {
-    fd = ::memfd_create("shmq", MFD_CLOEXEC);
+    const std::string label = valid_segment_name(config.name) ? "shmq." + config.name : "shmq";
+    fd = ::memfd_create(label.c_str(), MFD_CLOEXEC);
     if (fd < 0) return sys_error(errno, "cannot create an anonymous segment (memfd_create)");
   } else {
     const std::string path = segment_path(name);

@@ -497,6 +497,32 @@ def test_gc_removes_spill_files_with_their_queue(cli, tmp_path):
     assert list(SHM.glob(f"shmq.{name}*")) == []
 
 
+def test_gc_keeps_spill_files_of_an_anonymous_queue_still_mapped(cli):
+    # An anonymous (memfd) queue has no file in /dev/shm; its memfd is labelled shmq.<tag> and its
+    # spill files are shmq.<tag>.x<pos>. Here a memfd with such a label stands for a live one.
+    import mmap
+    tag = f"memfd-{os.getpid()}cli{cli.name()[-1]}"
+    spill = SHM / f"shmq.{tag}.x0000000000000001"
+    fd = os.memfd_create(f"shmq.{tag}")
+    try:
+        os.ftruncate(fd, 4096)
+        with mmap.mmap(fd, 4096):
+            spill.write_bytes(b"a committed message")
+            out = cli.json("gc", tag, "--grace", 0)
+            assert [(e["name"], e["action"]) for e in out["segments"]] == [(spill.name, "kept")]
+            assert f"mapped by pid {os.getpid()}" in out["segments"][0]["reason"]
+            assert spill.exists()
+        os.close(fd)
+        fd = -1
+        out = cli.json("gc", tag, "--grace", 0)  # nobody maps it now: an orphan
+        assert [(e["name"], e["action"]) for e in out["segments"]] == [(spill.name, "removed")]
+        assert not spill.exists()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        spill.unlink(missing_ok=True)
+
+
 # ---- corrupt segments ------------------------------------------------------------------------
 
 def test_corrupt_header_is_reported_and_collected(cli):

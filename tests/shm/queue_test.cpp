@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <optional>
 #include <random>
 #include <string>
@@ -509,6 +510,19 @@ TEST_CASE("queue: an anonymous queue carries messages to a forked child") {
   CHECK(as_string(m) == "from child");
   REQUIRE(rx->recv(m, Deadline::in(5s)) == Status::ok);
   CHECK(m.size() == 5000);
+}
+
+TEST_CASE("queue: an anonymous queue's memfd is labelled with its spill tag, for shmq gc") {
+  auto sut = Queue::create({.name = "", .slots = 8, .slot_size = 32, .anonymous = true});
+  REQUIRE(sut.has_value());
+  const auto& body = *reinterpret_cast<const QueueBodyHeader*>(sut->segment().body());
+  const std::string tag(body.spill_tag);
+  CHECK(tag.rfind("memfd-", 0) == 0);
+  std::ifstream maps("/proc/self/maps");
+  bool found = false;
+  for (std::string line; std::getline(maps, line);)
+    found = found || line.find("/memfd:shmq." + tag + " ") != std::string::npos;
+  CHECK(found);
 }
 
 TEST_CASE("queue: a child's inherited handles only close descriptors when destroyed") {

@@ -19,8 +19,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -31,6 +33,35 @@
 namespace shmq::cli {
 
 using json = nlohmann::ordered_json;
+
+namespace {
+
+// A process that maps the memfd labelled `label` (an anonymous queue's segment), or 0. Reads
+// /proc/<pid>/maps of every process it may read: a user's own, or all of them as root, which
+// covers whoever may remove that queue's spill files.
+pid_t memfd_mapped_by(const std::string& label) {
+  const std::string needle = "/memfd:" + label + " ";  // the kernel appends " (deleted)"
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return 0;
+  pid_t found = 0;
+  while (const dirent* d = ::readdir(proc)) {
+    char* end = nullptr;
+    const long pid = std::strtol(d->d_name, &end, 10);
+    if (pid <= 0 || *end != '\0') continue;
+    std::ifstream maps(std::string("/proc/") + d->d_name + "/maps");
+    for (std::string line; std::getline(maps, line);) {
+      if ((line + " ").find(needle) != std::string::npos) {
+        found = static_cast<pid_t>(pid);
+        break;
+      }
+    }
+    if (found != 0) break;
+  }
+  ::closedir(proc);
+  return found;
+}
+
+}  // namespace
 
 int cmd_rm(const RmOptions& o) {
   int rc = kExitOk;
@@ -160,6 +191,20 @@ std::vector<GcEntry> gc_orphan_spills(const GcOptions& o) {
     orphans.emplace_back(d->d_name, queue);
   }
   ::closedir(dir);
+  // An anonymous queue (memfd) has no file in /dev/shm: its spill files are orphans only once no
+  // process maps it any more.
+  std::erase_if(orphans, [&](const auto& orphan) {
+    const auto& [file, queue] = orphan;
+    if (queue.rfind("memfd-", 0) != 0) return false;
+    const pid_t pid = memfd_mapped_by("shmq." + queue);
+    if (pid == 0) return false;
+    GcEntry e;
+    e.name = file;
+    e.action = "kept";
+    e.reason = fmt::format("spill file of anonymous queue '{}', mapped by pid {}", queue, pid);
+    out.push_back(std::move(e));
+    return true;
+  });
   for (const auto& [file, queue] : orphans) {
     GcEntry e;
     e.name = file;

@@ -71,7 +71,8 @@ int main(int argc, char** argv) {
       "A segment is removed only when no process holds any of its kernel locks (nobody has it\n"
       "mapped, nobody is creating it) and its file is older than --grace. Corrupt segments\n"
       "follow the same rule: removed (and reported) when nobody holds them, reported and kept\n"
-      "while a live process does. A queue's spill files go with it.");
+      "while a live process does. A queue's spill files go with it; those of a queue that\n"
+      "is gone are removed too, except an anonymous queue's while some process maps it.");
   c_gc->add_option("patterns", gc.patterns, "Only names matching these shell patterns ('jobs-*')");
   c_gc->add_flag("-n,--dry-run", gc.dry_run, "Only report what would be removed");
   c_gc->add_flag("--json", gc.json, "Print JSON");

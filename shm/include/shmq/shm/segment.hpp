@@ -114,7 +114,9 @@ struct SegmentConfig {
   SegmentKind kind = SegmentKind::pipe;
   ChannelParams params{};
   std::uint64_t body_bytes = 0;  // bytes the channel needs after the header
-  bool anonymous = false;        // memfd: shared only by fork or fd passing, never by name
+  bool anonymous = false;        // memfd: shared only by fork or fd passing, never by name;
+                                 // a valid `name` then only labels the memfd "shmq.<name>" (as
+                                 // /proc/<pid>/maps shows it), and the segment has no name
   bool unlink_when_unused = false; // set for generated names: the last participant out unlinks
 };
 

@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 MESON := $(VENV)/bin/meson
 BUILD := build
 
-.PHONY: all setup build test test-cpp test-sanitizers test-python bench bench-full install clean
+.PHONY: all setup build build-bench test test-cpp test-sanitizers test-python bench bench-full install clean
 
 all: build
 
@@ -20,13 +20,19 @@ build: setup $(BUILD)/build.ninja
 	@$(MESON) compile -C $(BUILD)
 	@tools/install_python.sh
 
+# What `make bench` needs: the benchmark executables and the Python package, not the test suites.
+# (A build directory configured before the `benches` target existed builds everything instead.)
+build-bench: setup $(BUILD)/build.ninja
+	@$(MESON) compile -C $(BUILD) benches 2>/dev/null || $(MESON) compile -C $(BUILD)
+	@tools/install_python.sh
+
 test: build
 	@tools/run_tests.sh
 
-bench: build
+bench: build-bench
 	@$(PY) bench/run.py --quick $(ARGS)
 
-bench-full: build
+bench-full: build-bench
 	@$(PY) bench/run.py --full $(ARGS)
 
 install: build

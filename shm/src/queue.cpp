@@ -129,9 +129,9 @@ bool QueueRegistry::alive(std::uint32_t index) const noexcept {
   return q_->segment.participant_alive(index);
 }
 void QueueRegistry::reclaim(std::uint64_t pos) noexcept {
-  // The dead owner of `pos` may hold an arena chunk tagged pos + 1 (never more than one).
+  // The dead owner of `pos` may hold an arena chunk tagged arena_tag(pos) (never more than one).
   for (std::uint64_t i = 0; i < q_->arena_chunks; ++i) {
-    std::uint64_t tag = pos + 1;
+    std::uint64_t tag = arena_tag(pos);
     // release: [A2]; the dead owner's bytes are discarded, the next taker's CAS acquires.
     if (q_->owner(i).compare_exchange_strong(tag, 0, std::memory_order_release, std::memory_order_relaxed))
       break;
@@ -213,7 +213,7 @@ Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out) noexcep
     if (chunk == 0 || chunk > q.arena_chunks || len == 0 || len > q.arena_chunk_bytes) return corrupt();
     // relaxed: the slot's acquire [Q1] ordered the writer's tag before this; a chunk not tagged
     // with this slot's position belongs to someone else and is left alone.
-    if (q.owner(chunk - 1).load(std::memory_order_relaxed) != v.pos + 1) return corrupt();
+    if (q.owner(chunk - 1).load(std::memory_order_relaxed) != arena_tag(v.pos)) return corrupt();
     out.base = q.chunk(chunk - 1);
     out.length = len;
     out.chunk = chunk;
@@ -713,7 +713,7 @@ QueueClaim QueueWriter::claim(std::size_t n, Deadline d, std::uint16_t kind) noe
       // relaxed pre-check: skips taken chunks without a locked instruction.
       if (q.owner(i).load(std::memory_order_relaxed) != 0) continue;
       // acquire: [A1]
-      if (!q.owner(i).compare_exchange_strong(free, mc.pos + 1, std::memory_order_acquire,
+      if (!q.owner(i).compare_exchange_strong(free, arena_tag(mc.pos), std::memory_order_acquire,
                                               std::memory_order_relaxed))
         continue;
       s_->arena_next = i + 1;

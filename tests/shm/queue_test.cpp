@@ -93,7 +93,7 @@ bool is_spilled_message(const Message& m, std::uint64_t index, std::size_t size)
   return m.size() == size && std::memcmp(m.data(), want.data(), size) == 0;
 }
 
-// The arena's owner words (queue.hpp): 0 = free, else the holding slot position + 1.
+// The arena's owner words (queue.hpp): 0 = free, else arena_tag(the holding slot position).
 std::vector<std::uint64_t> arena_owners(const Queue& q) {
   const auto& b = *reinterpret_cast<const QueueBodyHeader*>(q.segment().body());
   const auto* owners = reinterpret_cast<const std::atomic<std::uint64_t>*>(q.segment().body() + b.arena_offset);
@@ -694,6 +694,31 @@ TEST_CASE("queue: a forked peer leaving does not take spill files of unread mess
   }
 }
 
+TEST_CASE("queue: arena messages keep their chunks across position 2^64 - 1") {
+  // The chunk taken at position 2^64 - 1 once carried tag pos + 1 == 0, "free": the next large
+  // message took the same chunk and the first one read back as corrupt.
+  const std::string name = unique_name();
+  Cleanup cleanup(name);
+  auto sut = Queue::create({.name = name, .slots = 8, .slot_size = 64, .arena_chunks = 4,
+                            .arena_chunk_bytes = 4096, .initial_position = ~0ull - 3});
+  REQUIRE(sut.has_value());
+  auto tx = sut->writer();
+  auto rx = sut->reader();
+  REQUIRE(tx.has_value());
+  REQUIRE(rx.has_value());
+  for (std::uint64_t i = 0; i < 8; ++i)  // positions 2^64 - 4 ... 3: all in the arena at once
+    REQUIRE(tx->try_send(spilled_message(i, 1000)) == Status::ok);
+  CHECK(spill_files_of(name) == 4);  // four chunks, then files
+  for (std::uint64_t i = 0; i < 8; ++i) {
+    Message m;
+    REQUIRE(rx->try_recv(m) == Status::ok);
+    CHECK(is_spilled_message(m, i, 1000));
+  }
+  CHECK(sut->stats().corrupt_events.load(std::memory_order_seq_cst) == 0);
+  CHECK(arena_all_free(*sut));
+  CHECK(spill_files_of(name) == 0);
+}
+
 TEST_CASE("queue: writer and reader threads sharing one mapping deliver every message once") {
   const std::string name = unique_name();
   Cleanup cleanup(name);
@@ -1091,7 +1116,7 @@ struct Plan {
     } else {
       st = tx->send({buf.data(), len}, Deadline::never(), 7);
     }
-    if (st != Status::ok) ::_exit(3);
+    if (st != Status::ok) ::_exit(30 + static_cast<int>(st));  // 30 + the status
     l.committed[source].store(n + 1, std::memory_order_release);
   }
   for (;;) ::pause();
@@ -1104,7 +1129,8 @@ struct Plan {
   for (std::uint64_t i = 0;; ++i) {
     if (i % 2 == 0) {
       Message m;
-      if (rx->recv(m, Deadline::never()) != Status::ok) ::_exit(4);
+      // Exit 40 + the status: the parent reports which.
+      if (const Status st = rx->recv(m, Deadline::never()); st != Status::ok) ::_exit(40 + static_cast<int>(st));
       if (!record_delivery(l, m.bytes())) l.bad.fetch_add(1, std::memory_order_seq_cst);
     } else {
       rx->recv_many(
@@ -1220,7 +1246,11 @@ void run_cycle(Gauntlet& g, Queue& q, QueueWriter& tx, QueueReader& rx, const Pl
     survivor_step(g, tx, rx, plan, feed);
     if (!feed || plan.role == Victim::creator) std::this_thread::sleep_for(50us);
   }
-  if (exited_early) MESSAGE("victim exited with status " << status);
+  if (exited_early) {
+    MESSAGE("victim " << (WIFEXITED(status) ? "exited with code " : "killed by signal ")
+                      << (WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status))
+                      << " (30/40 + a Status: a send/recv failed)");
+  }
   CHECK_FALSE(exited_early);
   ::kill(pid, SIGKILL);
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
@@ -1299,8 +1329,10 @@ TEST_CASE("queue: kill -9 at every kill point loses and duplicates no committed 
   const core::Stats& st = q->stats();
   MESSAGE("gauntlet: " << kCycles << " cycles in " << s << " s; " << delivered << " delivered; worst recovery "
                        << g.worst_recovery_ms << " ms; abandoned " << st.abandoned.load(std::memory_order_seq_cst) << ", recovered "
-                       << st.recovered.load(std::memory_order_seq_cst) << ", missing " << missing);
+                       << st.recovered.load(std::memory_order_seq_cst) << ", missing " << missing
+                       << ", corrupt events " << st.corrupt_events.load(std::memory_order_seq_cst));
   CHECK(g.progress_failures == 0);
+  CHECK(st.corrupt_events.load(std::memory_order_seq_cst) == 0);  // crashes never look like corruption
   CHECK(duplicates == 0);
   CHECK(l.bad.load(std::memory_order_seq_cst) == 0);
   // A committed message may vanish only with a reader killed while holding it (counted).

@@ -13,8 +13,8 @@
 //
 // Messages larger than a slot go to the large-message arena when it has a free chunk big enough:
 // `arena_chunks` chunks of `arena_chunk_bytes` (page multiples) after the ring, each with an
-// owner word in front of them (0 = free, else the claimed slot position + 1). The slot then holds
-// {u64 length, u64 chunk + 1} with kSlotSpilled. Why this is crash-safe without a shared
+// owner word in front of them (0 = free, else arena_tag(the claimed slot position)). The slot
+// then holds {u64 length, u64 chunk + 1} with kSlotSpilled. Why this is crash-safe without a shared
 // allocator: a chunk is taken with one CAS tagged by the writer's claimed position, so whoever
 // recovers that position from a dead writer or reader (core::ClaimRegistry::reclaim) frees
 // exactly the chunks tagged with it; a reader frees its chunk before it releases the slot, so a
@@ -50,8 +50,8 @@
 //        notifies tasks_done when it reaches 0; join() loads it with acquire.
 //   Spill files are written through their own mapping before the slot commit [Q1]; the reader
 //   maps them after its acquire of the slot, so the bytes are visible (same physical pages).
-//   [A1] arena chunk owner: a writer takes a chunk with an acquire CAS 0 -> pos + 1 (pairs with
-//        [A2], so the previous reader's reads of the chunk happened before we overwrite it);
+//   [A1] arena chunk owner: a writer takes a chunk with an acquire CAS 0 -> arena_tag(pos)
+//        (pairs with [A2], so the previous reader's reads of the chunk happened before we overwrite it);
 //        the chunk's bytes reach the reader through the slot commit [Q1].
 //   [A2] the reader (or a survivor reclaiming a dead owner's position) frees it with a release
 //        store of 0 after it is done with the bytes.
@@ -101,7 +101,11 @@ struct QueueConfig {
   std::uint32_t initial_epoch = 0;
 };
 
-inline constexpr std::uint64_t kQueueBodyMagic = 0x3245555551514D53ull;  // "SMQQUEU2"
+inline constexpr std::uint64_t kQueueBodyMagic = 0x3345555551514D53ull;  // "SMQQUEU3"
+// An arena chunk's owner word: 0 when free, else the tag of the slot position holding it. Never
+// 0 for any position (pos + 1 was 0 at position 2^64 - 1, where a chunk then looked free while
+// taken); positions in flight lie far less than 2^63 apart, so tags never collide.
+constexpr std::uint64_t arena_tag(std::uint64_t pos) noexcept { return (pos << 1) | 1; }
 inline constexpr std::uint32_t kMaxArenaChunks = 512;
 inline constexpr std::uint64_t kArenaAlign = 4096;
 inline constexpr std::uint64_t kMaxArenaChunkBytes = 1ull << 30;

@@ -1316,13 +1316,15 @@ TEST_CASE("queue: kill -9 at every kill point loses and duplicates no committed 
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   std::uint64_t duplicates = 0, missing = 0, delivered = 0;
+  constexpr std::uint64_t kShowMissing = 0;  // raise to list missing messages while debugging
   for (std::uint32_t src = 0; src < g.next_source; ++src) {
     const std::uint32_t committed = l.committed[src].load(std::memory_order_seq_cst);
     for (std::uint32_t n = 0; n < kMaxPerSource; ++n) {
       const unsigned d = l.delivered[src][n].load(std::memory_order_seq_cst);
       delivered += d;
       duplicates += d > 1;
-      if (n < committed && d == 0) ++missing;
+      if (n < committed && d == 0 && ++missing <= kShowMissing)
+        MESSAGE("missing: source " << src << " n " << n << " of " << committed << " committed");
       if (n > committed && d != 0) ++duplicates;  // never sent, yet delivered
     }
   }

@@ -694,6 +694,59 @@ TEST_CASE("queue: a forked peer leaving does not take spill files of unread mess
   }
 }
 
+TEST_CASE("queue: a writer killed just after recovering a dead reader's slot leaks nothing") {
+  // The survivor that frees a dead reader's slot also frees its arena chunk and counts the lost
+  // message. It once did both after the CAS that frees the slot, so a survivor killed right after
+  // that CAS leaked the chunk and left the loss uncounted: nobody would find that slot again.
+  const std::string name = unique_name();
+  Cleanup cleanup(name);
+  auto sut = Queue::create({.name = name, .slots = 2, .slot_size = 64, .arena_chunks = 2,
+                            .arena_chunk_bytes = 4096});
+  REQUIRE(sut.has_value());
+  auto tx = sut->writer();
+  REQUIRE(tx.has_value());
+  REQUIRE(tx->try_send(spilled_message(0, 1000)) == Status::ok);  // in an arena chunk
+  REQUIRE(tx->try_send(as_bytes("one")) == Status::ok);           // the queue is full
+  const pid_t reader = ::fork();
+  REQUIRE(reader >= 0);
+  if (reader == 0) {  // takes the large message and dies holding it (_exit runs no destructor)
+    auto q = Queue::open(name);
+    auto rx = q ? q->reader() : Result<QueueReader>(Error(Errc::system, "open"));
+    Message m;
+    ::_exit(rx && rx->recv(m, Deadline::in(10s)) == Status::ok ? 0 : 2);
+  }
+  REQUIRE(wait_exit(reader) == 0);
+  CHECK_FALSE(arena_all_free(*sut));
+  const pid_t writer = ::fork();
+  REQUIRE(writer >= 0);
+  if (writer == 0) {  // waits for room, recovers the dead reader's slot, stops just after
+    auto q = Queue::open(name);
+    auto wx = q ? q->writer() : Result<QueueWriter>(Error(Errc::system, "open"));
+    if (!wx) ::_exit(2);
+    arm_kill_point(core::KillPoint::recovering_read, 0);
+    (void)wx->send(as_bytes("two"), Deadline::in(10s));
+    ::_exit(3);  // not reached: stopped at the kill point
+  }
+  int status = 0;
+  while (::waitpid(writer, &status, WUNTRACED) < 0 && errno == EINTR) {
+  }
+  CHECK(WIFSTOPPED(status));
+  ::kill(writer, SIGKILL);
+  CHECK(wait_exit(writer) == 128 + SIGKILL);
+  CHECK(sut->stats().abandoned.load(std::memory_order_seq_cst) == 1);
+  CHECK(arena_all_free(*sut));
+  // The queue moves on: "one" is still there and the freed slot takes a new message.
+  auto rx = sut->reader();
+  REQUIRE(rx.has_value());
+  Message m;
+  REQUIRE(rx->try_recv(m) == Status::ok);
+  CHECK(as_string(m) == "one");
+  m.release();
+  REQUIRE(tx->try_send(as_bytes("three")) == Status::ok);
+  REQUIRE(rx->try_recv(m) == Status::ok);
+  CHECK(as_string(m) == "three");
+}
+
 TEST_CASE("queue: arena messages keep their chunks across position 2^64 - 1") {
   // The chunk taken at position 2^64 - 1 once carried tag pos + 1 == 0, "free": the next large
   // message took the same chunk and the first one read back as corrupt.

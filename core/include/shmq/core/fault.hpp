@@ -23,6 +23,7 @@ enum class KillPoint : std::uint32_t {
   asleep,                    // registered as a futex waiter, about to sleep
   creating,                  // a segment being initialized (state `initializing`)
   spill_write,               // a spill file created and half written, the slot not yet committed
+  recovering_read,           // a writer has just freed the slot of a reader that died holding it
   count_,
 };
 
@@ -37,6 +38,7 @@ constexpr std::string_view kill_point_name(KillPoint kp) noexcept {
     case KillPoint::asleep: return "asleep";
     case KillPoint::creating: return "creating";
     case KillPoint::spill_write: return "spill_write";
+    case KillPoint::recovering_read: return "recovering_read";
     case KillPoint::count_: break;
   }
   return "unknown";

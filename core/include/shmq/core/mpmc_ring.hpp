@@ -430,16 +430,30 @@ class MpmcRecovery {
   bool recover_unreleased_read(std::uint64_t pos, std::uint64_t seen) noexcept {
     const std::uint64_t q = pos - ring_.slots();
     if (live_claimant(q, detail::ClaimOp::dequeue)) return false;
-    std::uint64_t expected = seen;
-    // Cases: 1. success: the slot is free for lap pos; we count it.
-    //        2. failure: the (slow, live after all) reader or another survivor released it.
-    // acq_rel: acquire orders our reading of nothing in the slot but keeps the reclaim after
-    // the win; release publishes the free slot to the next writer [Q2].
-    if (!ring_.slot(pos).seq.compare_exchange_strong(expected, pos, std::memory_order_acq_rel,
-                                                     std::memory_order_relaxed))
-      return false;
+    // The dead reader's resources are freed and its message counted *before* the CAS that frees
+    // the slot: once the slot is free nobody would find them again, so a survivor killed between
+    // the CAS and these steps used to leak a spill file or chunk and leave a lost message
+    // uncounted. Now the next survivor redoes them (reclaim is idempotent; a double fault may
+    // count one message twice, never zero times). Reclaiming first is safe when the CAS then
+    // fails: no live claimant means the reader is dead or has released the slot, and a reader
+    // frees its chunk and spill file before it releases its slot.
+    std::atomic<std::uint64_t>* counter =
+        stats_ == nullptr ? nullptr : (seen == q + 1 ? &stats_->abandoned : &stats_->recovered);
     registry_->reclaim(q);
-    if (stats_ != nullptr) Stats::bump(seen == q + 1 ? stats_->abandoned : stats_->recovered);
+    if (counter != nullptr) Stats::bump(*counter);
+    std::uint64_t expected = seen;
+    // Cases: 1. success: the slot is free for lap pos.
+    //        2. failure: the (slow, live after all) reader or another survivor released it:
+    //           take our count back.
+    // acq_rel: acquire orders our reading of nothing in the slot; release publishes the free
+    // slot to the next writer [Q2].
+    if (!ring_.slot(pos).seq.compare_exchange_strong(expected, pos, std::memory_order_acq_rel,
+                                                     std::memory_order_relaxed)) {
+      // relaxed: a statistic, as Stats::bump.
+      if (counter != nullptr) counter->fetch_sub(1, std::memory_order_relaxed);
+      return false;
+    }
+    SHMQ_KILL_POINT(KillPoint::recovering_read);
     ring_.header().space_free.notify(1);
     return true;
   }

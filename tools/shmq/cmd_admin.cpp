@@ -40,7 +40,7 @@ namespace {
 // /proc/<pid>/maps of every process it may read: a user's own, or all of them as root, which
 // covers whoever may remove that queue's spill files.
 pid_t memfd_mapped_by(const std::string& label) {
-  const std::string needle = "/memfd:" + label + " ";  // the kernel appends " (deleted)"
+  const std::string mapped = "/memfd:" + label + " (deleted)";  // how maps shows a memfd
   DIR* proc = ::opendir("/proc");
   if (proc == nullptr) return 0;
   pid_t found = 0;
@@ -50,7 +50,7 @@ pid_t memfd_mapped_by(const std::string& label) {
     if (pid <= 0 || *end != '\0') continue;
     std::ifstream maps(std::string("/proc/") + d->d_name + "/maps");
     for (std::string line; std::getline(maps, line);) {
-      if ((line + " ").find(needle) != std::string::npos) {
+      if (line.ends_with(mapped)) {
         found = static_cast<pid_t>(pid);
         break;
       }

@@ -306,8 +306,8 @@ int cmd_stat(const StatOptions& o) {
           const auto head = r["head"].get<std::uint64_t>(), read = r["read"].get<std::uint64_t>();
           const std::string unreturned =
               read != head ? fmt::format(" (read to {}, space not yet returned)", read) : "";
-          std::cout << fmt::format("    ring: head {}{}, tail {}, {} waiting{}{}\n", head, unreturned,
-                                   r["tail"].get<std::uint64_t>(),
+          std::cout << fmt::format("    ring: head {}{}, tail {}, {} waiting{}{}\n", head,
+                                   unreturned, r["tail"].get<std::uint64_t>(),
                                    human_bytes(r["depth_bytes"].get<std::uint64_t>()),
                                    r["writer_closed"].get<bool>() ? ", writer closed" : "",
                                    r["reader_closed"].get<bool>() ? ", reader closed" : "");

@@ -54,12 +54,7 @@ struct PipeRing {
   std::uint32_t held = 0;
   bool writer_closed = false, reader_closed = false;
 
-  // How far the reader has read: read_pos when it lies in [head, tail] (messages it holds, or read
-  // and not yet returned: the ring's head batching), else head (read_pos is then a stale word).
-  std::uint64_t read_end() const noexcept {
-    const bool valid = read_pos - head <= tail - head && read_pos % core::kRecordAlign == 0;
-    return valid ? read_pos : head;
-  }
+  std::uint64_t read_end() const noexcept { return core::SpscRing::read_end(head, tail, read_pos); }
 };
 
 // The rings of a pipe lie back to back after the header, one per direction
@@ -120,10 +115,10 @@ PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std:
   const std::uint64_t max_payload = core::SpscRing::max_payload(r.capacity);
   // Messages between head and read_end() were handed to the reader. If it holds some, they are
   // shown (marked held: their space is not free); if not, they are consumed and skipped.
-  const bool held_valid = r.held != 0;
+  const bool holds = r.held != 0;
   const std::uint64_t held_end = r.read_end();
 
-  std::uint64_t pos = held_valid ? r.head : held_end;
+  std::uint64_t pos = holds ? r.head : held_end;
   bool assembling = false;
   bool seen_start = false;  // before the first message start, stray chunks are a consumed message's rest
   std::uint64_t got = 0;
@@ -180,7 +175,7 @@ PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std:
         msg.position = pos;
         msg.kind = kind;
         msg.size = *length;
-        msg.held = held_valid && pos - r.head < held_end - r.head;
+        msg.held = holds && pos - r.head < held_end - r.head;
         if (auto a = append(payload_off, *length); !a) return fail(a.error().what);
         if (!still_intact(pos)) {
           out.stopped = "the reader consumed the rest while dump was reading";
@@ -479,7 +474,7 @@ RingState read_ring_state(const Probe& p, unsigned direction) {
     s.head = r->head;
     s.tail = r->tail;
     s.read = r->read_end();
-    s.depth_bytes = r->tail - r->read_end();  // what the reader has not yet been handed
+    s.depth_bytes = r->tail - s.read;  // what the reader has not yet been handed
     s.writer_closed = r->writer_closed;
     s.reader_closed = r->reader_closed;
     return s;

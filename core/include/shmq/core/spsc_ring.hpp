@@ -198,6 +198,13 @@ class SpscRing {
     // unsigned: head > tail wraps to a huge distance and fails the same test
     return tail - head <= capacity && head % kRecordAlign == 0 && tail % kRecordAlign == 0;
   }
+  // How far the reader has read, from its crash-recovery word read_pos: read_pos when it lies in
+  // [head, tail] on a record boundary (views it holds, or reads head batching has not returned
+  // yet), else head (a stale word, left behind by a later publish of head).
+  static constexpr std::uint64_t read_end(std::uint64_t head, std::uint64_t tail,
+                                          std::uint64_t read_pos) noexcept {
+    return read_pos - head <= tail - head && read_pos % kRecordAlign == 0 ? read_pos : head;
+  }
 
   static SpscRingControl* control(std::span<std::byte> mem) noexcept {
     return std::launder(reinterpret_cast<SpscRingControl*>(mem.data()));
@@ -837,8 +844,7 @@ class SpscReader : public SpscEnd {
     // relaxed: crash-recovery words, written by the previous holder of the role.
     const std::uint64_t pos = ctl_->read_pos.load(std::memory_order_relaxed);
     const std::uint32_t held = ctl_->held.load(std::memory_order_relaxed);
-    const bool ahead = pos != head_ && pos - head_ <= tail - head_ && pos % kRecordAlign == 0;
-    if (ahead) {
+    if (SpscRing::read_end(head_, tail, pos) != head_) {
       Stats::bump(stats_->abandoned, held);
       read_pos_ = pos;
       cached_tail_ = tail;  // known published (acquire in attach) and >= pos: never read past it

@@ -109,7 +109,8 @@ FutexResult wait_any(std::span<WaitWord* const> words, Ready&& ready, Deadline d
     // [W1] seq_cst: first half of each word's Dekker pair (see wait.hpp).
     registered[i]->waiters.fetch_add(1, std::memory_order_seq_cst);
     // relaxed: after W1, as in WaitWord::wait(); read only after its writer died.
-    if (mark_of[i].word != nullptr) mark_of[i].word->store(mark_of[i].value, std::memory_order_relaxed);
+    if (mark_of[i].word != nullptr)
+      mark_of[i].word->store(mark_of[i].value, std::memory_order_relaxed);
   }
   // [F1] seq_cst: orders every W1 before the re-check; pairs with [F2] in WaitWord::notify().
   std::atomic_thread_fence(std::memory_order_seq_cst);

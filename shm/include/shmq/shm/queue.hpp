@@ -14,12 +14,12 @@
 // Messages larger than a slot go to the large-message arena when it has a free chunk big enough:
 // `arena_chunks` chunks of `arena_chunk_bytes` (page multiples) after the ring, each with an
 // owner word in front of them (0 = free, else arena_tag(the claimed slot position)). The slot
-// then holds {u64 length, u64 chunk + 1} with kSlotSpilled. Why this is crash-safe without a shared
-// allocator: a chunk is taken with one CAS tagged by the writer's claimed position, so whoever
-// recovers that position from a dead writer or reader (core::ClaimRegistry::reclaim) frees
-// exactly the chunks tagged with it; a reader frees its chunk before it releases the slot, so a
-// reader killed in between leaves nothing to free. The pages are mapped once and reused: no
-// syscall and no page fault per message (a file per message cost ~60 us at 64 KiB).
+// then holds {u64 length, u64 chunk + 1} with kSlotSpilled. Why this is crash-safe without a
+// shared allocator: a chunk is taken with one CAS tagged by the writer's claimed position, so
+// whoever recovers that position from a dead writer or reader (core::ClaimRegistry::reclaim)
+// frees exactly the chunks tagged with it; a reader frees its chunk before it releases the
+// slot, so a reader killed in between leaves nothing to free. The pages are mapped once and
+// reused: no syscall and no page fault per message (a file per message cost ~60 us at 64 KiB).
 //
 // Messages larger than a chunk (or arriving while every chunk is taken) spill into a file of
 // their own, /dev/shm/shmq.<tag>.x<position in 16 hex digits> (<tag> is the queue's name, or a
@@ -51,8 +51,8 @@
 //   Spill files are written through their own mapping before the slot commit [Q1]; the reader
 //   maps them after its acquire of the slot, so the bytes are visible (same physical pages).
 //   [A1] arena chunk owner: a writer takes a chunk with an acquire CAS 0 -> arena_tag(pos)
-//        (pairs with [A2], so the previous reader's reads of the chunk happened before we overwrite it);
-//        the chunk's bytes reach the reader through the slot commit [Q1].
+//        (pairs with [A2], so the previous reader's reads of the chunk happened before we
+//        overwrite it); the chunk's bytes reach the reader through the slot commit [Q1].
 //   [A2] the reader (or a survivor reclaiming a dead owner's position) frees it with a release
 //        store of 0 after it is done with the bytes.
 //   Sleep marks (core::SleepMark in the participant slot's `asleep`, generation << 32 | word bit)

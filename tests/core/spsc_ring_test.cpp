@@ -137,12 +137,13 @@ TEST_CASE("spsc ring: the reader returns space in batches of head_batch bytes, a
     REQUIRE(sut.reader.try_recv(v) == Status::ok);
     sut.reader.release(v.end);
   }
-  CHECK(sut.control().head.load() == 0);  // 192 bytes read: below the batch, not yet returned
-  CHECK(sut.control().read_pos.load() == 192);  // but recorded for a later reader
+  // 192 bytes read: below the batch, so not yet returned, but recorded for a later reader.
+  CHECK(sut.control().head.load(std::memory_order_seq_cst) == 0);
+  CHECK(sut.control().read_pos.load(std::memory_order_seq_cst) == 192);
   CHECK(sut.writer.try_send(bytes_of(msg), 0) == Status::full);
   REQUIRE(sut.reader.try_recv(v) == Status::ok);
   sut.reader.release(v.end);
-  CHECK(sut.control().head.load() == 256);
+  CHECK(sut.control().head.load(std::memory_order_seq_cst) == 256);
   CHECK(sut.writer.try_send(bytes_of(msg), 0) == Status::ok);
   // Reading on to the end returns everything, batch or not.
   int got = 0;
@@ -151,7 +152,8 @@ TEST_CASE("spsc ring: the reader returns space in batches of head_batch bytes, a
     ++got;
   }
   CHECK(got == 61);
-  CHECK(sut.control().head.load() == sut.control().tail.load());
+  CHECK(sut.control().head.load(std::memory_order_seq_cst) ==
+        sut.control().tail.load(std::memory_order_seq_cst));
 }
 
 TEST_CASE("spsc ring: closing the reader returns the space it read") {
@@ -160,9 +162,9 @@ TEST_CASE("spsc ring: closing the reader returns the space it read") {
   RecvView v;
   REQUIRE(sut.reader.try_recv(v) == Status::ok);
   sut.reader.release(v.end);
-  CHECK(sut.control().head.load() == 0);
+  CHECK(sut.control().head.load(std::memory_order_seq_cst) == 0);
   sut.reader.close();
-  CHECK(sut.control().head.load() == 64);
+  CHECK(sut.control().head.load(std::memory_order_seq_cst) == 64);
 }
 
 TEST_CASE("spsc ring: records that would cross the end wrap behind a padding record, in order") {
@@ -472,7 +474,8 @@ TEST_CASE("spsc ring: a new reader never gets again what a dead reader read but 
   int seen = 0;
   sut.reader.recv_many([&](std::span<const std::byte>, std::uint16_t) { ++seen; }, 3);
   REQUIRE(seen == 3);
-  REQUIRE(sut.control().head.load() == 0);  // 4 records of 24 bytes: below the 4 KiB batch
+  // 4 records of 24 bytes: below the 4 KiB batch.
+  REQUIRE(sut.control().head.load(std::memory_order_seq_cst) == 0);
   // The reader "dies" with 4 messages read and their space not yet returned.
   SpscReader next;
   REQUIRE(next.attach(sut.span(), 1 << 16, &sut.stats) == Status::ok);

@@ -1,4 +1,4 @@
-# Type stubs for the native module (python/src/module.cpp). Internal: use the shmq package API.
+# Type stubs for the native module (python/src/*.cpp). Internal: use the shmq package API.
 from typing import Any, Iterable, List, Optional, Sequence, Type
 
 class MessageView:

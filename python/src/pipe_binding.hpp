@@ -1,0 +1,79 @@
+// PipeEnd: the native half of shmq.Connection (python/shmq/_connection.py). A duplex pipe's end 0
+// writes direction 0 and reads direction 1, end 1 the reverse; a one-way pipe's end 0 reads and
+// end 1 writes direction 0. Roles are taken lazily on first use; each direction is serialized by
+// its own HandleMutex (support.hpp).
+#pragma once
+
+#include <nanobind/nanobind.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "channel.hpp"
+#include "shmq/shm/pipe.hpp"
+
+namespace shmq::py {
+
+struct PipeState final : ChannelState {
+  std::optional<shmq::Pipe> pipe;
+  std::optional<shmq::PipeWriter> writer;
+  std::optional<shmq::PipeReader> reader;
+
+  void after_fork() override;
+  void drop_all() override;
+  ~PipeState() override;
+};
+
+class PipeEnd {
+ public:
+  PipeEnd(const std::string& name, bool create, std::uint64_t capacity, bool duplex, int end,
+          bool readable, bool writable, bool raw_only);
+
+  const std::string& name() const { return name_; }
+  int end() const { return end_; }
+  bool readable() const { return readable_; }
+  bool writable() const { return writable_; }
+  bool raw_only() const { return raw_only_; }
+  bool closed() const { return closed_; }
+
+  void send(nb::handle obj);
+  void send_flatbuffer(nb::handle buffer);
+  void send_bytes(nb::handle buf, Py_ssize_t offset, std::optional<Py_ssize_t> size);
+  nb::object recv();
+  nb::object recv_bytes(std::optional<Py_ssize_t> maxlength);
+  std::size_t recv_bytes_into(nb::handle buf, Py_ssize_t offset);
+  bool poll(std::optional<double> timeout);
+  void close();
+
+  // Sends an encoded payload; raises BrokenPipeError when the reader is gone.
+  void send_payload(const Payload& p);
+  // Receives one message into `m`; raises EOFError at end of stream.
+  void recv_into(shmq::Message& m);
+
+  // For wait(): the reader's data word and whether a message (or end of stream) is ready now.
+  shmq::core::WaitWord* wait_word(bool* ready);
+  bool ready_guess() { return gone_ || (st_ && st_->reader && st_->reader->ready_guess()); }
+  // ready_guess, or the writer closed or died (a syscall).
+  bool ready_slow() {
+    return ready_guess() || (st_ && st_->reader && !st_->reader->writer_alive());
+  }
+
+ private:
+  PipeState& state();
+  shmq::PipeWriter& writer(PipeState& st);
+  shmq::PipeReader& reader(PipeState& st);
+
+  std::shared_ptr<PipeState> st_;
+  std::string name_;
+  int end_;
+  unsigned wdir_ = 0, rdir_ = 0;
+  bool duplex_ = true;
+  bool readable_, writable_, raw_only_;
+  bool closed_ = false;
+  bool gone_ = false;
+};
+
+void bind_pipe(nb::module_& m);
+
+}  // namespace shmq::py

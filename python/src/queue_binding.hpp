@@ -1,0 +1,85 @@
+// QueueHandle: the native half of shmq.Queue, SimpleQueue and JoinableQueue (python/shmq/_queues.py).
+// One handle per Python object; its writer and reader roles are taken lazily on first use and
+// each is serialized by its own HandleMutex (support.hpp).
+#pragma once
+
+#include <nanobind/nanobind.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "channel.hpp"
+#include "shmq/core/wait_any.hpp"
+#include "shmq/shm/queue.hpp"
+
+namespace shmq::py {
+
+struct QueueState final : ChannelState {
+  std::optional<shmq::Queue> queue;
+  std::optional<shmq::QueueWriter> writer;
+  std::optional<shmq::QueueReader> reader;
+
+  void after_fork() override;
+  void drop_all() override;
+  ~QueueState() override;
+};
+
+class QueueHandle {
+ public:
+  QueueHandle(const std::string& name, std::optional<bool> create, std::uint64_t slots,
+              std::uint64_t slot_size, std::uint64_t maxsize, bool raw_only, bool joinable,
+              nb::handle closed_error, std::uint32_t arena_chunks, std::uint64_t arena_chunk_bytes);
+
+  const std::string& name() const { return name_; }
+  std::uint64_t capacity() const { return capacity_; }
+  bool closed() const { return closed_; }
+
+  void put(nb::handle obj, bool block, std::optional<double> timeout);
+  void put_flatbuffer(nb::handle buffer, bool block, std::optional<double> timeout);
+  // Sends an encoded payload (counting it as a task for a JoinableQueue).
+  void put_encoded(const Payload& p, bool block, std::optional<double> timeout);
+  nb::object get(bool block, std::optional<double> timeout);
+  void put_nowait(nb::handle obj) { put(obj, false, std::nullopt); }
+  nb::object get_nowait() { return get(false, std::nullopt); }
+  void put_always(nb::handle obj) { put(obj, true, std::nullopt); }
+  nb::object get_always() { return get(true, std::nullopt); }
+  std::size_t put_many(nb::handle items, bool block, std::optional<double> timeout);
+  nb::list get_many(std::size_t max_items, bool block, std::optional<double> timeout);
+  nb::object get_view(bool block, std::optional<double> timeout);
+
+  std::size_t qsize() { return state().queue->size_guess(); }
+  bool empty() { return qsize() == 0; }
+  bool full() { return qsize() >= capacity_; }
+  void task_done();
+  bool join(std::optional<double> timeout);
+  void close();
+
+  // For wait(): the reader's data word, whether a message is ready now, and its sleep mark.
+  shmq::core::WaitWord* wait_word(bool* ready, shmq::core::SleepMark* mark);
+  bool ready_guess() { return st_ && st_->reader && st_->reader->ready_guess(); }
+  bool ready_slow() { return ready_guess(); }
+
+ private:
+  QueueState& state();
+  shmq::QueueWriter& writer(QueueState& st);
+  shmq::QueueReader& reader(QueueState& st);
+  std::size_t send_batch(QueueState& st, shmq::QueueWriter& w,
+                         std::span<const std::span<const std::byte>> spans, std::uint16_t kind,
+                         Deadline d);
+  [[noreturn]] void raise_put(Status s);
+  [[noreturn]] void raise_get(Status s);
+
+  std::shared_ptr<QueueState> st_;
+  std::string name_;
+  std::uint64_t capacity_ = 0;
+  bool raw_only_;
+  bool joinable_;
+  bool closed_ = false;
+  Status last_status_ = Status::ok;
+  nb::object closed_error_;
+};
+
+void bind_queue(nb::module_& m);
+
+}  // namespace shmq::py

@@ -1,7 +1,7 @@
 // shmq::Pipe across processes (writer and reader are forked processes that open the pipe by
 // name), with the same harness and round sizes as the peers in baselines/:
 //   pipe/<bytes>                  try_send / try_recv, one message at a time        (P1, P2)
-//   pipe_batched/<bytes>          send_many / recv_many, 32 per batch
+//   pipe_batched/<bytes>          send_many / try_recv_many, 32 per batch
 //   pingpong/pipe_spin            duplex pipe, try_send + try_recv loop               (P3)
 //   pingpong/pipe_sleep           duplex pipe, send + recv(Deadline::never()) with spin budget 0
 //                                 on all four ends: every wait is a futex sleep       (P4)
@@ -112,10 +112,10 @@ void bm_pipe(benchmark::State& state, bool batched) {
         while (left > 0) {
           const std::size_t n = std::min<std::uint64_t>(kBatch, left);
           for (std::size_t k = 0; k < n; ++k) items[k].stamp(seq + k);
-          const std::size_t sent = tx->send_many(std::span(spans.data(), n), Deadline::now());
+          Status why = Status::ok;
+          const std::size_t sent = tx->send_many(std::span(spans.data(), n), Deadline::now(), 0, &why);
           if (sent == 0) {
-            const Status s = tx->last_status();
-            if (s != Status::full && s != Status::timeout) {
+            if (why != Status::full && why != Status::timeout) {
               wc.ctl.fail("send_many failed");
               return;
             }
@@ -155,14 +155,15 @@ void bm_pipe(benchmark::State& state, bool batched) {
     return [pipe, rx](WorkerContext& wc) {
       std::uint64_t sink = 0;
       consume(wc, [&]() -> std::size_t {
-        const std::size_t n = rx->recv_many(
+        Status why = Status::ok;
+        const std::size_t n = rx->try_recv_many(
             [&](std::span<const std::byte> b, std::uint16_t) {
               std::uint64_t v = 0;
               std::memcpy(&v, b.data(), std::min<std::size_t>(8, b.size()));
               sink += v;
             },
-            256);
-        if (n == 0 && rx->last_status() != Status::empty) wc.ctl.fail("recv_many failed");
+            256, &why);
+        if (n == 0 && why != Status::empty) wc.ctl.fail("try_recv_many failed");
         return n;
       });
       benchmark::DoNotOptimize(sink);

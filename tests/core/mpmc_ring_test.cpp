@@ -180,7 +180,7 @@ TEST_CASE("mpmc_ring: send_many and recv_many move batches in order") {
   for (auto& x : vals) msgs.push_back(as_bytes(x));
   Status why = Status::ok;
   CHECK(sut_w.try_send_many(msgs, 0, &why) == 16);
-  CHECK(why == Status::ok);
+  CHECK(why == Status::full);  // 24 did not fit: a send batch is ok only when it sent them all
   std::vector<std::uint64_t> seen;
   auto collect = [&](const MpmcView& v) { seen.push_back(value_of(v)); };
   CHECK(sut_r.try_recv_many(collect, 10) == 10);
@@ -188,6 +188,34 @@ TEST_CASE("mpmc_ring: send_many and recv_many move batches in order") {
   while (seen.size() < 26) CHECK(sut_r.recv_many(collect, 100, Deadline::never()) > 0);
   REQUIRE(seen.size() == 26);
   for (std::uint64_t i = 0; i < seen.size(); ++i) CHECK(seen[i] == i);
+}
+
+TEST_CASE("mpmc_ring: batches say why they stopped: ok when done, else the outcome") {
+  Fixture f({.slots = 4, .slot_size = 8});
+  auto sut_w = f.writer(0);
+  auto sut_r = f.reader(1);
+  std::uint64_t x = 7;
+  std::array<std::byte, 16> big{};
+  const std::vector<std::span<const std::byte>> six(6, as_bytes(x));
+  Status why = Status::ok;
+  CHECK(sut_w.send_many(six, Deadline::now(), 0, &why) == 4);
+  CHECK(why == Status::timeout);  // the fifth found no slot before the (past) deadline
+  std::size_t seen = 0;
+  auto count = [&](const MpmcView&) { ++seen; };
+  CHECK(sut_r.try_recv_many(count, 1, &why) == 1);
+  CHECK(why == Status::ok);
+  CHECK(sut_r.try_recv_many(count, 10, &why) == 3);
+  CHECK(why == Status::ok);  // a receive takes "up to max": some is a success
+  CHECK(sut_r.try_recv_many(count, 10, &why) == 0);
+  CHECK(why == Status::empty);
+  const std::vector<std::span<const std::byte>> mixed{as_bytes(x), big};
+  CHECK(sut_w.try_send_many(mixed, 0, &why) == 1);
+  CHECK(why == Status::too_big);
+  f.ring.close();
+  CHECK(sut_r.recv_many(count, 10, Deadline::now(), &why) == 1);
+  CHECK(sut_r.recv_many(count, 10, Deadline::now(), &why) == 0);
+  CHECK(why == Status::closed);
+  CHECK(seen == 5);
 }
 
 TEST_CASE("mpmc_ring: after close writers get closed and readers drain then get closed") {

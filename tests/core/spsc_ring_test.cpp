@@ -268,6 +268,30 @@ TEST_CASE("spsc ring: send_many publishes the tail once and recv_many the head o
   sut.control().space_wait.waiters.store(0, std::memory_order_seq_cst);
 }
 
+TEST_CASE("spsc ring: batches say why they stopped: ok when done, else the outcome") {
+  Ring sut(256);  // max_payload 120: two 100-byte records fill it
+  const auto msg = make_msg(0, 100);
+  const std::vector<std::span<const std::byte>> three(3, bytes_of(msg));
+  Status why = Status::ok;
+  CHECK(sut.writer.send_many(three, Deadline::now(), 0, AlwaysAlive{}, &why) == 2);
+  CHECK(why == Status::timeout);  // the third found no room before the (past) deadline
+  std::size_t seen = 0;
+  auto count = [&](std::span<const std::byte>, std::uint16_t) { ++seen; };
+  CHECK(sut.reader.recv_many(count, 1, &why) == 1);
+  CHECK(why == Status::ok);
+  CHECK(sut.reader.recv_many(count, 10, &why) == 1);
+  CHECK(why == Status::ok);  // a receive takes "up to max": one is a success
+  CHECK(sut.reader.recv_many(count, 10, &why) == 0);
+  CHECK(why == Status::empty);
+  CHECK(sut.writer.send_many(std::span(three).first(1), Deadline::now(), 0, AlwaysAlive{}, &why) == 1);
+  CHECK(why == Status::ok);
+  sut.writer.close();
+  CHECK(sut.reader.recv_many(count, 10, &why) == 1);
+  CHECK(sut.reader.recv_many(count, 10, &why) == 0);
+  CHECK(why == Status::closed);
+  CHECK(seen == 3);
+}
+
 TEST_CASE("spsc ring: a claim is published by commit with the used length, and abort publishes nothing") {
   Ring sut(1024);
   std::byte* p = sut.writer.try_claim(300, 4);
@@ -573,8 +597,7 @@ TEST_CASE("spsc ring: two threads move every message intact and in order") {
   for (std::uint64_t round = 0;; ++round) {
     Status s;
     if (round % 3 == 2) {
-      if (sut.reader.recv_many(check, 8) > 0) continue;
-      s = sut.reader.last_status();
+      if (sut.reader.recv_many(check, 8, &s) > 0) continue;
     } else {
       RecvView v;
       s = round % 3 == 0 ? sut.reader.try_recv(v) : sut.reader.recv(v, Deadline::never(), AlwaysAlive{});

@@ -150,7 +150,9 @@ Status send_group(PipeWriter& w, std::uint64_t first, std::uint64_t last, std::u
     case 2: {  // one batch
       std::vector<std::span<const std::byte>> spans;
       for (const auto& m : msgs) spans.push_back(bytes_of(m));
-      return w.send_many(spans, d, kind) == spans.size() ? Status::ok : w.last_status();
+      Status why = Status::ok;
+      w.send_many(spans, d, kind, &why);
+      return why;
     }
     default:  // blocking send
       for (const auto& m : msgs) {
@@ -180,8 +182,7 @@ ReadResult read_all(PipeReader& r, std::uint64_t capacity, std::uint64_t big, De
     Status s;
     if (round % 3 == 2) {
       m.release();  // a held zero-copy message pins its ring space: never wait while holding one
-      if (r.recv_many(check, 16, d) > 0) continue;
-      s = r.last_status();
+      if (r.recv_many(check, 16, d, &s) > 0) continue;
     } else {
       s = round % 3 == 0 ? r.try_recv(m) : r.recv(m, d);
       if (s == Status::ok) {

@@ -317,7 +317,7 @@ Result<QueueRing> read_queue_ring(const Probe& p) {
     return bad("total_bytes", total);
   if (q.offset + total > static_cast<std::uint64_t>(p.file_stat().st_size))
     return bad("total_bytes (beyond the file)", total);
-  const auto d = core::detail::distance(q.dequeue, q.enqueue);
+  const auto d = core::mpmc::distance(q.dequeue, q.enqueue);
   if (d > static_cast<std::int64_t>(q.slots) || d < -static_cast<std::int64_t>(q.slots))
     return Error(Errc::corrupt, fmt::format("corrupt queue ring at fields enqueue_pos/dequeue_pos: "
                                             "{} and {} are more than {} slots apart",
@@ -365,7 +365,7 @@ PeekResult peek_queue(const Probe& p, std::size_t count, std::size_t keep) {
   }
   const QueueRing& q = *ring;
   const std::uint64_t slots_off = q.offset + sizeof(core::MpmcRingHeader);
-  if (core::detail::distance(q.dequeue, q.enqueue) <= 0) return out;  // readers wait ahead
+  if (core::mpmc::distance(q.dequeue, q.enqueue) <= 0) return out;  // readers wait ahead
   for (std::uint64_t pos = q.dequeue; pos != q.enqueue && out.messages.size() < count; ++pos) {
     const std::uint64_t slot_off = slots_off + (pos & (q.slots - 1)) * q.stride;
     auto seq = read_value<std::uint64_t>(p, slot_off + offsetof(core::MpmcSlotHeader, seq));
@@ -487,7 +487,7 @@ RingState read_ring_state(const Probe& p, unsigned direction) {
   s.ok = true;
   s.head = q->dequeue;
   s.tail = q->enqueue;
-  const auto d = core::detail::distance(q->dequeue, q->enqueue);
+  const auto d = core::mpmc::distance(q->dequeue, q->enqueue);
   s.depth_messages = d <= 0 ? 0 : std::min<std::uint64_t>(static_cast<std::uint64_t>(d), q->maxsize);
   s.has_message_depth = true;
   s.closed = q->closed;

@@ -1,5 +1,10 @@
 // Status: the outcome of a hot-path call (send, recv, claim) on any channel. Full and empty are
 // outcomes, not errors; cold-path failures use Result<T> and Errc (result.hpp) instead.
+//
+// Batches (send_many, recv_many and their try_ forms, on the rings, Pipe and Queue alike) return
+// how many messages they moved and report through an optional last argument `Status* why`: ok
+// when a receive delivered at least one message (it takes "up to max") or a send sent them all;
+// otherwise the outcome that stopped the batch.
 #pragma once
 
 #include <cstdint>

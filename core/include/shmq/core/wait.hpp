@@ -67,6 +67,12 @@ class Deadline {
 
 namespace core {
 
+// The longest a blocking call sleeps at a time. After each slice it re-checks what no wake-up
+// announces: the peer's liveness (a dead peer never wakes anyone), a waker that died between its
+// publish and its wake, and (in the Python binding) pending signals, so Ctrl-C is seen within
+// one slice.
+inline constexpr std::chrono::milliseconds kSleepSlice{50};
+
 enum class FutexResult : std::uint8_t {
   woken,        // FUTEX_WAKE reached us (or a spurious wake: callers always re-check)
   changed,      // the word no longer held the expected value (EAGAIN)

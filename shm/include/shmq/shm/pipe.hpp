@@ -59,6 +59,12 @@ constexpr std::uint32_t pipe_role(unsigned direction, bool reader) noexcept {
   return direction * 2 + (reader ? 1 : 0);
 }
 
+// A batch on a closed (or empty) handle: nothing moved, and why.
+inline std::size_t closed_batch(Status* why) noexcept {
+  if (why != nullptr) *why = Status::closed;
+  return 0;
+}
+
 // What each end owns besides its ring cursor. Heap-allocated so that handles move freely while
 // claims and messages point into it.
 struct PipeEnd {
@@ -167,12 +173,12 @@ class PipeWriter {
     if (p != nullptr) return PipeClaim(&st_->ring, p, n);
     return PipeClaim(st_->ring.last_status());
   }
-  // Sends msgs in order, one tail publish per run that fits; returns how many were sent (why it
-  // stopped early: last_status()).
+  // Sends msgs in order, one tail publish per run that fits; returns how many were sent. *why
+  // (if given): ok when all were sent, else timeout | interrupted | closed | too_big | corrupt.
   std::size_t send_many(std::span<const std::span<const std::byte>> msgs, Deadline d,
-                        std::uint16_t kind = 0) noexcept {
-    if (!st_) return 0;
-    return st_->ring.send_many(msgs, d, kind, [this] { return reader_alive(); });
+                        std::uint16_t kind = 0, Status* why = nullptr) noexcept {
+    if (!st_) return detail::closed_batch(why);
+    return st_->ring.send_many(msgs, d, kind, [this] { return reader_alive(); }, why);
   }
 
   // Pause rounds send/claim/send_many spin on a full ring before they sleep on the futex
@@ -246,27 +252,30 @@ class PipeReader {
   }
   // fn(std::span<const std::byte> bytes, std::uint16_t kind) for up to `max` messages waiting
   // now; one head publish per batch. The span is valid during the call only; fn must not throw.
-  // Why it stopped before `max`: last_status() (empty | closed | corrupt).
+  // *why (if given): ok when it delivered `max`, else empty | closed | corrupt.
   template <class F>
-  std::size_t recv_many(F&& fn, std::size_t max) noexcept {
-    if (!st_) return 0;
-    std::size_t n = st_->ring.recv_many(fn, max);
-    if (n == 0 && st_->ring.last_status() == Status::empty && writer_check_due() && !check_writer())
-      n = st_->ring.recv_many(fn, max);
+  std::size_t try_recv_many(F&& fn, std::size_t max, Status* why = nullptr) noexcept {
+    if (!st_) return detail::closed_batch(why);
+    Status s = Status::ok;
+    std::size_t n = st_->ring.recv_many(fn, max, &s);
+    if (n == 0 && s == Status::empty && writer_check_due() && !check_writer())
+      n = st_->ring.recv_many(fn, max, &s);
+    if (why != nullptr) *why = s;
     return n;
   }
-  // As above, but waits until `d` for the first message. Returns 0 with last_status() timeout |
-  // interrupted | closed | corrupt.
+  // As above, but waits until `d` for the first message. *why as above, or timeout |
+  // interrupted.
   template <class F>
-  std::size_t recv_many(F&& fn, std::size_t max, Deadline d) noexcept {
-    if (!st_ || max == 0) return 0;
+  std::size_t recv_many(F&& fn, std::size_t max, Deadline d, Status* why = nullptr) noexcept {
+    if (!st_) return detail::closed_batch(why);
     core::Backoff backoff(st_->ring.spin_budget());
     for (;;) {
-      const std::size_t n = recv_many(fn, max);
-      if (n != 0 || st_->ring.last_status() != Status::empty) return n;
-      if (const Status s = wait_data(d, backoff); s != Status::ok) {
-        st_->ring.note(s);
-        return 0;
+      Status s = Status::ok;
+      const std::size_t n = try_recv_many(fn, max, &s);
+      if (n == 0 && s == Status::empty) s = wait_data(d, backoff);
+      if (s != Status::ok || n != 0 || max == 0) {
+        if (why != nullptr) *why = st_->ring.note(s);
+        return n;
       }
     }
   }

@@ -1,0 +1,233 @@
+// The reader side of the MPMC ring: any number of MpmcReaders, in any number of processes. The
+// claim protocol, tags and crash recovery: mpmc_ring.hpp; the format: mpmc_format.hpp.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "shmq/core/fault.hpp"
+#include "shmq/core/mpmc_end.hpp"
+#include "shmq/core/mpmc_format.hpp"
+#include "shmq/core/stats.hpp"
+#include "shmq/core/status.hpp"
+#include "shmq/core/wait.hpp"
+
+namespace shmq::core {
+
+// A received message still occupying its slot until MpmcReader::release().
+struct MpmcView {
+  std::uint64_t pos = 0;
+  const std::byte* data = nullptr;
+  std::uint32_t length = 0;
+  std::uint16_t kind = 0;
+  std::uint8_t flags = 0;
+  std::uint8_t word = 0;  // the claim word holding it (0 = transient, in recv_many)
+  std::span<const std::byte> bytes() const noexcept { return {data, length}; }
+};
+
+// One reader participant. Not thread-safe (one thread at a time), except release(), which may run
+// in any thread.
+class MpmcReader : public MpmcEnd {
+ public:
+  MpmcReader() noexcept : MpmcEnd(false) {}
+  // The arguments: see MpmcEnd.
+  MpmcReader(MpmcRing ring, std::atomic<std::uint64_t>* words, ClaimRegistry* registry,
+             Stats* stats, SleepMark mark = {}) noexcept
+      : MpmcEnd(ring, words, registry, stats, mark, false) {}
+
+  // Takes the oldest committed message; it occupies its slot until release(out). Up to
+  // kClaimWords - 1 views may be held; with all held, returns `full` (release one first).
+  // Returns ok | empty | closed (closed and drained) | corrupt | full.
+  [[nodiscard]] Status try_recv(MpmcView& out) noexcept {
+    const std::uint32_t w = free_hold_word();
+    if (w == 0) return Status::full;
+    for (;;) {
+      std::uint64_t pos = 0;
+      const Status st = claim(1, words_[w], pos);
+      if (st != Status::ok) return st;
+      SHMQ_KILL_POINT(KillPoint::holding_read);
+      const Status v = view(pos, w, out);
+      if (v == Status::ok) {
+        counters_.add(1, out.length);
+        return v;
+      }
+      release_slot(pos, words_[w]);  // a skip record or a corrupt one: drop it
+      if (v == Status::corrupt) return v;
+    }
+  }
+
+  [[nodiscard]] Status recv(MpmcView& out, Deadline d) noexcept {
+    return block([&] { return try_recv(out); }, d);
+  }
+
+  // Gives a view's slot back to writers. Any thread; once per view.
+  void release(MpmcView& v) noexcept {
+    if (v.data == nullptr) return;
+    release_slot(v.pos, words_[v.word]);
+    v.data = nullptr;
+  }
+
+  // Takes up to `max` committed messages with one claim and calls fn(const MpmcView&) for each,
+  // releasing each slot after fn returns. fn must not throw. Returns how many were delivered;
+  // *why (if given): ok if any were, else empty | closed | corrupt (see "Batches" in status.hpp).
+  template <class F>
+  std::size_t try_recv_many(F&& fn, std::size_t max, Status* why = nullptr) noexcept {
+    std::size_t delivered = 0;
+    Status st = Status::ok;
+    while (delivered == 0 && max != 0) {
+      std::uint64_t pos = 0, n = 0;
+      st = claim(std::min<std::uint64_t>(max, kMaxBatch), words_[0], pos, &n);
+      if (st != Status::ok) break;
+      SHMQ_KILL_POINT(KillPoint::holding_read);
+      std::uint64_t bytes = 0;
+      for (std::uint64_t i = 0; i < n; ++i) {
+        MpmcView v;
+        if (view(pos + i, 0, v) == Status::ok) {
+          fn(static_cast<const MpmcView&>(v));
+          ++delivered;
+          bytes += v.length;
+        }
+        // release: [Q2] pairs with the writer of the next lap.
+        ring_.slot(pos + i).seq.store(mpmc::seq_released(pos + i, ring_.slots()),
+                                      std::memory_order_release);
+      }
+      words_[0].store(0, std::memory_order_release);  // [Q4]
+      recovery_.notify(ring_.header().space_free, static_cast<int>(n));
+      counters_.add(delivered, bytes);  // 0 before this claim: the loop runs again only then
+    }
+    if (why != nullptr) *why = delivered != 0 ? Status::ok : st;
+    return delivered;
+  }
+
+  // Blocks until at least one message arrives (or the deadline passes), then takes up to `max`.
+  // *why: as for try_recv_many, or timeout | interrupted.
+  template <class F>
+  std::size_t recv_many(F&& fn, std::size_t max, Deadline d, Status* why = nullptr) noexcept {
+    std::size_t n = 0;
+    const Status st = block(
+        [&] {
+          Status s = Status::ok;
+          n = try_recv_many(fn, max, &s);
+          return n != 0 ? Status::ok : s;
+        },
+        d);
+    if (why != nullptr) *why = st;
+    return n;
+  }
+
+  // Where this reader marks a sleep on data_ready (for wait_any, which sleeps on it too).
+  SleepMark data_sleep_mark() const noexcept { return mark_; }
+
+  // True if a message (or `closed`) is waiting (a guess).
+  bool readable_guess() const noexcept {
+    // relaxed: a guess; the claim re-validates everything.
+    const std::uint64_t pos = ring_.header().dequeue_pos.load(std::memory_order_relaxed);
+    // acquire: [Q1]
+    return ring_.slot(pos).seq.load(std::memory_order_acquire) == mpmc::seq_committed(pos) ||
+           ring_.closed();
+  }
+
+  bool can_hold() const noexcept { return free_hold_word() != 0; }
+
+ private:
+  // Retries `attempt` while it reports `empty`: spin, then sleep on data_ready in slices.
+  template <class Attempt>
+  Status block(Attempt&& attempt, Deadline d) noexcept {
+    return block_on(attempt, Status::empty, d, ring_.header().data_ready,
+                    [this] { return readable_guess(); },
+                    stats_ != nullptr ? &stats_->empty_waits : nullptr);
+  }
+
+  // Reads the slot header of a claimed position once into locals and validates it.
+  Status view(std::uint64_t pos, std::uint32_t w, MpmcView& out) noexcept {
+    const MpmcSlotHeader& s = ring_.slot(pos);
+    const std::uint32_t length = s.length;
+    const std::uint16_t kind = s.kind;
+    const std::uint8_t flags = s.flags;
+    switch (mpmc::check_slot(length, flags, ring_.slot_size())) {
+      case mpmc::SlotCheck::ok: break;
+      case mpmc::SlotCheck::skip: return Status::empty;
+      case mpmc::SlotCheck::bad_length:
+        if (stats_ != nullptr) Stats::bump(stats_->corrupt_events);
+        return Status::corrupt;
+    }
+    out.pos = pos;
+    out.data = ring_.payload(pos);
+    out.length = length;
+    out.kind = kind;
+    out.flags = flags;
+    out.word = static_cast<std::uint8_t>(w);
+    return Status::ok;
+  }
+
+  void release_slot(std::uint64_t pos, std::atomic<std::uint64_t>& word) noexcept {
+    // release: [Q2] pairs with the acquire of seq by the writer of pos + slots.
+    ring_.slot(pos).seq.store(mpmc::seq_released(pos, ring_.slots()), std::memory_order_release);
+    word.store(0, std::memory_order_release);  // [Q4]
+    recovery_.notify(ring_.header().space_free, 1);  // [Q5]
+  }
+
+  // Claims up to `want` consecutive committed slots; *got receives how many.
+  Status claim(std::uint64_t want, std::atomic<std::uint64_t>& word, std::uint64_t& pos_out,
+               std::uint64_t* got = nullptr) noexcept {
+    // relaxed: a starting hint; the CAS validates it.
+    std::uint64_t pos = ring_.header().dequeue_pos.load(std::memory_order_relaxed);
+    // Each round:
+    //  1. the slot of pos is committed (seq == pos + 1): count committed slots from pos, record
+    //     the claim, CAS dequeue_pos pos -> pos + n.
+    //     1a. CAS wins: we own [pos, pos + n).
+    //     1b. CAS loses: another reader took pos; pos is reloaded by the CAS; retry.
+    //  2. seq < pos + 1: nothing committed at pos.
+    //     2a. enqueue_pos == pos: empty (or closed, if the queue is closed).
+    //     2b. enqueue_pos > pos: a writer claimed pos and has not committed. Empty for now;
+    //         after kStuckGrace, if no live participant claims pos, its writer is dead: the slot
+    //         is recovered and we retry.
+    //  3. seq > pos + 1: another reader took pos since we loaded it; reload dequeue_pos. If it
+    //     has not moved, the slot's seq is impossible: corrupt.
+    for (;;) {
+      // acquire: [Q1] pairs with the writer's commit.
+      const std::uint64_t seq = ring_.slot(pos).seq.load(std::memory_order_acquire);
+      const std::int64_t diff = mpmc::distance(mpmc::seq_committed(pos), seq);
+      if (diff == 0) {  // case 1
+        std::uint64_t n = 1;
+        while (n < want &&
+               ring_.slot(pos + n).seq.load(std::memory_order_acquire) ==
+                   mpmc::seq_committed(pos + n))  // [Q1]
+          ++n;
+        // relaxed: [Q3] published by the release CAS below.
+        word.store(mpmc::encode_claim(pos, n, mpmc::ClaimOp::dequeue), std::memory_order_relaxed);
+        // release: [Q3]; the data was acquired through seq above. relaxed on failure.
+        if (ring_.header().dequeue_pos.compare_exchange_weak(pos, pos + n, std::memory_order_release,
+                                                              std::memory_order_relaxed)) {
+          watch_.clear();
+          pos_out = pos;
+          if (got != nullptr) *got = n;
+          return Status::ok;  // case 1a
+        }
+        continue;  // case 1b
+      }
+      if (diff < 0) {  // case 2
+        word.store(0, std::memory_order_relaxed);  // relaxed: we claim nothing
+        // acquire: [Q3] if we see a writer's claim of pos, its claim word is visible too.
+        const std::uint64_t enq = ring_.header().enqueue_pos.load(std::memory_order_acquire);
+        if (mpmc::distance(pos, enq) <= 0) {  // case 2a
+          watch_.clear();
+          return ring_.closed() ? Status::closed : Status::empty;
+        }
+        if (seq != mpmc::seq_free(pos)) {
+          watch_.clear();  // impossible unless corrupt: writers claim only free slots
+        } else if (watch_.probe_due(pos) && recovery_.recover_unfinished_write(pos, words_[0])) {  // 2b
+          pos = ring_.header().dequeue_pos.load(std::memory_order_relaxed);  // relaxed: a hint
+          continue;
+        }
+        return Status::empty;
+      }
+      if (!reload_or_corrupt(ring_.header().dequeue_pos, pos, word)) return Status::corrupt;  // 3
+    }
+  }
+};
+
+}  // namespace shmq::core

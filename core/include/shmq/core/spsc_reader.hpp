@@ -1,0 +1,371 @@
+// The reader end of an SPSC byte ring. Protocol, tags, head batching and the ordering contract:
+// spsc_ring.hpp; the record format and its checks: spsc_format.hpp.
+#pragma once
+
+#include <atomic>
+#include <cassert>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "shmq/core/backoff.hpp"
+#include "shmq/core/spsc_end.hpp"
+#include "shmq/core/spsc_format.hpp"
+#include "shmq/core/stats.hpp"
+#include "shmq/core/status.hpp"
+#include "shmq/core/wait.hpp"
+
+namespace shmq::core {
+
+// The reader. One thread at a time. A zero-copy view returned by try_recv/recv holds its ring
+// space until release(); the head advances only when no view is held.
+class SpscReader : public SpscEnd {
+ public:
+  // Attaches to a ring placed by init_in. ok | corrupt. If the previous reader died holding
+  // messages, they are skipped and counted in Stats::abandoned. Clears reader_closed.
+  Status attach(std::span<std::byte> mem, std::uint64_t capacity, Stats* stats) noexcept {
+    if (attach_common(mem, capacity, stats) != Status::ok) return Status::corrupt;
+    msgs_counter_ = &stats->received;
+    bytes_counter_ = &stats->bytes_received;
+    // acquire: pairs with [P1]/[P2].
+    const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
+    const std::uint64_t head = ctl_->head.load(std::memory_order_acquire);
+    if (!SpscRing::positions_ok(head, tail, capacity)) return corrupt();
+    head_ = read_pos_ = cached_tail_ = head;
+    head_batch_ = SpscRing::head_batch(capacity);
+    skip_abandoned(tail);
+    resync_ = true;  // we may start in the middle of a chunked message
+    // relaxed: as in SpscWriter::attach, for data_wait, where only the reader sleeps.
+    ctl_->data_wait.waiters.store(0, std::memory_order_relaxed);
+    // relaxed: a counter for liveness decisions, no data behind it.
+    ctl_->reader_attached.fetch_add(1, std::memory_order_relaxed);
+    // release: as in SpscWriter::attach.
+    ctl_->reader_closed.store(0, std::memory_order_release);
+    return last_ = Status::ok;
+  }
+
+  // True if the writer closed, or was declared gone by set_writer_gone() and none came since.
+  bool writer_gone() const noexcept {
+    // [P3] acquire: pairs with the release in SpscWriter::close(); the caller re-reads tail.
+    if (ctl_->writer_closed.load(std::memory_order_acquire) != 0) return true;
+    // relaxed: compared only.
+    return writer_gone_ &&
+           ctl_->writer_attached.load(std::memory_order_relaxed) == writer_gone_epoch_;
+  }
+  // The caller found the writer dead: once drained, reads report closed.
+  void set_writer_gone() noexcept {
+    writer_gone_ = true;
+    // relaxed: compared later to tell a new writer from the dead one.
+    writer_gone_epoch_ = ctl_->writer_attached.load(std::memory_order_relaxed);
+  }
+
+  // ok | empty | closed | corrupt. Never blocks. On ok, `out` is zero copy (release() it) or a
+  // view of the reassembly buffer, valid until the next call (or take it: take_assembled()).
+  [[nodiscard]] Status try_recv(RecvView& out) noexcept {
+    drop_assembled();
+    const Status s = read_one(out, true);
+    publish_head(s != Status::ok);  // running dry: return the space at once
+    if (s == Status::empty) flush_counts();
+    return last_ = s;
+  }
+
+  // ok | timeout | interrupted | closed | corrupt. Spins (spin_budget() rounds), then sleeps on
+  // data_wait in slices, checking the writer's liveness after each slice that ends without a wake.
+  template <class PeerAlive>
+  [[nodiscard]] Status recv(RecvView& out, Deadline d, PeerAlive&& alive) noexcept {
+    Backoff backoff(spin_budget_);
+    for (;;) {
+      const Status s = try_recv(out);
+      if (s != Status::empty) return s;
+      if (d.expired()) return last_ = Status::timeout;
+      if (backoff.spin()) continue;
+      const FutexResult r = sleep(d);
+      if (r == FutexResult::interrupted) return last_ = Status::interrupted;
+      if (r == FutexResult::timed_out && !alive()) set_writer_gone();
+    }
+  }
+
+  // Sleeps once (at most one slice) unless data or a close is already there. For wait loops
+  // built by callers (recv_many with a deadline, wait_any).
+  FutexResult sleep(Deadline d) noexcept {
+    Stats::bump(stats_->empty_waits);
+    return ctl_->data_wait.wait([&] { return ready_guess(); },  // [D1]
+                                d.capped(kSleepSlice));
+  }
+
+  // Calls fn(std::span<const std::byte>, std::uint16_t kind) for up to `max` messages available
+  // now, in order, and publishes the head once at the end. The span is valid only during the
+  // call. fn must not throw and must not call back into this reader. *why (if given): ok if it
+  // delivered any, else empty | closed | corrupt (see "Batches" in status.hpp).
+  template <class F>
+  std::size_t recv_many(F&& fn, std::size_t max, Status* why = nullptr) noexcept {
+    drop_assembled();
+    std::size_t n = 0;
+    Status s = Status::ok;
+    while (n < max) {
+      RecvView v;
+      if ((s = read_one(v, false)) != Status::ok) break;
+      fn(v.bytes, v.kind);
+      if (!v.zero_copy) drop_assembled();
+      ++n;
+    }
+    stopped(n != 0 || max == 0 ? Status::ok : s, why);
+    save_recovery();
+    publish_head(n < max);
+    if (s == Status::empty) flush_counts();
+    return n;
+  }
+
+  // The holder of a zero-copy view is done with it.
+  void release(std::uint64_t /*token*/) noexcept {
+    assert(held_ > 0);
+    if (held_ == 0 || ctl_ == nullptr) return;
+    --held_;
+    // relaxed: crash-recovery word.
+    ctl_->held.store(held_, std::memory_order_relaxed);
+    publish_head(false);
+  }
+
+  // Moves the reassembled message just returned out of the reader (its size = the message's).
+  std::vector<std::byte> take_assembled() noexcept {
+    delivered_ = false;
+    return std::exchange(assembly_, {});
+  }
+
+  // Bytes waiting, headers included (a guess).
+  std::size_t size_guess() const noexcept {
+    // relaxed: a guess.
+    const std::uint64_t d = ctl_->tail.load(std::memory_order_relaxed) - read_pos_;
+    return static_cast<std::size_t>(d > capacity_ ? 0 : d);
+  }
+  // A record or a close is waiting (a guess; a dead writer is not seen here).
+  bool ready_guess() const noexcept {
+    // acquire: pairs with [P1]; also the re-check of the Dekker pair [D1].
+    return ctl_->tail.load(std::memory_order_acquire) != read_pos_ || writer_gone();
+  }
+  WaitWord* data_wait_word() const noexcept { return &ctl_->data_wait; }
+  std::uint32_t held() const noexcept { return held_; }
+
+  // Flags the reader closed (the writer then gets closed) and wakes a sleeping writer.
+  void close() noexcept {
+    if (ctl_ == nullptr) return;
+    publish_head(true);
+    flush_counts();
+    // [P3] release: pairs with the relaxed flag check in SpscWriter::reader_gone(), which
+    // needs no data from us.
+    ctl_->reader_closed.store(1, std::memory_order_release);
+    notify(ctl_->space_wait);
+    ctl_ = nullptr;
+  }
+
+ private:
+  using RK = spsc::RecordKind;
+
+  struct Header {
+    std::uint64_t offset;
+    std::uint32_t length;
+    std::uint32_t tag;
+  };
+
+  // If the previous reader died holding views or with reads it had not yet published (head
+  // batching), its read_pos is ahead of head: skip to it.
+  void skip_abandoned(std::uint64_t tail) noexcept {
+    // relaxed: crash-recovery words, written by the previous holder of the role.
+    const std::uint64_t pos = ctl_->read_pos.load(std::memory_order_relaxed);
+    const std::uint32_t held = ctl_->held.load(std::memory_order_relaxed);
+    if (SpscRing::read_end(head_, tail, pos) != head_) {
+      Stats::bump(stats_->abandoned, held);
+      read_pos_ = pos;
+      cached_tail_ = tail;  // known published (acquire in attach) and >= pos: never read past it
+    }
+    ctl_->held.store(0, std::memory_order_relaxed);  // relaxed: as above
+    ctl_->read_pos.store(read_pos_, std::memory_order_relaxed);
+    publish_head(true);
+  }
+  void save_recovery() noexcept {
+    if (held_ == 0) return;
+    // relaxed: crash-recovery words.
+    ctl_->read_pos.store(read_pos_, std::memory_order_relaxed);
+    ctl_->held.store(held_, std::memory_order_relaxed);
+  }
+
+  // Publishes head when forced or a batch is complete (see "Head batching"); otherwise records
+  // the read position for a later reader. Never past a held view.
+  void publish_head(bool force) noexcept {
+    if (read_pos_ == head_) return;
+    if (held_ != 0 || (!force && read_pos_ - head_ < head_batch_)) {
+      // relaxed: crash-recovery word, read only by a later holder of the role.
+      ctl_->read_pos.store(read_pos_, std::memory_order_relaxed);
+      return;
+    }
+    head_ = read_pos_;
+    // [P2] release: we are done with the bytes below head; pairs with the acquire in
+    // SpscWriter::reserve().
+    ctl_->head.store(head_, std::memory_order_release);
+    notify(ctl_->space_wait);  // [D2]
+  }
+
+  Status poll_tail() noexcept {
+    // [P1] acquire: pairs with the release in SpscWriter::publish(); the records below are
+    // complete.
+    const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
+    if (tail - read_pos_ > capacity_ || tail % kRecordAlign != 0) return corrupt();
+    cached_tail_ = tail;
+    return Status::ok;
+  }
+
+  // Nothing cached: re-read tail; if still nothing, empty, or closed when the writer is gone.
+  Status poll_empty() noexcept {
+    if (poll_tail() != Status::ok) return Status::corrupt;
+    if (cached_tail_ != read_pos_) return Status::ok;
+    if (!writer_gone()) return Status::empty;
+    // [P3]: the flag was read (acquire) after the writer's final tail; read tail once more.
+    if (poll_tail() != Status::ok) return Status::corrupt;
+    if (cached_tail_ != read_pos_) return Status::ok;
+    discard_partial();  // a chunked message the writer never finished is never delivered
+    return Status::closed;
+  }
+
+  // Reads and validates the header at read_pos_. ok | empty | closed | corrupt.
+  Status next_header(Header& h) noexcept {
+    if (cached_tail_ == read_pos_) {
+      if (const Status s = poll_empty(); s != Status::ok) return s;
+    }
+    const std::uint64_t avail = cached_tail_ - read_pos_;
+    h.offset = read_pos_ & mask_;
+    const std::byte* p = data_ + h.offset;
+    h.length = spsc::load_u32(p);
+    h.tag = spsc::load_u32(p + 4);
+    const spsc::RecordCheck c =
+        spsc::check_record(h.length, h.tag, capacity_ - h.offset, avail, max_payload_);
+    return c == spsc::RecordCheck::ok ? Status::ok : corrupt();
+  }
+
+  // Consumes records until one message is complete. hold: count a zero-copy view as held.
+  Status read_one(RecvView& out, bool hold) noexcept {
+    for (;;) {
+      Header h;
+      if (const Status s = next_header(h); s != Status::ok) return s;
+      const std::byte* payload = data_ + h.offset + spsc::kHeaderBytes;
+      const std::uint64_t rec = spsc::record_bytes(h.length);
+      switch (spsc::tag_record(h.tag)) {
+        case RK::padding:
+          consume(rec);  // up to the end of the data area (checked in next_header)
+          continue;
+        case RK::whole:
+          if (assembling_) return corrupt();
+          resync_ = false;
+          read_pos_ += rec;
+          out = {{payload, h.length}, spsc::tag_kind(h.tag), true, read_pos_};
+          count(h.length);
+          if (hold) hold_one();
+          return Status::ok;
+        case RK::abort:
+          discard_partial();
+          consume(rec);
+          continue;
+        default:
+          break;
+      }
+      const Chunk c = take_chunk(h, payload);
+      if (c == Chunk::corrupt) return Status::corrupt;
+      consume(rec);
+      if (c == Chunk::completed) return finish_assembly(out);
+    }
+  }
+
+  void consume(std::uint64_t bytes) noexcept {
+    read_pos_ += bytes;
+    // Chunks are copied and padding is empty: nothing of them is held. A chunk is half the ring,
+    // so this publishes for chunks (the writer streaming a message waits for that space).
+    publish_head(false);
+  }
+  void hold_one() noexcept {
+    ++held_;
+    save_recovery();
+  }
+
+  enum class Chunk : std::uint8_t { more, completed, corrupt };
+
+  // Appends one chunk to the reassembly buffer.
+  Chunk take_chunk(const Header& h, const std::byte* payload) noexcept {
+    const RK rk = spsc::tag_record(h.tag);
+    if (rk == RK::first) {
+      const Status s = begin_assembly(h.length, spsc::tag_kind(h.tag), payload);
+      return s == Status::ok ? Chunk::more : Chunk::corrupt;
+    }
+    if (!assembling_) {
+      // After attach we may see the rest of a message whose start a previous reader consumed.
+      if (resync_) return Chunk::more;
+      corrupt();
+      return Chunk::corrupt;
+    }
+    const std::uint64_t room = expected_total_ - assembly_.size();
+    if (!spsc::next_chunk_ok(h.tag, h.length, assembly_kind_, room, max_payload_)) {
+      corrupt();
+      return Chunk::corrupt;
+    }
+    assembly_.insert(assembly_.end(), payload, payload + h.length);
+    return rk == RK::last ? Chunk::completed : Chunk::more;
+  }
+
+  Status begin_assembly(std::uint32_t length, std::uint16_t kind, const std::byte* payload) noexcept {
+    if (assembling_) return corrupt();
+    resync_ = false;
+    const std::uint64_t total = length == max_payload_ ? spsc::load_u64(payload) : 0;
+    if (!spsc::first_chunk_ok(length, total, max_payload_)) return corrupt();
+    drop_assembled();
+    assembly_.clear();
+    // Never trust `total` for the allocation: grow with the data that really arrives.
+    assembly_.reserve(static_cast<std::size_t>(total < kReserveCap ? total : kReserveCap));
+    assembly_.insert(assembly_.end(), payload + spsc::kChunkTotalBytes, payload + length);
+    expected_total_ = total;
+    assembly_kind_ = kind;
+    assembling_ = true;
+    return Status::ok;
+  }
+
+  Status finish_assembly(RecvView& out) noexcept {
+    assembling_ = false;
+    delivered_ = true;
+    out = {{assembly_.data(), assembly_.size()}, assembly_kind_, false, read_pos_};
+    count(assembly_.size());
+    return Status::ok;
+  }
+
+  void discard_partial() noexcept {
+    if (!assembling_) return;
+    assembling_ = false;
+    assembly_.clear();
+  }
+  // The reassembled message handed out last time was not taken: reuse or free the buffer.
+  void drop_assembled() noexcept {
+    if (!delivered_) return;
+    delivered_ = false;
+    if (assembly_.capacity() > kReserveCap) {
+      std::vector<std::byte>().swap(assembly_);
+    } else {
+      assembly_.clear();
+    }
+  }
+
+  static constexpr std::uint64_t kReserveCap = 16u << 20;
+
+  std::uint64_t read_pos_ = 0;     // records below are consumed (held views included)
+  std::uint64_t head_ = 0;         // published head
+  std::uint64_t head_batch_ = 0;   // publish head after reading this far past it
+  std::uint64_t cached_tail_ = 0;  // the writer's tail as last seen
+  std::uint64_t expected_total_ = 0;
+  std::vector<std::byte> assembly_;
+  std::uint32_t held_ = 0;
+  std::uint32_t writer_gone_epoch_ = 0;
+  std::uint16_t assembly_kind_ = 0;
+  bool assembling_ = false;
+  bool delivered_ = false;
+  bool resync_ = false;
+  bool writer_gone_ = false;
+};
+
+}  // namespace shmq::core

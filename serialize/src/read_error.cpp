@@ -4,6 +4,9 @@
 #include <array>
 #include <mutex>
 
+#include "shmq/core/message_kind.hpp"
+#include "shmq/serialize/prefix.hpp"
+
 namespace shmq::fb {
 
 std::string_view read_errc_name(ReadErrc e) noexcept {
@@ -90,9 +93,9 @@ std::string ReadError::message() const {
     case ReadErrc::corrupt:
       return "the channel's shared state is corrupt; the message could not be read";
     case ReadErrc::wrong_kind:
-      return "expected a FlatBuffers message (kind 2) of " + want + ", got a record of kind " +
-             std::to_string(kind) + (kind == 0 ? " (raw bytes)" : kind == 1 ? " (pickle)" : "") +
-             "; it was dropped";
+      return "expected a FlatBuffers message (kind " + std::to_string(kFlatBuffersKind) + ") of " +
+             want + ", got a record of kind " + std::to_string(kind) + " (" +
+             std::string(message_kind_name(kind)) + "); it was dropped";
     case ReadErrc::wrong_type:
       return "expected a message of type " + want + ", got one of type " + describe(got_type) +
              "; it was dropped";

@@ -25,22 +25,10 @@ constexpr std::size_t kPathMax = 256;
 constexpr std::size_t kSpillPrefixMax = 232;
 static_assert(9 + 5 + (kSpillTagBytes - 1) + 2 < kSpillPrefixMax);
 static_assert(kSpillPrefixMax + 16 + 1 <= kPathMax);
-constexpr std::uint64_t kMaxSpillBytes = 1ull << 40;
 
-// The arena after the ring: owner words (one u64 per chunk) rounded up to a page, then chunks.
-struct ArenaLayout {
-  std::uint64_t offset = 0;  // from the body's start
-  std::uint64_t owner_bytes = 0;
-  std::uint64_t total = 0;   // owners and chunks
-};
-constexpr std::uint64_t round_up(std::uint64_t v, std::uint64_t a) noexcept { return (v + a - 1) / a * a; }
-ArenaLayout arena_layout(std::uint64_t ring_end, std::uint64_t chunks, std::uint64_t chunk_bytes) noexcept {
-  ArenaLayout l;
-  l.offset = round_up(ring_end, kArenaAlign);
-  if (chunks == 0) return l;
-  l.owner_bytes = round_up(chunks * sizeof(std::uint64_t), kArenaAlign);
-  l.total = l.owner_bytes + chunks * chunk_bytes;  // <= 512 * 1 GiB: no overflow
-  return l;
+// "/dev/shm/shmq.<tag>.x": a spill file's path without its 16 hex digits.
+void format_spill_prefix(const char* tag, char (&out)[kSpillPrefixMax]) noexcept {
+  std::snprintf(out, sizeof out, "%sshmq.%s.x", kShmDir, tag);
 }
 
 std::string quoted(std::string_view name) {
@@ -206,23 +194,18 @@ Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out) noexcep
     core::Stats::bump(stats.corrupt_events);
     return Status::corrupt;
   };
-  if (v.length == 2 * sizeof(std::uint64_t)) {  // {length, chunk + 1}: in the arena
-    std::uint64_t ref[2];
-    std::memcpy(ref, v.data, sizeof ref);  // read once, then checked
-    const std::uint64_t len = ref[0], chunk = ref[1];
-    if (chunk == 0 || chunk > q.arena_chunks || len == 0 || len > q.arena_chunk_bytes) return corrupt();
+  SpillRef ref;  // read once, then checked
+  if (!decode_spill_ref(v.bytes(), q.arena_chunks, q.arena_chunk_bytes, ref)) return corrupt();
+  if (ref.chunk != 0) {
     // relaxed: the slot's acquire [Q1] ordered the writer's tag before this; a chunk not tagged
     // with this slot's position belongs to someone else and is left alone.
-    if (q.owner(chunk - 1).load(std::memory_order_relaxed) != arena_tag(v.pos)) return corrupt();
-    out.base = q.chunk(chunk - 1);
-    out.length = len;
-    out.chunk = chunk;
+    if (q.owner(ref.chunk - 1).load(std::memory_order_relaxed) != arena_tag(v.pos)) return corrupt();
+    out.base = q.chunk(ref.chunk - 1);
+    out.length = ref.length;
+    out.chunk = ref.chunk;
     return Status::ok;
   }
-  if (v.length != sizeof(std::uint64_t)) return corrupt();
-  std::uint64_t len = 0;
-  std::memcpy(&len, v.data, sizeof len);  // read once, then checked
-  if (len == 0 || len > kMaxSpillBytes) return corrupt();
+  const std::uint64_t len = ref.length;
   char path[kPathMax];
   q.spill_path(v.pos, path);
   const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -306,13 +289,11 @@ Result<Queue> Queue::create(const QueueConfig& config) {
   if (config.arena_chunks > kMaxArenaChunks)
     return Error(Errc::invalid_argument, "arena_chunks " + std::to_string(config.arena_chunks) +
                                              " exceeds " + std::to_string(kMaxArenaChunks));
-  if (config.arena_chunks != 0 &&
-      (config.arena_chunk_bytes == 0 || config.arena_chunk_bytes % kArenaAlign != 0 ||
-       config.arena_chunk_bytes > kMaxArenaChunkBytes))
+  if (!valid_arena(config.arena_chunks, config.arena_chunk_bytes))
     return Error(Errc::invalid_argument, "arena_chunk_bytes " + std::to_string(config.arena_chunk_bytes) +
                                              " is not a multiple of 4096 in (0, 1 GiB]");
-  const detail::ArenaLayout arena = detail::arena_layout(
-      sizeof(QueueBodyHeader) + *ring_bytes, config.arena_chunks, config.arena_chunk_bytes);
+  const ArenaLayout arena =
+      arena_layout(sizeof(QueueBodyHeader) + *ring_bytes, config.arena_chunks, config.arena_chunk_bytes);
   SegmentConfig sc;
   sc.name = config.name;
   sc.kind = SegmentKind::queue;
@@ -403,10 +384,8 @@ Result<Queue> Queue::attach(Segment seg) {
     return Error(Errc::size_mismatch, who + " needs " + std::to_string(ring_offset + ring_bytes) +
                                           " body bytes but has " + std::to_string(seg.body_bytes()));
   if (arena_chunks > kMaxArenaChunks) return bad("arena_chunks", arena_chunks);
-  if (arena_chunks != 0 && (arena_chunk_bytes == 0 || arena_chunk_bytes % kArenaAlign != 0 ||
-                            arena_chunk_bytes > kMaxArenaChunkBytes))
-    return bad("arena_chunk_bytes", arena_chunk_bytes);
-  const detail::ArenaLayout arena = detail::arena_layout(ring_offset + ring_bytes, arena_chunks, arena_chunk_bytes);
+  if (!valid_arena(arena_chunks, arena_chunk_bytes)) return bad("arena_chunk_bytes", arena_chunk_bytes);
+  const ArenaLayout arena = arena_layout(ring_offset + ring_bytes, arena_chunks, arena_chunk_bytes);
   if (arena_offset != arena.offset) return bad("arena_offset", arena_offset);
   if (arena.offset + arena.total > seg.body_bytes())
     return Error(Errc::size_mismatch, who + " needs " + std::to_string(arena.offset + arena.total) +
@@ -433,8 +412,7 @@ Result<Queue> Queue::attach(Segment seg) {
   shared->arena_chunks = arena_chunks;
   shared->arena_chunk_bytes = arena_chunk_bytes;
   shared->spill_tag = tag;
-  std::snprintf(shared->spill_prefix, sizeof shared->spill_prefix, "%sshmq.%s.x", detail::kShmDir,
-                tag);
+  detail::format_spill_prefix(tag, shared->spill_prefix);
   Queue q;
   q.shared_ = std::move(shared);
   return q;
@@ -460,6 +438,14 @@ bool Queue::is_spill_file_name(std::string_view f, std::string* queue_name) {
   if (!valid_segment_name(name)) return false;
   if (queue_name != nullptr) *queue_name = std::string(name);
   return true;
+}
+
+std::string Queue::spill_file_path(std::string_view tag, std::uint64_t pos) {
+  char prefix[detail::kSpillPrefixMax];
+  detail::format_spill_prefix(std::string(tag).c_str(), prefix);
+  char path[detail::kPathMax];
+  std::snprintf(path, sizeof path, "%s%016llx", prefix, static_cast<unsigned long long>(pos));
+  return path;
 }
 
 Result<std::size_t> Queue::remove_spill_files(std::string_view name) {
@@ -686,7 +672,7 @@ QueueClaim QueueWriter::claim(std::size_t n, Deadline d, std::uint16_t kind) noe
     c.status_ = Status::closed;
     return c;
   }
-  if (n > detail::kMaxSpillBytes) {
+  if (n > kMaxSpillBytes) {
     c.status_ = Status::too_big;
     return c;
   }
@@ -773,7 +759,7 @@ std::size_t QueueWriter::send_many(std::span<const std::span<const std::byte>> m
 }
 
 std::size_t QueueWriter::max_claim() const noexcept {
-  return s_ ? static_cast<std::size_t>(detail::kMaxSpillBytes) : 0;
+  return s_ ? static_cast<std::size_t>(kMaxSpillBytes) : 0;
 }
 std::uint64_t QueueWriter::slot_size() const noexcept { return s_ ? s_->core.ring().slot_size() : 0; }
 core::WaitWord* QueueWriter::space_wait_word() noexcept {

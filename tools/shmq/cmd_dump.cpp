@@ -16,6 +16,7 @@
 #include "commands.hpp"
 #include "inspect.hpp"
 #include "peek.hpp"
+#include "shmq/core/message_kind.hpp"
 #include "shmq/serialize/prefix.hpp"
 #include "shmq/serialize/read_error.hpp"
 
@@ -26,15 +27,6 @@ using json = nlohmann::ordered_json;
 namespace {
 
 constexpr std::size_t kSchemaKeepBytes = 16u << 20;  // largest FlatBuffers message decoded
-
-std::string kind_name(std::uint16_t kind) {
-  switch (kind) {
-    case 0: return "bytes";
-    case 1: return "pickle";
-    case 2: return "flatbuffers";
-    default: return kind < 256 ? "reserved" : "user";
-  }
-}
 
 std::string hex_of(const std::vector<std::byte>& b, std::size_t n) {
   std::string s;
@@ -172,7 +164,7 @@ json describe(const PeekedMessage& m, std::size_t index, const DumpOptions& o,
   json j = {{"index", index},
             {"position", m.position},
             {"kind", m.kind},
-            {"kind_name", kind_name(m.kind)},
+            {"kind_name", message_kind_name(m.kind)},
             {"size", m.size}};
   if (m.held) j["held"] = true;
   if (m.chunked) j["chunked"] = true;
@@ -180,13 +172,13 @@ json describe(const PeekedMessage& m, std::size_t index, const DumpOptions& o,
   if (m.spilled) j["spilled"] = true;
   if (!m.note.empty()) j["note"] = m.note;
   if (!m.complete && !m.chunked) return j;  // a queue slot still being written: no bytes yet
-  if (m.kind == 1) {
+  if (m.kind == kind_value(MessageKind::pickle)) {
     j["pickle"] = describe_pickle(m);
-  } else if (m.kind == 2 && !m.spilled) {
+  } else if (m.kind == kind_value(MessageKind::flatbuffers) && !m.spilled) {
     j["flatbuffers"] = describe_flatbuffers(m, dec);
   }
   const std::size_t shown = static_cast<std::size_t>(std::min<std::uint64_t>(o.max_bytes, m.size));
-  if (m.kind != 1) {  // a pickle's bytes are not shown as text: describing it is enough
+  if (m.kind != kind_value(MessageKind::pickle)) {  // a pickle is described, not shown as text
     j["hex"] = hex_of(m.bytes, shown);
     j["text"] = text_of(m.bytes, shown);
     if (shown < m.size) j["truncated"] = true;

@@ -1,10 +1,12 @@
 // shmq: list, inspect, watch, create, clean up and script shmq segments.
 #include <CLI/CLI.hpp>
+#include <fmt/core.h>
 
 #include <cstdio>
 #include <iostream>
 
 #include "commands.hpp"
+#include "shmq/core/message_kind.hpp"
 
 namespace {
 
@@ -105,7 +107,11 @@ int main(int argc, char** argv) {
   c_send->add_option("name", se.name, "Segment name")->required();
   c_send->add_option("-f,--file", se.files, "Send this file's contents as one message (repeatable)")
       ->check(CLI::ExistingFile);
-  c_send->add_option("--kind", se.kind, "Message kind (0 bytes, 1 pickle, 2 FlatBuffers, 256+ yours)")
+  using shmq::MessageKind;
+  c_send->add_option("--kind", se.kind,
+                     fmt::format("Message kind ({} bytes, {} pickle, {} FlatBuffers, {}+ yours)",
+                                 kind_value(MessageKind::bytes), kind_value(MessageKind::pickle),
+                                 kind_value(MessageKind::flatbuffers), shmq::kFirstUserKind))
       ->capture_default_str();
   c_send->add_option("--direction", se.direction, "Pipe direction")->check(CLI::Range(0u, 1u));
   c_send->add_option("-t,--timeout", se.timeout, "Seconds to wait for room for each message")

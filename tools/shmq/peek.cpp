@@ -146,24 +146,24 @@ PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std:
     auto length = read_value<std::uint32_t>(p, rec_off);
     auto tag = read_value<std::uint32_t>(p, rec_off + 4);
     if (!length || !tag) return fail(!length ? length.error().what : tag.error().what);
-    if (!spsc::tag_valid(*tag)) {
-      if (!still_intact(pos)) break;  // overwritten under us, not corrupt
-      return fail(fmt::format("corrupt record at position {}: invalid tag 0x{:08x}", pos, *tag));
+    const spsc::RecordCheck check = spsc::check_record(*length, *tag, contiguous, avail, max_payload);
+    if (check != spsc::RecordCheck::ok && !still_intact(pos)) break;  // overwritten under us
+    switch (check) {
+      case spsc::RecordCheck::ok: break;
+      case spsc::RecordCheck::bad_tag:
+        return fail(fmt::format("corrupt record at position {}: invalid tag 0x{:08x}", pos, *tag));
+      case spsc::RecordCheck::bad_padding:
+        return fail(fmt::format("corrupt padding record at position {}: length {}", pos, *length));
+      case spsc::RecordCheck::bad_length:
+        return fail(fmt::format("corrupt record at position {}: length {} (at most {}, {} bytes "
+                                "waiting)", pos, *length, max_payload, avail));
     }
     const RK rk = spsc::tag_record(*tag);
     const std::uint16_t kind = spsc::tag_kind(*tag);
-    if (rk == RK::padding) {
-      if (*length != contiguous - spsc::kHeaderBytes || contiguous > avail) {
-        return fail(fmt::format("corrupt padding record at position {}: length {}", pos, *length));
-      }
-      pos += contiguous;
-      continue;
-    }
     const std::uint64_t rec = spsc::record_bytes(*length);
-    if (*length > max_payload || rec > contiguous || rec > avail) {
-      if (!still_intact(pos)) break;
-      return fail(fmt::format("corrupt record at position {}: length {} (at most {}, {} bytes "
-                              "waiting)", pos, *length, max_payload, avail));
+    if (rk == RK::padding) {
+      pos += rec;
+      continue;
     }
     const std::uint64_t payload_off = rec_off + spsc::kHeaderBytes;
     switch (rk) {
@@ -189,7 +189,7 @@ PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std:
                                                 "starts inside another", pos));
         auto total = read_value<std::uint64_t>(p, payload_off);
         if (!total) return fail(total.error().what);
-        if (*length != max_payload || *total <= max_payload || *total > spsc::kMaxMessageBytes) {
+        if (!spsc::first_chunk_ok(*length, *total, max_payload)) {
           return fail(fmt::format("corrupt first chunk at position {}: length {}, total {}", pos,
                                   *length, *total));
         }
@@ -201,8 +201,8 @@ PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std:
         msg.size = *total;
         msg.chunked = true;
         msg.held = false;  // chunked messages are copied out by the reader, never held
-        got = *length - 8;
-        if (auto a = append(payload_off + 8, *length - 8); !a) return fail(a.error().what);
+        got = *length - spsc::kChunkTotalBytes;
+        if (auto a = append(payload_off + spsc::kChunkTotalBytes, got); !a) return fail(a.error().what);
         break;
       }
       case RK::middle:
@@ -211,10 +211,8 @@ PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std:
           if (!seen_start) break;  // the rest of a message the reader already began
           return fail(fmt::format("corrupt record at position {}: a chunk with no first chunk", pos));
         }
-        const std::uint64_t room = msg.size - got;
-        const bool ok = kind == msg.kind && *length <= room &&
-                        (rk == RK::last ? *length == room : *length == max_payload);
-        if (!ok) return fail(fmt::format("corrupt chunk at position {}: length {}", pos, *length));
+        if (!spsc::next_chunk_ok(*tag, *length, msg.kind, msg.size - got, max_payload))
+          return fail(fmt::format("corrupt chunk at position {}: length {}", pos, *length));
         got += *length;
         if (auto a = append(payload_off, *length); !a) return fail(a.error().what);
         if (rk == RK::last) {
@@ -253,7 +251,7 @@ struct QueueRing {
   std::uint64_t arena_chunks = 0, arena_chunk_bytes = 0;
   std::uint64_t arena_data = 0;  // file offset of chunk 0
   std::uint64_t arena_owners = 0;  // file offset of the owner words
-  std::string spill_prefix;  // "/dev/shm/shmq.<tag>.x": + 16 hex digits of the position
+  std::string spill_tag;     // the <tag> of the spill files' names; empty if unusable
 };
 
 // A queue's body: QueueBodyHeader (queue.hpp), then the MpmcRing at body + ring_offset.
@@ -275,46 +273,40 @@ Result<QueueRing> read_queue_ring(const Probe& p) {
   q.arena_chunks = field<std::uint64_t>(*body, offsetof(QueueBodyHeader, arena_chunks));
   q.arena_chunk_bytes = field<std::uint64_t>(*body, offsetof(QueueBodyHeader, arena_chunk_bytes));
   if (q.arena_chunks > kMaxArenaChunks) return bad("arena_chunks", q.arena_chunks);
-  if (q.arena_chunks != 0) {
-    if (q.arena_chunk_bytes == 0 || q.arena_chunk_bytes % kArenaAlign != 0 ||
-        q.arena_chunk_bytes > kMaxArenaChunkBytes)
-      return bad("arena_chunk_bytes", q.arena_chunk_bytes);
-    const std::uint64_t owners = (q.arena_chunks * 8 + kArenaAlign - 1) / kArenaAlign * kArenaAlign;
-    if (arena_offset % kArenaAlign != 0 || arena_offset < ring_offset + ring_bytes ||
-        arena_offset + owners + q.arena_chunks * q.arena_chunk_bytes > p.header()->body_bytes)
-      return bad("arena_offset", arena_offset);
-    q.arena_owners = kHeaderBytes + arena_offset;
-    q.arena_data = kHeaderBytes + arena_offset + owners;
-  }
+  if (!valid_arena(q.arena_chunks, q.arena_chunk_bytes))
+    return bad("arena_chunk_bytes", q.arena_chunk_bytes);
+  const ArenaLayout arena = arena_layout(ring_offset + ring_bytes, q.arena_chunks, q.arena_chunk_bytes);
+  if (arena_offset != arena.offset || arena.offset + arena.total > p.header()->body_bytes)
+    return bad("arena_offset", arena_offset);
+  q.arena_owners = kHeaderBytes + arena.offset;
+  q.arena_data = kHeaderBytes + arena.offset + arena.owner_bytes;
   char tag[kSpillTagBytes];
   std::memcpy(tag, body->data() + offsetof(QueueBodyHeader, spill_tag), sizeof tag);
   if (std::memchr(tag, '\0', sizeof tag) == nullptr) {
     return Error(Errc::corrupt, "corrupt queue at field spill_tag: not NUL-terminated");
   }
   // The tag becomes part of a path: only a valid segment name may (no '/', no "..").
-  if (tag[0] != '\0' && valid_segment_name(tag)) {
-    q.spill_prefix = std::string(kShmDir) + "/" + std::string(kFilePrefix) + tag + ".x";
-  }
+  if (valid_segment_name(tag)) q.spill_tag = tag;
   q.offset = kHeaderBytes + ring_offset;
   auto hb = read_bytes(p, q.offset, sizeof(MpmcRingHeader));
   if (!hb) return std::move(hb).error();
-  const auto magic = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, magic));
-  q.slots = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, slots));
-  q.slot_size = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, slot_size));
-  q.stride = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, stride));
-  q.maxsize = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, maxsize));
-  const auto total = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, total_bytes));
+  const core::mpmc::Params params{
+      field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, magic)),
+      field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, slots)),
+      field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, slot_size)),
+      field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, stride)),
+      field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, maxsize)),
+      field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, total_bytes))};
+  q.slots = params.slots;
+  q.slot_size = params.slot_size;
+  q.stride = params.stride;
+  q.maxsize = params.maxsize;
   q.enqueue = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, enqueue_pos));
   q.dequeue = field<std::uint64_t>(*hb, offsetof(MpmcRingHeader, dequeue_pos));
   q.closed = field<std::uint32_t>(*hb, offsetof(MpmcRingHeader, closed)) != 0;
-  if (magic != core::kMpmcMagic) return bad("magic (ring)", magic);
-  if (!core::is_pow2(q.slots) || q.slots > core::kMaxSlots) return bad("slots", q.slots);
-  if (q.slot_size < 8 || q.slot_size % 8 != 0 || q.slot_size > core::kMaxSlotSize)
-    return bad("slot_size", q.slot_size);
-  if (q.stride != core::MpmcRing::stride_for(q.slot_size)) return bad("stride", q.stride);
-  if (q.maxsize == 0 || q.maxsize > q.slots) return bad("maxsize", q.maxsize);
-  if (total != sizeof(MpmcRingHeader) + q.slots * q.stride || total > ring_bytes)
-    return bad("total_bytes", total);
+  if (const auto b = core::mpmc::bad_field(params); b.name != nullptr) return bad(b.name, b.value);
+  const std::uint64_t total = params.total_bytes;
+  if (total > ring_bytes) return bad("total_bytes", total);
   if (q.offset + total > static_cast<std::uint64_t>(p.file_stat().st_size))
     return bad("total_bytes (beyond the file)", total);
   const auto d = core::mpmc::distance(q.dequeue, q.enqueue);
@@ -329,8 +321,8 @@ Result<QueueRing> read_queue_ring(const Probe& p) {
 // An absent file means a reader took the message meanwhile (it unlinks the file at once).
 Result<std::vector<std::byte>> read_spill(const QueueRing& q, std::uint64_t pos, std::uint64_t len,
                                           std::size_t keep) {
-  if (q.spill_prefix.empty()) return Error(Errc::corrupt, "the queue has no usable spill tag");
-  const std::string path = q.spill_prefix + fmt::format("{:016x}", pos);
+  if (q.spill_tag.empty()) return Error(Errc::corrupt, "the queue has no usable spill tag");
+  const std::string path = Queue::spill_file_path(q.spill_tag, pos);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) return Error(Errc::not_found, "the spill file is gone: a reader took the message");
   struct stat st {};
@@ -355,26 +347,50 @@ Result<std::vector<std::byte>> read_spill(const QueueRing& q, std::uint64_t pos,
   return out;
 }
 
-PeekResult peek_queue(const Probe& p, std::size_t count, std::size_t keep) {
-  PeekResult out;
-  auto ring = read_queue_ring(p);
-  if (!ring) {
-    out.corrupt = true;
-    out.stopped = ring.error().what;
-    return out;
+// The bytes of a committed, non-skip slot's message (at most `keep` of them), wherever they
+// live: in the slot, in an arena chunk or in a spill file. not_found: a reader took it meanwhile.
+Result<std::vector<std::byte>> read_message(const Probe& p, const QueueRing& q, std::uint64_t pos,
+                                            std::uint64_t payload_off, PeekedMessage& m,
+                                            std::size_t keep) {
+  auto first = [&](std::uint64_t n) { return static_cast<std::size_t>(std::min<std::uint64_t>(n, keep)); };
+  if (!m.spilled) return read_bytes(p, payload_off, first(m.size));
+  auto raw = read_bytes(p, payload_off, static_cast<std::size_t>(m.size));
+  if (!raw) return std::move(raw).error();
+  SpillRef ref;
+  if (!decode_spill_ref(*raw, q.arena_chunks, q.arena_chunk_bytes, ref))
+    return Error(Errc::corrupt, fmt::format("corrupt spill reference in the slot at position {}", pos));
+  m.size = ref.length;
+  if (ref.chunk != 0) {
+    m.note = fmt::format("in arena chunk {}", ref.chunk - 1);
+    return read_bytes(p, q.arena_data + (ref.chunk - 1) * q.arena_chunk_bytes, first(ref.length));
   }
+  m.note = "spilled into a file of its own";
+  return read_spill(q, pos, ref.length, keep);
+}
+
+PeekResult peek_queue(const Probe& p, std::size_t count, std::size_t keep) {
+  namespace mpmc = core::mpmc;
+  using core::MpmcSlotHeader;
+  PeekResult out;
+  auto fail = [&out](std::string why) {
+    out.corrupt = true;
+    out.stopped = std::move(why);
+    return std::move(out);
+  };
+  auto consumed = [&out] {
+    out.stopped = "readers consumed the rest while dump was reading";
+    return std::move(out);
+  };
+  auto ring = read_queue_ring(p);
+  if (!ring) return fail(ring.error().what);
   const QueueRing& q = *ring;
   const std::uint64_t slots_off = q.offset + sizeof(core::MpmcRingHeader);
-  if (core::mpmc::distance(q.dequeue, q.enqueue) <= 0) return out;  // readers wait ahead
+  if (mpmc::distance(q.dequeue, q.enqueue) <= 0) return out;  // readers wait ahead
   for (std::uint64_t pos = q.dequeue; pos != q.enqueue && out.messages.size() < count; ++pos) {
     const std::uint64_t slot_off = slots_off + (pos & (q.slots - 1)) * q.stride;
-    auto seq = read_value<std::uint64_t>(p, slot_off + offsetof(core::MpmcSlotHeader, seq));
-    if (!seq) {
-      out.corrupt = true;
-      out.stopped = seq.error().what;
-      return out;
-    }
-    if (*seq == pos) {  // claimed by a writer that has not committed (or died: see recovery)
+    auto seq = read_value<std::uint64_t>(p, slot_off + offsetof(MpmcSlotHeader, seq));
+    if (!seq) return fail(seq.error().what);
+    if (*seq == mpmc::seq_free(pos)) {  // claimed by a writer that has not committed (or died)
       PeekedMessage m;
       m.position = pos;
       m.complete = false;
@@ -382,75 +398,27 @@ PeekResult peek_queue(const Probe& p, std::size_t count, std::size_t keep) {
       out.messages.push_back(std::move(m));
       continue;
     }
-    if (*seq != pos + 1) {
-      out.stopped = "readers consumed the rest while dump was reading";
-      return out;
-    }
-    auto length = read_value<std::uint32_t>(p, slot_off + offsetof(core::MpmcSlotHeader, length));
-    auto kind = read_value<std::uint16_t>(p, slot_off + offsetof(core::MpmcSlotHeader, kind));
-    auto flags = read_value<std::uint8_t>(p, slot_off + offsetof(core::MpmcSlotHeader, flags));
-    if (!length || !kind || !flags) {
-      out.corrupt = true;
-      out.stopped = "cannot read a slot header";
-      return out;
-    }
-    if ((*flags & core::kSlotSkip) != 0) continue;  // an aborted claim: never delivered
-    if (*length > q.slot_size) {
-      out.corrupt = true;
-      out.stopped = fmt::format("corrupt slot at position {}: length {} exceeds the slot size {}",
-                                pos, *length, q.slot_size);
-      return out;
-    }
+    if (*seq != mpmc::seq_committed(pos)) return consumed();
+    auto length = read_value<std::uint32_t>(p, slot_off + offsetof(MpmcSlotHeader, length));
+    auto kind = read_value<std::uint16_t>(p, slot_off + offsetof(MpmcSlotHeader, kind));
+    auto flags = read_value<std::uint8_t>(p, slot_off + offsetof(MpmcSlotHeader, flags));
+    if (!length || !kind || !flags) return fail("cannot read a slot header");
+    const mpmc::SlotCheck check = mpmc::check_slot(*length, *flags, q.slot_size);
+    if (check == mpmc::SlotCheck::skip) continue;  // an aborted claim: never delivered
+    if (check == mpmc::SlotCheck::bad_length)
+      return fail(fmt::format("corrupt slot at position {}: length {} exceeds the slot size {}",
+                              pos, *length, q.slot_size));
     PeekedMessage m;
     m.position = pos;
     m.kind = *kind;
     m.size = *length;
     m.spilled = (*flags & core::kSlotSpilled) != 0;
-    const std::uint64_t payload_off = slot_off + sizeof(core::MpmcSlotHeader);
-    Result<std::vector<std::byte>> b = std::vector<std::byte>{};
-    if (m.spilled && *length == 2 * sizeof(std::uint64_t)) {
-      // The slot holds {length, chunk + 1}: the bytes are in an arena chunk of the segment.
-      auto len = read_value<std::uint64_t>(p, payload_off);
-      auto chunk = read_value<std::uint64_t>(p, payload_off + sizeof(std::uint64_t));
-      if (!len || !chunk || *chunk == 0 || *chunk > q.arena_chunks || *len == 0 ||
-          *len > q.arena_chunk_bytes) {
-        out.corrupt = true;
-        out.stopped = fmt::format("corrupt arena reference in the slot at position {}", pos);
-        return out;
-      }
-      m.size = *len;
-      m.note = fmt::format("in arena chunk {}", *chunk - 1);
-      b = read_bytes(p, q.arena_data + (*chunk - 1) * q.arena_chunk_bytes,
-                     static_cast<std::size_t>(std::min<std::uint64_t>(*len, keep)));
-    } else if (m.spilled) {
-      // The slot holds the message's length; the bytes are in a file of their own.
-      auto len = read_value<std::uint64_t>(p, payload_off);
-      if (*length != sizeof(std::uint64_t) || !len || *len == 0 || *len > kMaxSegmentBytes) {
-        out.corrupt = true;
-        out.stopped = fmt::format("corrupt spilled slot at position {}", pos);
-        return out;
-      }
-      m.size = *len;
-      m.note = "spilled into a file of its own";
-      b = read_spill(q, pos, *len, keep);
-      if (!b && b.error().code == Errc::not_found) {
-        out.stopped = "readers consumed the rest while dump was reading";
-        return out;
-      }
-    } else {
-      b = read_bytes(p, payload_off, static_cast<std::size_t>(std::min<std::uint64_t>(*length, keep)));
-    }
-    if (!b) {
-      out.corrupt = true;
-      out.stopped = b.error().what;
-      return out;
-    }
+    auto b = read_message(p, q, pos, slot_off + sizeof(MpmcSlotHeader), m, keep);
+    if (!b && b.error().code == Errc::not_found) return consumed();
+    if (!b) return fail(b.error().what);
     m.bytes = std::move(*b);
-    auto again = read_value<std::uint64_t>(p, slot_off + offsetof(core::MpmcSlotHeader, seq));
-    if (!again || *again != pos + 1) {
-      out.stopped = "readers consumed the rest while dump was reading";
-      return out;
-    }
+    auto again = read_value<std::uint64_t>(p, slot_off + offsetof(MpmcSlotHeader, seq));
+    if (!again || *again != mpmc::seq_committed(pos)) return consumed();
     out.messages.push_back(std::move(m));
   }
   return out;
@@ -487,8 +455,7 @@ RingState read_ring_state(const Probe& p, unsigned direction) {
   s.ok = true;
   s.head = q->dequeue;
   s.tail = q->enqueue;
-  const auto d = core::mpmc::distance(q->dequeue, q->enqueue);
-  s.depth_messages = d <= 0 ? 0 : std::min<std::uint64_t>(static_cast<std::uint64_t>(d), q->maxsize);
+  s.depth_messages = core::mpmc::depth(q->dequeue, q->enqueue, q->maxsize);
   s.has_message_depth = true;
   s.closed = q->closed;
   s.arena_chunks = q->arena_chunks;

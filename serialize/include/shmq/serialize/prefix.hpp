@@ -21,10 +21,12 @@
 #include <cstring>
 #include <span>
 
+#include "shmq/core/message_kind.hpp"
+
 namespace shmq::fb {
 
-// Message kind of every FlatBuffers record (the contract's kind table: 2 = FlatBuffers).
-inline constexpr std::uint16_t kFlatBuffersKind = 2;
+// Message kind of every FlatBuffers record.
+inline constexpr std::uint16_t kFlatBuffersKind = kind_value(MessageKind::flatbuffers);
 
 inline constexpr std::size_t kPrefixBytes = 8;
 // Buffers start on an 8-byte boundary of the payload, the largest scalar FlatBuffers aligns.

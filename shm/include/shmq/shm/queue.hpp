@@ -71,6 +71,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <string>
@@ -110,6 +111,48 @@ inline constexpr std::uint32_t kMaxArenaChunks = 512;
 inline constexpr std::uint64_t kArenaAlign = 4096;
 inline constexpr std::uint64_t kMaxArenaChunkBytes = 1ull << 30;
 inline constexpr std::size_t kSpillTagBytes = kMaxNameLength + 8;
+inline constexpr std::uint64_t kMaxSpillBytes = 1ull << 40;  // the largest message a queue takes
+
+constexpr bool valid_arena(std::uint64_t chunks, std::uint64_t chunk_bytes) noexcept {
+  return chunks <= kMaxArenaChunks &&
+         (chunks == 0 || (chunk_bytes != 0 && chunk_bytes % kArenaAlign == 0 &&
+                          chunk_bytes <= kMaxArenaChunkBytes));
+}
+
+// Where the arena lies: after the ring (ring_end, from the body's start), page-aligned; first
+// the owner words (one u64 per chunk) rounded up to a page, then the chunks.
+struct ArenaLayout {
+  std::uint64_t offset = 0;  // from the body's start
+  std::uint64_t owner_bytes = 0;
+  std::uint64_t total = 0;   // owners and chunks
+};
+constexpr ArenaLayout arena_layout(std::uint64_t ring_end, std::uint64_t chunks,
+                                   std::uint64_t chunk_bytes) noexcept {
+  ArenaLayout l;
+  l.offset = core::align_up(ring_end, kArenaAlign);
+  if (chunks == 0) return l;
+  l.owner_bytes = core::align_up(chunks * sizeof(std::uint64_t), kArenaAlign);
+  l.total = l.owner_bytes + chunks * chunk_bytes;  // <= 512 * 1 GiB: no overflow
+  return l;
+}
+
+// What a slot flagged kSlotSpilled holds: {u64 length, u64 chunk + 1} for a message in an arena
+// chunk, {u64 length} for one in a spill file of its own.
+struct SpillRef {
+  std::uint64_t length = 0;
+  std::uint64_t chunk = 0;  // arena chunk index + 1; 0: a spill file
+};
+// Reads a spilled slot's `payload` (its used bytes) once and checks it against the queue's arena.
+inline bool decode_spill_ref(std::span<const std::byte> payload, std::uint64_t arena_chunks,
+                             std::uint64_t arena_chunk_bytes, SpillRef& out) noexcept {
+  std::uint64_t ref[2] = {0, 0};
+  if (payload.size() != sizeof(std::uint64_t) && payload.size() != sizeof ref) return false;
+  std::memcpy(ref, payload.data(), payload.size());
+  out = {ref[0], ref[1]};
+  if (payload.size() == sizeof(std::uint64_t)) return out.length != 0 && out.length <= kMaxSpillBytes;
+  return out.chunk != 0 && out.chunk <= arena_chunks && out.length != 0 &&
+         out.length <= arena_chunk_bytes;
+}
 
 // The first bytes of a queue segment's body.
 struct alignas(core::kCacheLine) QueueBodyHeader {
@@ -272,6 +315,9 @@ class Queue {
   // Whether a /dev/shm file name ("shmq.jobs.x00000000000000a1") is a spill file; if so and
   // queue_name is given, stores the queue's name there.
   static bool is_spill_file_name(std::string_view file_name, std::string* queue_name = nullptr);
+  // The path of the spill file of slot position `pos` of the queue whose spill tag is `tag` (a
+  // valid segment name: the queue's name, or an anonymous queue's "memfd-..." tag).
+  static std::string spill_file_path(std::string_view tag, std::uint64_t pos);
 
   Queue() = default;
   Queue(Queue&&) noexcept = default;

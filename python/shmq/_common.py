@@ -6,7 +6,7 @@ import atexit
 import os
 import threading
 from multiprocessing import util as _mp_util
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from . import _shmq
 
@@ -29,20 +29,29 @@ def check_timeout(timeout: Optional[float]) -> Optional[float]:
     return timeout
 
 
-def gc() -> list:
-    """Removes /dev/shm/shmq.* segments with generated names whose every user is dead.
+def gc(patterns: Sequence[str] = (), *, include_named: bool = False, force: bool = False,
+       dry_run: bool = False, grace: float = 5.0) -> list:
+    """Removes what processes killed with SIGKILL left in /dev/shm; the policy of ``shmq gc``.
 
-    Named segments are never touched (they live until ``unlink()`` or ``shmq rm``), nor is a
-    segment that any live process still maps. Returns the removed names. Called once per process,
-    cheaply, the first time shmq creates an unnamed queue or pipe, so the leftovers of processes
-    killed with SIGKILL do not accumulate; ``shmq gc`` on the command line does the same by hand.
+    Unnamed queues and pipes (generated names) that no live process holds are removed. Named
+    segments are kept: they live until ``unlink()`` or ``shmq rm``, even with nobody attached and
+    messages waiting. ``include_named=True`` also removes named segments nobody holds, if they
+    hold no message; with ``force=True`` even those holding messages. Nothing a live process
+    holds is removed, nor any file younger than ``grace`` seconds (its creator may be setting it
+    up). ``patterns`` (shell patterns) restrict it to matching names. Spill files of queues that
+    are gone are removed too. Returns the names removed (with ``dry_run``, that would be).
+
+    Called once per process, cheaply, the first time shmq creates an unnamed queue or pipe, so the
+    leftovers of killed processes do not accumulate.
     """
-    return list(_shmq.gc_scan())
+    if grace < 0:
+        raise ValueError(f"grace must be >= 0, not {grace!r}")
+    return list(_shmq.gc_scan(list(patterns), include_named, force, dry_run, float(grace)))
 
 
 def unlink(name: str) -> None:
-    """Removes the named segment ``name`` (like ``shmq rm``). Processes that have it open keep
-    using it; new opens fail with FileNotFoundError."""
+    """Removes the named segment ``name`` and a queue's spill files (like ``shmq rm``). Processes
+    that have it open keep using it; new opens fail with FileNotFoundError."""
     _shmq.unlink(name)
 
 
@@ -66,7 +75,7 @@ def scan_once() -> None:
             return
         _scanned_pid = pid
         try:
-            _shmq.gc_scan()
+            gc()
         except OSError:
             pass
 

@@ -5,17 +5,15 @@
 // process-wide functions (fork, exit, gc, unlink).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
-
-#include <dirent.h>
-#include <unistd.h>
+#include <nanobind/stl/vector.h>
 
 #include <string>
 #include <vector>
 
 #include "channel.hpp"
 #include "codec.hpp"
+#include "shmq/shm/gc.hpp"
 #include "shmq/shm/queue.hpp"
-#include "shmq/shm/segment.hpp"
 #include "support.hpp"
 
 namespace shmq::py {
@@ -36,33 +34,31 @@ void close_all() {
   for (ChannelState* s : std::vector<ChannelState*>(channel_states())) s->drop_all();
 }
 
-bool is_spill(const std::string& file) { return shmq::Queue::is_spill_file_name(file); }
-void remove_spills(const std::string& name) { (void)shmq::Queue::remove_spill_files(name); }
-
-// Removes generated-name segments ("anon-...", unlinked by their last user) that no live process
-// holds: leftovers of processes killed before they could detach. Named segments are left alone.
-nb::list gc_scan() {
-  nb::list removed;
-  std::vector<std::string> names;
-  if (DIR* dir = ::opendir("/dev/shm")) {
-    while (dirent* e = ::readdir(dir)) {
-      const std::string f = e->d_name;
-      if (f.rfind("shmq.anon-", 0) == 0 && !is_spill(f)) names.push_back(f.substr(5));
-    }
-    ::closedir(dir);
+// shmq.gc(): the library's policy (shm/gc.hpp), the one `shmq gc` applies. Returns the names of
+// the segments and spill files it removed (with dry_run: would remove).
+nb::list gc_scan(std::vector<std::string> patterns, bool include_named, bool force, bool dry_run,
+                 double grace) {
+  const shmq::GcPolicy policy{.patterns = std::move(patterns),
+                              .include_named = include_named,
+                              .force = force,
+                              .dry_run = dry_run,
+                              .grace_seconds = grace};
+  std::vector<shmq::GcEntry> entries;
+  {
+    nb::gil_scoped_release nogil;  // a directory scan and a lock probe per segment
+    entries = shmq::collect_garbage(policy);
   }
-  for (const std::string& name : names) {
-    auto used = shmq::segment_in_use(name);
-    if (used && !*used && ::unlink(shmq::segment_path(name).c_str()) == 0) {
-      remove_spills(name);
-      removed.append(name);
-    }
+  nb::list removed;
+  for (const shmq::GcEntry& e : entries) {
+    if (e.action == shmq::GcAction::removed || e.action == shmq::GcAction::would_remove)
+      removed.append(e.name);
   }
   return removed;
 }
 
+// A queue's spill files go with it; for a pipe there are none.
 void unlink_name(const std::string& name) {
-  auto r = shmq::Segment::unlink(name);
+  auto r = shmq::Queue::unlink(name);
   if (!r) throw_error(r.error());
 }
 
@@ -80,6 +76,7 @@ NB_MODULE(_shmq, m) {
   bind_wait(m);
   m.def("after_fork_in_child", &after_fork_in_child);
   m.def("close_all", &close_all);
-  m.def("gc_scan", &gc_scan);
+  m.def("gc_scan", &gc_scan, nb::arg("patterns"), nb::arg("include_named"), nb::arg("force"),
+        nb::arg("dry_run"), nb::arg("grace"));
   m.def("unlink", &unlink_name, nb::arg("name"));
 }

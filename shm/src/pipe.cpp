@@ -120,6 +120,15 @@ Result<Pipe> Pipe::from_fd(int fd, const OpenOptions& options) {
   return adopt(Segment::from_fd(fd, SegmentKind::pipe, options));
 }
 
+Result<void> Pipe::unlink(std::string_view name) {
+  auto info = inspect_segment_file(name);
+  if (info && info->problem.code == Errc::ok && info->kind != SegmentKind::pipe)
+    return Error(Errc::wrong_kind, "segment '" + std::string(name) +
+                                       "' is a queue, not a pipe; remove it with Queue::unlink, "
+                                       "which removes its spill files too");
+  return Segment::unlink(name);
+}
+
 Result<Pipe> Pipe::adopt(Result<Segment> seg) {
   if (!seg) return std::move(seg).error();
   Pipe pipe;
@@ -138,6 +147,34 @@ Result<Pipe> Pipe::adopt(Result<Segment> seg) {
 std::span<std::byte> Pipe::ring_memory(unsigned direction) const noexcept {
   const std::uint64_t bytes = core::SpscRing::required_bytes(capacity_);
   return {seg_->body() + direction * bytes, bytes};
+}
+
+std::uint64_t Pipe::waiting_guess(unsigned direction) const noexcept {
+  namespace spsc = core::spsc;
+  if (!seg_ || direction >= directions_) return 0;
+  const std::span<std::byte> mem = ring_memory(direction);
+  const core::SpscRingControl* c = core::SpscRing::control(mem);
+  const std::byte* data = core::SpscRing::data(mem);
+  // [P1] acquire: pairs with the writer's release of tail; the records below it are complete.
+  const std::uint64_t tail = c->tail.load(std::memory_order_acquire);
+  // relaxed (both): a guess; every record the walk reads is checked before it is used.
+  const std::uint64_t head = c->head.load(std::memory_order_relaxed);
+  const std::uint64_t read_pos = c->read_pos.load(std::memory_order_relaxed);
+  if (!core::SpscRing::positions_ok(head, tail, capacity_)) return 0;
+  const std::uint64_t max_payload = core::SpscRing::max_payload(capacity_);
+  std::uint64_t n = 0;
+  for (std::uint64_t pos = core::SpscRing::read_end(head, tail, read_pos); pos != tail;) {
+    const std::uint64_t offset = pos & (capacity_ - 1);
+    const std::uint32_t length = spsc::load_u32(data + offset);
+    const std::uint32_t tag = spsc::load_u32(data + offset + 4);
+    if (spsc::check_record(length, tag, capacity_ - offset, tail - pos, max_payload) !=
+        spsc::RecordCheck::ok)
+      break;  // the reader or writer moved on under us, or the ring is corrupt: stop counting
+    const spsc::RecordKind rk = spsc::tag_record(tag);
+    n += rk == spsc::RecordKind::whole || rk == spsc::RecordKind::last;
+    pos += spsc::record_bytes(length);
+  }
+  return n;
 }
 
 Result<PipeWriter> Pipe::writer(unsigned direction) {

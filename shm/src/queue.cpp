@@ -19,7 +19,6 @@ namespace shmq {
 namespace detail {
 
 namespace {
-constexpr const char* kShmDir = "/dev/shm/";
 constexpr std::size_t kPathMax = 256;
 // "/dev/shm/shmq." + a tag of at most kSpillTagBytes - 1 + ".x": room left for 16 hex digits.
 constexpr std::size_t kSpillPrefixMax = 232;
@@ -28,7 +27,9 @@ static_assert(kSpillPrefixMax + 16 + 1 <= kPathMax);
 
 // "/dev/shm/shmq.<tag>.x": a spill file's path without its 16 hex digits.
 void format_spill_prefix(const char* tag, char (&out)[kSpillPrefixMax]) noexcept {
-  std::snprintf(out, sizeof out, "%sshmq.%s.x", kShmDir, tag);
+  std::snprintf(out, sizeof out, "%.*s/%.*s%s.x", static_cast<int>(kShmDirectory.size()),
+                kShmDirectory.data(), static_cast<int>(kSegmentFilePrefix.size()),
+                kSegmentFilePrefix.data(), tag);
 }
 
 std::string quoted(std::string_view name) {
@@ -427,7 +428,7 @@ Result<void> Queue::unlink(std::string_view name) {
 }
 
 bool Queue::is_spill_file_name(std::string_view f, std::string* queue_name) {
-  constexpr std::string_view prefix = "shmq.";
+  constexpr std::string_view prefix = kSegmentFilePrefix;
   constexpr std::size_t kHex = 16;
   if (f.size() < prefix.size() + 1 + 2 + kHex || f.substr(0, prefix.size()) != prefix) return false;
   const std::size_t x = f.size() - kHex - 2;
@@ -449,9 +450,10 @@ std::string Queue::spill_file_path(std::string_view tag, std::uint64_t pos) {
 }
 
 Result<std::size_t> Queue::remove_spill_files(std::string_view name) {
-  DIR* dir = ::opendir(detail::kShmDir);
+  const std::string shm_dir(kShmDirectory);
+  DIR* dir = ::opendir(shm_dir.c_str());
   if (dir == nullptr)
-    return Error(Errc::system, std::string("cannot list ") + detail::kShmDir, errno);
+    return Error(Errc::system, "cannot list " + shm_dir, errno);
   std::size_t removed = 0;
   std::string owner;
   while (const dirent* e = ::readdir(dir)) {

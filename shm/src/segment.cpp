@@ -7,18 +7,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <utility>
 
 namespace shmq {
 namespace {
 
-constexpr const char* kShmDir = "/dev/shm/";
-constexpr const char* kPrefix = "shmq.";
 constexpr std::uint32_t kRoleBytes = 16;  // role indices probed by in-use checks
 constexpr std::uint64_t kPage = 4096;
 
@@ -131,7 +131,7 @@ Result<void> check_header(const HeaderSnapshot& h, std::uint64_t file_size, std:
                                             "'body_offset' (they must both be " +
                                             std::to_string(kHeaderBytes) + ")");
   if (h.total_bytes > file_size)
-    return Error(Errc::truncated, who + " is truncated: its header says " +
+    return Error(Errc::truncated, who + " is truncated: its header says (field 'total_bytes') " +
                                       std::to_string(h.total_bytes) + " bytes but the file has " +
                                       std::to_string(file_size));
   if (h.total_bytes != file_size)
@@ -178,8 +178,9 @@ std::string random_segment_name() {
 }
 
 std::string segment_path(std::string_view name) {
-  std::string p = kShmDir;
-  p += kPrefix;
+  std::string p(kShmDirectory);
+  p += '/';
+  p += kSegmentFilePrefix;
   p.append(name);
   return p;
 }
@@ -195,6 +196,72 @@ Result<bool> segment_in_use(std::string_view name) {
   for (std::uint32_t r = 0; !used && r < kRoleBytes; ++r) used = byte_locked(fd, kRoleLockBase + r);
   ::close(fd);
   return used;
+}
+
+namespace {
+
+// The header's verdict on a snapshot read from the file at `fd` (`got` bytes of it).
+Error header_problem(const SegmentHeader& copy, std::uint64_t got, std::uint64_t file_size, int fd,
+                     std::string_view name) {
+  if (got < sizeof(SegmentHeader))
+    return Error(Errc::truncated, file_size == 0
+                                      ? quoted(name) + " is an empty file: its creator died before "
+                                                       "sizing it, or is sizing it now"
+                                      : quoted(name) + " is truncated: " + std::to_string(file_size) +
+                                            " bytes, smaller than a segment header");
+  const HeaderSnapshot h = snapshot(copy);
+  if (h.magic == kSegmentMagic && h.state == static_cast<std::uint32_t>(SegmentState::initializing))
+    return Error(Errc::initializing, byte_locked(fd, kCreatorLockByte)
+                                         ? quoted(name) + " is being created"
+                                         : quoted(name) + " was left half-created by a process "
+                                                          "that died");
+  if (h.magic == kSegmentMagic && h.state != static_cast<std::uint32_t>(SegmentState::ready) &&
+      h.state != static_cast<std::uint32_t>(SegmentState::closed))
+    return Error(Errc::corrupt, quoted(name) + " has a corrupt header at field 'state'");
+  if (auto ok = check_header(h, file_size, name, nullptr); !ok) return std::move(ok).error();
+  return Error();
+}
+
+}  // namespace
+
+Result<SegmentFileInfo> inspect_segment_file(std::string_view name) {
+  if (!valid_segment_name(name))
+    return Error(Errc::invalid_name, "invalid segment name '" + std::string(name) + "'");
+  // O_NONBLOCK: never hang on a FIFO planted under a segment name.
+  const int fd = ::open(segment_path(name).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) return sys_error(errno, "cannot open " + quoted(name));
+  SegmentFileInfo info;
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return sys_error(err, "cannot stat " + quoted(name));
+  }
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  const double ctime = static_cast<double>(st.st_ctim.tv_sec) + static_cast<double>(st.st_ctim.tv_nsec) * 1e-9;
+  info.age_seconds = std::max(0.0, std::chrono::duration<double>(now).count() - ctime);
+  if (!S_ISREG(st.st_mode)) {
+    info.problem = Error(Errc::bad_magic, quoted(name) + " is not a regular file");
+    ::close(fd);
+    return info;
+  }
+  // A copy aligned like the header, so its atomics may be read as such.
+  auto copy = std::make_unique<SegmentHeader>();
+  std::uint64_t got = 0;
+  auto* bytes = reinterpret_cast<char*>(copy.get());
+  while (got < sizeof(SegmentHeader)) {
+    const ssize_t n = ::pread(fd, bytes + got, sizeof(SegmentHeader) - got, static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<std::uint64_t>(n);
+  }
+  info.problem = header_problem(*copy, got, static_cast<std::uint64_t>(st.st_size), fd, name);
+  if (info.problem.code == Errc::ok) {
+    info.kind = static_cast<SegmentKind>(copy->kind);
+    info.flags = copy->flags;
+  }
+  ::close(fd);
+  return info;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -445,7 +446,7 @@ def test_watch_sees_traffic(cli):
 
 # ---- crashes, gc -----------------------------------------------------------------------------
 
-def test_killed_participant_shows_dead_and_gc_removes_the_segment(cli):
+def test_killed_participant_shows_dead_and_gc_keeps_the_named_segment(cli):
     name = cli.name()
     cli.ok("create", name, "--kind", "pipe")
     reader = cli.spawn("recv", name)
@@ -464,16 +465,76 @@ def test_killed_participant_shows_dead_and_gc_removes_the_segment(cli):
     e = ls_entry(cli, name)
     assert e["participants"] == {"alive": 0, "dead": 1}
 
-    dry = cli.json("gc", PATTERN, "--grace", 0, "--dry-run")
+    assert e["idle"] is True and e["idle_messages"] == 0
+
+    # Named: it lives until `shmq rm`, even with every participant dead.
+    g = cli.json("gc", PATTERN, "--grace", 0)
+    assert [(s["name"], s["action"], s["named"]) for s in g["segments"]] == [(name, "kept", True)]
+    assert "idle, 0 messages" in g["segments"][0]["reason"]
+    dry = cli.json("gc", PATTERN, "--grace", 0, "--include-named", "--dry-run")
     assert [(s["name"], s["action"]) for s in dry["segments"]] == [(name, "would-remove")]
     assert seg_path(name).exists()
     # A fresh file is protected by the grace period.
-    kept = cli.json("gc", PATTERN, "--grace", 3600)
+    kept = cli.json("gc", PATTERN, "--grace", 3600, "--include-named")
     assert kept["segments"][0]["action"] == "kept" and seg_path(name).exists()
 
-    r = cli.ok("gc", PATTERN, "--grace", 0)
-    assert f"removed      {name}: its only participant is dead" in r.stdout.decode()
+    r = cli.ok("gc", PATTERN, "--grace", 0, "--include-named")
+    assert f"removed      {name}: named, idle and empty (--include-named)" in r.stdout.decode()
     assert not seg_path(name).exists()
+
+
+def test_gc_never_deletes_a_job_waiting_in_a_named_queue(cli):
+    # A producer puts a job into a named queue and exits; the consumer is not started yet; an
+    # operator runs gc.
+    name = cli.name()
+    cli.ok("create", name, "--kind", "queue")
+    cli.ok("send", name, input=b"job 1\n")
+    r = cli.ok("gc", PATTERN, "--grace", 0)
+    assert f"kept         {name}: named" in r.stdout.decode() and "idle, 1 message)" in r.stdout.decode()
+    e = ls_entry(cli, name)
+    assert e["idle"] is True and e["idle_messages"] == 1
+    row = [l for l in cli.ok("ls", PATTERN).stdout.decode().splitlines() if l.startswith(name)]
+    assert row and row[0].split()[2] == "idle"  # the STATE column
+    text = cli.ok("stat", name).stdout.decode()
+    assert "idle        nobody attached, 1 message waiting" in text
+    # --include-named refuses a segment holding messages without --force, and says why.
+    g = cli.json("gc", PATTERN, "--grace", 0, "--include-named")
+    assert [(s["action"], s["messages"]) for s in g["segments"]] == [("kept", 1)]
+    assert "--force" in g["segments"][0]["reason"]
+    r = cli.run("gc", PATTERN, "--force")
+    assert r.returncode == 2, "--force alone is a usage error"
+    # The consumer that comes later gets the job.
+    assert cli.ok("recv", name, "-n", 1, "-t", 10).stdout == b"job 1\n"
+    assert cli.json("gc", PATTERN, "--grace", 0, "--include-named")["removed"] == 1
+    assert not seg_path(name).exists()
+
+
+def test_gc_include_named_force_deletes_messages_and_lists_them(cli):
+    name = cli.name()
+    cli.ok("create", name, "--kind", "pipe", "--capacity", 4096)
+    cli.ok("send", name, input=b"a\nb\nc\n")
+    r = cli.ok("gc", PATTERN, "--grace", 0, "--include-named", "--force")
+    assert f"removed      {name}: named and idle (--include-named --force): 3 messages deleted" \
+        in r.stdout.decode()
+    assert not seg_path(name).exists()
+
+
+def test_gc_removes_an_anonymous_queue_whose_users_died(cli):
+    # An unnamed queue (a generated name) whose last user was killed before it could unlink it.
+    code = ("import os, shmq; q = shmq.Queue(); q.put('lost'); print(q.name, flush=True); "
+            "os._exit(0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    name = p.stdout.decode().strip()
+    try:
+        assert seg_path(name).exists()
+        g = cli.json("gc", name, "--grace", 0)
+        s = g["segments"][0]
+        assert (s["name"], s["action"], s["named"]) == (name, "removed", False)
+        assert "anonymous" in s["reason"]
+        assert not seg_path(name).exists()
+    finally:
+        seg_path(name).unlink(missing_ok=True)
 
 
 def test_rm_force_removes_a_segment_in_use(cli):
@@ -493,7 +554,10 @@ def test_gc_removes_spill_files_with_their_queue(cli, tmp_path):
     cli.ok("send", name, "-f", big, "-f", big)
     assert len(list(SHM.glob(f"shmq.{name}.x*"))) == 2
     assert [e["name"] for e in cli.json("ls", PATTERN)] == [name]  # spill files are not segments
-    cli.ok("gc", PATTERN, "--grace", 0)
+    g = cli.json("gc", PATTERN, "--grace", 0)
+    assert [(s["action"], s["messages"]) for s in g["segments"]] == [("kept", 2)]  # named
+    assert len(list(SHM.glob(f"shmq.{name}.x*"))) == 2
+    cli.ok("gc", PATTERN, "--grace", 0, "--include-named", "--force")
     assert list(SHM.glob(f"shmq.{name}*")) == []
 
 
@@ -538,9 +602,14 @@ def test_corrupt_header_is_reported_and_collected(cli):
     for args in (["dump", name], ["watch", name, "-n", "1"], ["send", name], ["recv", name]):
         r = cli.run(*args, input=b"x\n")
         assert r.returncode == 1 and b"corrupt" in r.stderr, args
-    g = cli.json("gc", PATTERN, "--grace", 0)
+    # Named and unreadable: kept, even with --include-named, unless --force.
+    for args in ([], ["--include-named"]):
+        g = cli.json("gc", PATTERN, "--grace", 0, *args)
+        s = g["segments"][0]
+        assert s["action"] == "kept" and s["corrupt"] is True and s["messages"] is None
+        assert "field 'kind'" in s["problem"]
+    g = cli.json("gc", PATTERN, "--grace", 0, "--include-named", "--force")
     assert g["segments"][0]["action"] == "removed" and g["segments"][0]["corrupt"] is True
-    assert "field kind" in g["segments"][0]["problem"]
     assert not seg_path(name).exists()
 
 
@@ -572,6 +641,8 @@ def test_foreign_files_are_reported_and_collected(cli, content, words):
     r = cli.run("dump", name)
     assert r.returncode == 1
     g = cli.json("gc", PATTERN, "--grace", 0)
+    assert g["segments"][0]["action"] == "kept" and g["segments"][0]["corrupt"] is True
+    g = cli.json("gc", PATTERN, "--grace", 0, "--include-named", "--force")
     assert g["segments"][0]["action"] == "removed" and g["segments"][0]["corrupt"] is True
     assert not seg_path(name).exists()
 
@@ -618,6 +689,6 @@ def test_random_header_damage_never_crashes(cli):
                                                                           "-i", 0.01]):
                 r = cli.run(*args)
                 assert r.returncode in (0, 1), (args, r.returncode, r.stderr)
-    g = cli.run("gc", PATTERN, "--grace", 0)
+    g = cli.run("gc", PATTERN, "--grace", 0, "--include-named", "--force")
     assert g.returncode == 0
     assert list(SHM.glob(f"shmq.{base}*")) == []

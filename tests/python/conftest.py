@@ -30,10 +30,10 @@ def qname():
 @pytest.fixture(autouse=True)
 def no_leftovers():
     """Fails a test that leaves a segment in /dev/shm: an unnamed one nobody uses any more (found
-    and removed by shmq.gc()) or a named one with this suite's prefix."""
+    and removed by shmq.gc(grace=0)) or a named one with this suite's prefix."""
     yield
     gc.collect()
-    removed = shmq.gc()
+    removed = shmq.gc(grace=0)
     named = _ours()
     for f in named:
         try:

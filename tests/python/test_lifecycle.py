@@ -1,5 +1,7 @@
-"""Segments of unnamed queues and pipes go away with their last user, even a killed one."""
+"""Segments of unnamed queues and pipes go away with their last user, even a killed one; named
+ones stay until unlinked, whatever shmq.gc() is asked."""
 
+import gc
 import multiprocessing as mp
 import os
 import signal
@@ -62,9 +64,49 @@ def test_killed_creator_is_collected():
     os.kill(p.pid, signal.SIGKILL)
     p.join(60)
     assert "shmq." + name in _anon()  # nobody could unlink it ...
-    assert name in shmq.gc()          # ... until the next scan
+    assert shmq.gc([name], grace=3600) == []         # (not while it might be in creation)
+    assert shmq.gc([name], grace=0) == [name]  # ... until the next scan
     assert "shmq." + name not in _anon()
     report.close()
+
+
+def put_job(name):
+    q = shmq.Queue(name=name)
+    q.put("job")
+    q.close()
+
+
+def test_gc_keeps_a_named_queue_holding_a_job_until_it_is_read(qname):
+    # A producer puts a job and exits; the consumer has not started yet; someone runs gc.
+    ctx = mp.get_context("fork")
+    p = ctx.Process(target=put_job, args=(qname,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert os.path.exists("/dev/shm/shmq." + qname)
+    assert shmq.gc([qname], grace=0) == []                      # named: never on its own
+    assert shmq.gc([qname], include_named=True, grace=0) == []  # holds a job: not without force
+    q = shmq.Queue.open(qname)
+    assert q.get(timeout=30) == "job"
+    q.close()
+    del q
+    gc.collect()
+    # Empty and idle now: include_named may take it, and says so.
+    assert shmq.gc([qname], include_named=True, dry_run=True, grace=0) == [qname]
+    assert os.path.exists("/dev/shm/shmq." + qname)
+    assert shmq.gc([qname], include_named=True, grace=0) == [qname]
+    assert not os.path.exists("/dev/shm/shmq." + qname)
+
+
+def test_gc_force_removes_a_named_queue_holding_messages(qname):
+    ctx = mp.get_context("fork")
+    p = ctx.Process(target=put_job, args=(qname,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert shmq.gc([qname], force=True, grace=0) == []  # force alone never reaches named ones
+    assert shmq.gc([qname], include_named=True, force=True, grace=0) == [qname]
+    assert not os.path.exists("/dev/shm/shmq." + qname)
 
 
 def test_threads_share_one_handle():

@@ -1,8 +1,8 @@
 // shmq ls / stat / watch: read-only views of segments.
 #include <fmt/core.h>
-#include <fnmatch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -22,14 +22,6 @@ int report(const std::string& context, const Error& e) {
   std::cerr << "shmq: " << context << ": " << text << "\n";
   // A malformed name is a usage error: the user typed something that can never work.
   return e.code == Errc::invalid_name ? kExitUsage : kExitError;
-}
-
-bool name_matches(const std::vector<std::string>& patterns, const std::string& name) {
-  if (patterns.empty()) return true;
-  for (const auto& p : patterns) {
-    if (::fnmatch(p.c_str(), name.c_str(), 0) == 0) return true;
-  }
-  return false;
 }
 
 int report(const std::string& context, const std::string& what) {
@@ -73,6 +65,36 @@ Depth depth_of(const Probe& p) {
   return d;
 }
 
+// A sound, ready segment nobody is attached to: what `shmq gc` keeps if it is named.
+bool idle(const Probe& p, const Liveness& l) {
+  return p.sound() && p.state_name() == "ready" && l.alive == 0 && !l.creator_alive;
+}
+
+// Committed messages waiting in every direction: a queue's depth, or a pipe's complete records
+// (counted by a walk, up to kMaxCounted); kUncounted if a ring cannot be read.
+constexpr std::uint64_t kMaxCounted = 100'000;
+constexpr std::uint64_t kUncounted = ~std::uint64_t{0};
+std::uint64_t messages_waiting(const Probe& p) {
+  std::uint64_t n = 0;
+  for (unsigned dir = 0; dir < p.directions(); ++dir) {
+    const RingState rs = read_ring_state(p, dir);
+    if (!rs.ok) return kUncounted;
+    if (rs.has_message_depth) {
+      n += rs.depth_messages;
+      continue;
+    }
+    const PeekResult r = peek(p, dir, kMaxCounted, 0);
+    if (r.corrupt) return kUncounted;
+    n += static_cast<std::uint64_t>(std::count_if(r.messages.begin(), r.messages.end(),
+                                                  [](const auto& m) { return m.complete && !m.held; }));
+  }
+  return n;
+}
+
+std::string messages_text(std::uint64_t n) {
+  return fmt::format("{}{} message{}", n, n >= kMaxCounted ? "+" : "", n == 1 ? "" : "s");
+}
+
 std::string depth_text(const Depth& d) {
   if (!d.ok) return d.error.empty() ? "-" : "corrupt";
   return d.messages ? std::to_string(d.value) : human_bytes(d.value);
@@ -107,9 +129,13 @@ json ls_entry(const Probe& p) {
   const SegmentHeader* h = p.header();
   const bool sound = p.sound();
   const Depth d = depth_of(p);
+  const bool is_idle = idle(p, l);
+  const std::uint64_t waiting = is_idle ? messages_waiting(p) : kUncounted;
   json j = {{"name", p.name()},
             {"kind", p.kind_name()},
             {"state", d.ok || !sound ? p.state_name() : "corrupt"},
+            {"idle", is_idle},
+            {"idle_messages", waiting != kUncounted ? json(waiting) : json(nullptr)},
             {"capacity", sound ? json(p.capacity()) : json(nullptr)},
             {"slot_size", sound && p.kind_name() == "queue" ? json(h->params.slot_size) : json(nullptr)},
             {"directions", sound ? json(p.directions()) : json(nullptr)},
@@ -148,7 +174,9 @@ int cmd_ls(const LsOptions& o) {
     all.push_back(ls_entry(p));
     const json& j = all.back();
     const Depth d = depth_of(p);
-    rows.push_back({name, p.kind_name(), d.ok || !p.sound() ? p.state_name() : "corrupt",
+    const std::string state = d.ok || !p.sound() ? (j["idle"].get<bool>() ? "idle" : p.state_name())
+                                                  : "corrupt";
+    rows.push_back({name, p.kind_name(), state,
                     capacity_text(p), depth_text(d),
                     std::to_string(j["participants"]["alive"].get<std::uint32_t>()),
                     std::to_string(j["participants"]["dead"].get<std::uint32_t>()),
@@ -217,6 +245,10 @@ int cmd_stat(const StatOptions& o) {
     j["header"] = nullptr;
   }
   j["liveness"] = {{"alive", l.alive}, {"dead", l.dead}, {"creator_alive", l.creator_alive}};
+  const bool is_idle = idle(p, l);
+  const std::uint64_t waiting = is_idle ? messages_waiting(p) : kUncounted;
+  j["idle"] = is_idle;
+  j["idle_messages"] = waiting != kUncounted ? json(waiting) : json(nullptr);
   json pj = json::array();
   for (const auto& v : parts) {
     pj.push_back({{"slot", v.index},
@@ -286,6 +318,13 @@ int cmd_stat(const StatOptions& o) {
       }
     }
     std::cout << fmt::format("  participants {} alive, {} dead\n", l.alive, l.dead);
+    if (is_idle) {
+      std::cout << fmt::format("  idle        nobody attached{}{}\n",
+                               waiting != kUncounted ? ", " + messages_text(waiting) + " waiting" : "",
+                               generated_segment_name(p.name())
+                                   ? ""
+                                   : " (named: kept until `shmq rm`, gc never removes it alone)");
+    }
     for (const auto& v : parts) {
       std::cout << fmt::format("    slot {:>2}  pid {:<8} {:<8} {}\n", v.index, v.pid,
                                role_name(v.role), v.alive ? "alive" : "dead");

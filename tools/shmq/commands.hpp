@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "shmq/core/result.hpp"
+#include "shmq/shm/gc.hpp"
 
 namespace shmq::cli {
 
@@ -18,9 +19,6 @@ inline constexpr int kExitUsage = 2;
 // name).
 int report(const std::string& context, const Error& e);
 int report(const std::string& context, const std::string& what);
-
-// Shell-style patterns (fnmatch) over segment names; empty matches every name.
-bool name_matches(const std::vector<std::string>& patterns, const std::string& name);
 
 struct LsOptions {
   std::vector<std::string> patterns;
@@ -63,10 +61,8 @@ struct RmOptions {
 int cmd_rm(const RmOptions& o);
 
 struct GcOptions {
-  std::vector<std::string> patterns;  // only segments whose names match
-  bool dry_run = false;
+  GcPolicy policy;  // the library's (shm/gc.hpp): patterns, include_named, force, dry_run, grace
   bool json = false;
-  double grace = 5.0;  // seconds: younger files are left alone (a creator may be at work)
 };
 int cmd_gc(const GcOptions& o);
 

@@ -53,7 +53,7 @@ Result<Probe> Probe::open(std::string_view name) {
   }
   Probe p;
   p.name_ = std::string(name);
-  p.path_ = std::string(kShmDir) + "/" + std::string(kFilePrefix) + p.name_;
+  p.path_ = segment_path(p.name_);
   // O_NOFOLLOW: a symlink planted in /dev/shm must not make us read another file.
   // O_NONBLOCK: never hang on a FIFO planted under a segment name.
   p.fd_ = ::open(p.path_.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
@@ -409,29 +409,6 @@ Result<void> Probe::read_at(std::uint64_t offset, void* dst, std::size_t n) cons
   return {};
 }
 
-namespace {
-
-// A Queue's spill files (one per message larger than a slot) are not segments of their own.
-bool is_spill_name(std::string_view file_name) { return Queue::is_spill_file_name(file_name); }
-
-}  // namespace
-
-std::vector<std::string> list_segment_names() {
-  std::vector<std::string> names;
-  DIR* dir = ::opendir(std::string(kShmDir).c_str());
-  if (dir == nullptr) return names;
-  while (const dirent* e = ::readdir(dir)) {
-    const std::string_view file = e->d_name;
-    if (file.substr(0, kFilePrefix.size()) != kFilePrefix) continue;
-    if (e->d_type != DT_REG && e->d_type != DT_UNKNOWN) continue;
-    const std::string_view name = file.substr(kFilePrefix.size());
-    if (name.empty() || is_spill_name(file)) continue;
-    names.emplace_back(name);
-  }
-  ::closedir(dir);
-  std::sort(names.begin(), names.end());
-  return names;
-}
 
 std::string human_bytes(std::uint64_t n) {
   static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};

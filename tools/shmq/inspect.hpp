@@ -22,12 +22,10 @@
 #include <vector>
 
 #include "shmq/core/result.hpp"
+#include "shmq/shm/gc.hpp"  // list_segment_names
 #include "shmq/shm/segment.hpp"
 
 namespace shmq::cli {
-
-inline constexpr std::string_view kShmDir = "/dev/shm";
-inline constexpr std::string_view kFilePrefix = "shmq.";
 
 // A violation found in a header. Errors make the segment unusable; warnings (owner, mode) only
 // mean the library would refuse to open it without allow_other_users.
@@ -125,10 +123,6 @@ class Probe {
   bool header_ok_ = false;
   std::vector<Problem> problems_;
 };
-
-// Names of every shmq segment in /dev/shm, sorted, without the "shmq." prefix. Files that are not
-// segments of their own (a Queue's spill files) are skipped.
-std::vector<std::string> list_segment_names();
 
 // "1.0 MiB", "512 B".
 std::string human_bytes(std::uint64_t n);

@@ -68,17 +68,26 @@ int main(int argc, char** argv) {
 
   GcOptions gc;
   auto* c_gc = app.add_subcommand(
-      "gc", "Remove segments whose participants are all dead (never one in use)");
+      "gc", "Remove what crashed processes left: anonymous segments nobody holds (never data "
+            "in a named one)");
   c_gc->footer(
-      "A segment is removed only when no process holds any of its kernel locks (nobody has it\n"
-      "mapped, nobody is creating it) and its file is older than --grace. Corrupt segments\n"
-      "follow the same rule: removed (and reported) when nobody holds them, reported and kept\n"
-      "while a live process does. A queue's spill files go with it; those of a queue that\n"
-      "is gone are removed too, except an anonymous queue's while some process maps it.");
-  c_gc->add_option("patterns", gc.patterns, "Only names matching these shell patterns ('jobs-*')");
-  c_gc->add_flag("-n,--dry-run", gc.dry_run, "Only report what would be removed");
+      "Nothing any process holds is removed: the kernel's locks decide (mapped, being created,\n"
+      "a participant or a role), and files younger than --grace are left alone. Anonymous\n"
+      "segments (unnamed queues and pipes, removed by their last user) nobody holds are\n"
+      "removed, corrupt ones too. Named segments live until `shmq rm`, even idle and holding\n"
+      "messages: --include-named removes idle empty ones, and --force those holding messages\n"
+      "(or unreadable ones) as well; each is listed. Spill files of a queue that is gone are\n"
+      "removed, except an anonymous queue's while some process maps it.");
+  c_gc->add_option("patterns", gc.policy.patterns,
+                   "Only names matching these shell patterns ('jobs-*')");
+  c_gc->add_flag("-n,--dry-run", gc.policy.dry_run, "Only report what would be removed");
+  auto* o_named = c_gc->add_flag("--include-named", gc.policy.include_named,
+                                 "Also remove named segments nobody holds, if they hold no message");
+  c_gc->add_flag("-f,--force", gc.policy.force,
+                 "With --include-named: remove them even holding messages")
+      ->needs(o_named);
   c_gc->add_flag("--json", gc.json, "Print JSON");
-  c_gc->add_option("--grace", gc.grace,
+  c_gc->add_option("--grace", gc.policy.grace_seconds,
                    "Seconds a file must have existed before gc removes it (its creator may "
                    "still be setting it up)")
       ->check(CLI::NonNegativeNumber)

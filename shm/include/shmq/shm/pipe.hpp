@@ -334,6 +334,9 @@ class Pipe {
   static Result<Pipe> open(std::string_view name, const OpenOptions& options = {});
   // Maps an anonymous pipe from an inherited or passed fd, validated like open().
   static Result<Pipe> from_fd(int fd, const OpenOptions& options = {});
+  // Removes a named pipe: new opens fail, processes that have it open keep using it. A named
+  // pipe lives like a file until this (or `shmq rm`); wrong_kind if the name is a queue's.
+  static Result<void> unlink(std::string_view name);
 
   Pipe() = default;
   Pipe(Pipe&&) noexcept = default;
@@ -351,6 +354,10 @@ class Pipe {
   unsigned directions() const noexcept { return directions_; }
   const Segment& segment() const noexcept { return *seg_; }
   bool valid() const noexcept { return seg_ != nullptr; }
+  // Messages committed in `direction` and not yet handed to its reader, counted by walking the
+  // records (exact when nobody writes or reads; a guess otherwise). A streamed message counts
+  // once its last chunk is written. For tools and gc, not for the hot path.
+  std::uint64_t waiting_guess(unsigned direction = 0) const noexcept;
 
   // Body bytes a pipe needs (before page rounding): one ring per direction.
   static constexpr std::uint64_t body_bytes_for(std::uint64_t capacity, unsigned directions) noexcept {

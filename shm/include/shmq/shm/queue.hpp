@@ -89,7 +89,7 @@
 namespace shmq {
 
 struct QueueConfig {
-  std::string name;            // "" → a random name, unlinked when the last user leaves
+  std::string name{};          // "" → a random name, unlinked when the last user leaves
   std::uint64_t slots = 4096;  // power of two, at least 2 (Queue(maxsize=1): slots 2, maxsize 1)
   std::uint64_t slot_size = 256;  // payload bytes per slot (multiple of 8); larger messages spill
   std::uint64_t maxsize = 0;   // bound in messages (Python's Queue(maxsize)); 0 = slots

@@ -45,6 +45,10 @@ inline constexpr std::size_t kMaxNameLength = 200;           // name without the
 inline constexpr std::uint32_t kMaxParticipants = 64;
 inline constexpr std::size_t kHeaderBytes = 16384;           // the header area; the body follows
 inline constexpr std::uint64_t kMaxSegmentBytes = 1ull << 40;
+// Named segments are files kShmDirectory/kSegmentFilePrefix<name> (segment_path()); a Queue's
+// spill files sit beside them (queue.hpp).
+inline constexpr std::string_view kShmDirectory = "/dev/shm";
+inline constexpr std::string_view kSegmentFilePrefix = "shmq.";
 
 // Roles a participant declares (for `shmq ls` and for queue bookkeeping).
 enum class Role : std::uint32_t { none = 0, writer = 1, reader = 2, both = 3, observer = 4 };
@@ -133,6 +137,17 @@ std::string segment_path(std::string_view name);  // "/dev/shm/shmq.<name>"
 // kernel's locks alone: it trusts no byte of the file, so it also answers for corrupt segments
 // (what `shmq gc` needs). not_found if there is no such file.
 Result<bool> segment_in_use(std::string_view name);
+
+// What a segment file says about itself, read with pread (no mapping: a file truncated under us
+// cannot raise SIGBUS, nothing can be written) and checked like open() checks it.
+struct SegmentFileInfo {
+  Error problem;             // code ok: the header is sound (kind and flags can be trusted)
+  SegmentKind kind{};
+  std::uint32_t flags = 0;   // SegmentFlags
+  double age_seconds = 0;    // since the file's status last changed (creation, truncation)
+};
+// invalid_name, not_found, permission_denied or system; never fails on the content.
+Result<SegmentFileInfo> inspect_segment_file(std::string_view name);
 
 // A participant's claim of one table slot. Move-only; releasing closes its own fd, which drops
 // the kernel lock.

@@ -21,6 +21,8 @@
 #include <thread>
 #include <vector>
 
+#include "shm_test_util.hpp"
+
 // Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
 // measures speed. Orders that matter are those of the code under test.
 
@@ -29,32 +31,12 @@ using namespace std::chrono_literals;
 
 namespace {
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr double kDefaultScale = 0.1;
-#else
-constexpr double kDefaultScale = 1.0;
-#endif
+using testing::Cleanup;
+using testing::scaled;
+using testing::spawn;
+using testing::wait_exit;
 
-// Test sizes scale with SHMQ_TEST_SCALE (tools/run_tests.sh sets it for sanitizer builds).
-template <class T>
-T scaled(T full, T at_least) {
-  const char* env = std::getenv("SHMQ_TEST_SCALE");
-  const double scale = env != nullptr ? std::atof(env) : kDefaultScale;
-  const T n = static_cast<T>(static_cast<double>(full) * (scale > 0 ? scale : kDefaultScale));
-  return n < at_least ? at_least : n;
-}
-
-std::string prefix() { return "t-pipe-" + std::to_string(::getpid()) + "-"; }
-std::string unique_name() {
-  static int n = 0;
-  return prefix() + std::to_string(n++);
-}
-
-// Removes the named segment at scope exit, whatever the test did.
-struct Cleanup {
-  std::string name;
-  ~Cleanup() { ::unlink(segment_path(name).c_str()); }
-};
+std::string unique_name() { return testing::unique_name("pipe"); }
 
 Pipe make_pipe(const std::string& name, std::uint64_t capacity, bool duplex = false) {
   auto p = Pipe::create({.name = name, .capacity = capacity, .duplex = duplex});
@@ -65,23 +47,6 @@ Pipe make_pipe(const std::string& name, std::uint64_t capacity, bool duplex = fa
 core::SpscRingControl& control_of(const Pipe& p, unsigned direction = 0) {
   const std::uint64_t bytes = core::SpscRing::required_bytes(p.capacity());
   return *core::SpscRing::control({p.segment().body() + direction * bytes, bytes});
-}
-
-// Runs `child` in a forked process; its return value is the exit code.
-pid_t spawn(const std::function<int()>& child) {
-  std::cout.flush();  // else a child that flushes at exit repeats the parent's buffered output
-  std::cerr.flush();
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) ::_exit(child());
-  return pid;
-}
-int wait_exit(pid_t pid) {
-  int st = 0;
-  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 // Message `seq`: size, kind and every byte follow from seq, so the reader checks all of it.
@@ -214,6 +179,26 @@ TEST_CASE("pipe: create then open by name sees the same capacity and directions"
   CHECK(created.directions() == 2);
 }
 
+TEST_CASE("pipe: unlink removes a named pipe; its users keep it; a queue's name is refused") {
+  const std::string name = unique_name();
+  Cleanup cleanup{name};
+  Pipe sut = make_pipe(name, 4096);
+  auto tx = sut.writer();
+  REQUIRE(tx.has_value());
+  REQUIRE(Pipe::unlink(name).has_value());
+  CHECK(::access(segment_path(name).c_str(), F_OK) != 0);
+  CHECK(Pipe::open(name).error().code == Errc::not_found);
+  CHECK(tx->try_send(bytes_of(make_msg(0, 10)), 0) == Status::ok);  // the mapping lives on
+  CHECK(Pipe::unlink(name).error().code == Errc::not_found);
+  const std::string queue = unique_name();
+  Cleanup queue_cleanup{queue};
+  REQUIRE(Queue::create({.name = queue, .slots = 16, .slot_size = 64}).has_value());
+  const auto refused = Pipe::unlink(queue);
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().code == Errc::wrong_kind);
+  CHECK(::access(segment_path(queue).c_str(), F_OK) == 0);
+}
+
 TEST_CASE("pipe: create rejects a capacity that is not a power of two in range") {
   for (std::uint64_t bad : {0ull, 100ull, 3000ull, 64ull, 1ull << 33}) {
     auto sut = Pipe::create({.name = unique_name(), .capacity = bad});
@@ -303,8 +288,7 @@ TEST_CASE("pipe: a role held by a process killed with SIGKILL becomes free") {
   REQUIRE_FALSE(refused.has_value());
   CHECK(refused.error().code == Errc::role_taken);
   CHECK(pipe.reader().error().code == Errc::role_taken);
-  ::kill(child, SIGKILL);
-  CHECK(wait_exit(child) == 128 + SIGKILL);
+  CHECK(testing::kill_and_reap(child) == 128 + SIGKILL);
   CHECK(pipe.writer().has_value());
   CHECK(pipe.reader().has_value());
   ::close(ready[0]);
@@ -428,8 +412,7 @@ TEST_CASE("pipe: the next holder of a role killed asleep clears its waiter count
     });
     core::WaitWord& word = reader ? control_of(pipe).data_wait : control_of(pipe).space_wait;
     for (int i = 0; i < 30'000 && !word.has_waiters_guess(); ++i) std::this_thread::sleep_for(1ms);
-    ::kill(child, SIGKILL);
-    CHECK(wait_exit(child) == 128 + SIGKILL);
+    CHECK(testing::kill_and_reap(child) == 128 + SIGKILL);
     REQUIRE(word.waiters.load(std::memory_order_seq_cst) == 1);  // left behind
     if (reader) {
       auto r = pipe.reader();
@@ -689,8 +672,7 @@ TEST_CASE("pipe: kill -9 of the writer mid-stream: no partial message is deliver
         }
       }
     }
-    ::kill(child, SIGKILL);
-    CHECK(wait_exit(child) == 128 + SIGKILL);
+    CHECK(testing::kill_and_reap(child) == 128 + SIGKILL);
     // relaxed: the writer is dead; its last store is visible after waitpid.
     mid_stream += control_of(pipe).writer_streaming.load(std::memory_order_relaxed) != 0;
     // Half the cycles drain with blocking recv, half with polling try_recv.
@@ -749,8 +731,7 @@ TEST_CASE("pipe: kill -9 of the reader: the writer gets closed") {
     for (; first < before; first += 8) {
       REQUIRE(send_group(*sut, first, first + 8, kCapacity, 100, Deadline::in(30s)) == Status::ok);
     }
-    ::kill(child, SIGKILL);
-    CHECK(wait_exit(child) == 128 + SIGKILL);
+    CHECK(testing::kill_and_reap(child) == 128 + SIGKILL);
     Status s = Status::ok;
     for (int i = 0; s == Status::ok; ++i, first += 8) {
       if (cycle % 2 == 0) {
@@ -927,11 +908,5 @@ TEST_CASE("pipe: a pipe created without a name is unlinked when its last user le
 }
 
 TEST_CASE("pipe: no test segment is left in /dev/shm") {
-  const std::string mine = "shmq." + prefix();
-  int left = 0;
-  if (DIR* d = ::opendir("/dev/shm")) {
-    while (const dirent* e = ::readdir(d)) left += std::strncmp(e->d_name, mine.c_str(), mine.size()) == 0;
-    ::closedir(d);
-  }
-  CHECK(left == 0);
+  CHECK(testing::leftovers("pipe").empty());
 }

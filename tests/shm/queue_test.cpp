@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "shm_test_util.hpp"
 #include "shmq/core/wait_any.hpp"
 
 // Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
@@ -36,39 +37,15 @@ using namespace std::chrono_literals;
 
 namespace {
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
+using testing::Cleanup;
+using testing::kSanitized;
+using testing::SharedArray;
+using testing::wait_exit;
 
 constexpr std::uint64_t kNearWrap = ~0ull - 5000;
 constexpr std::uint32_t kEpochNearWrap = 0xFFFFFFFFu - 99;
 
-std::string prefix() { return "t-queue-" + std::to_string(::getpid()); }
-std::string unique_name() {
-  static int n = 0;
-  return prefix() + "-" + std::to_string(n++);
-}
-
-// Removes the queue (and its spill files) however the test ends.
-struct Cleanup {
-  explicit Cleanup(std::string n) : name(std::move(n)) {}
-  ~Cleanup() { (void)Queue::unlink(name); }
-  std::string name;
-};
-
-// Files in /dev/shm that this test process created and left.
-std::vector<std::string> leftovers() {
-  std::vector<std::string> out;
-  const std::string p = "shmq." + prefix();
-  if (DIR* d = ::opendir("/dev/shm")) {
-    while (const dirent* e = ::readdir(d))
-      if (std::string_view(e->d_name).substr(0, p.size()) == p) out.emplace_back(e->d_name);
-    ::closedir(d);
-  }
-  return out;
-}
+std::string unique_name() { return testing::unique_name("queue"); }
 
 std::size_t spill_files_of(const std::string& name) {
   std::size_t n = 0;
@@ -111,28 +88,6 @@ std::span<const std::byte> as_bytes(const std::string& s) {
 }
 std::string as_string(const Message& m) {
   return {reinterpret_cast<const char*>(m.data()), m.size()};
-}
-
-// Shared memory for results reported by forked children.
-template <class T>
-struct SharedArray {
-  explicit SharedArray(std::size_t n) : size(n) {
-    void* p = ::mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    REQUIRE(p != MAP_FAILED);
-    data = static_cast<T*>(p);
-    for (std::size_t i = 0; i < n; ++i) new (&data[i]) T();
-  }
-  ~SharedArray() { ::munmap(data, size * sizeof(T)); }
-  T& operator[](std::size_t i) { return data[i]; }
-  T* data;
-  std::size_t size;
-};
-
-int wait_exit(pid_t pid) {
-  int st = 0;
-  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 }  // namespace
@@ -601,8 +556,7 @@ TEST_CASE("queue: a reader killed asleep does not leave every later send making 
       ::_exit(4);
     }
     while (!ring.data_ready.has_waiters_guess()) std::this_thread::sleep_for(1ms);
-    ::kill(child, SIGKILL);
-    CHECK(wait_exit(child) == 128 + SIGKILL);
+    CHECK(testing::kill_and_reap(child) == 128 + SIGKILL);
     CHECK(ring.data_ready.waiters.load(std::memory_order_seq_cst) == 1);  // left behind
     std::optional<QueueReader> late;
     if (rejoin) {
@@ -731,8 +685,7 @@ TEST_CASE("queue: a writer killed just after recovering a dead reader's slot lea
   while (::waitpid(writer, &status, WUNTRACED) < 0 && errno == EINTR) {
   }
   CHECK(WIFSTOPPED(status));
-  ::kill(writer, SIGKILL);
-  CHECK(wait_exit(writer) == 128 + SIGKILL);
+  CHECK(testing::kill_and_reap(writer) == 128 + SIGKILL);
   CHECK(sut->stats().abandoned.load(std::memory_order_seq_cst) == 1);
   CHECK(arena_all_free(*sut));
   // The queue moves on: "one" is still there and the freed slot takes a new message.
@@ -1399,5 +1352,5 @@ TEST_CASE("queue: kill -9 at every kill point loses and duplicates no committed 
 }
 
 TEST_CASE("queue: no test segment or spill file is left in /dev/shm") {
-  CHECK(leftovers().empty());
+  CHECK(testing::leftovers("queue").empty());
 }

@@ -12,6 +12,8 @@
 #include <functional>
 #include <string>
 
+#include "shm_test_util.hpp"
+
 // Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
 // measures speed. Orders that matter are those of the code under test.
 
@@ -19,20 +21,14 @@ using namespace shmq;
 
 namespace {
 
-std::string unique_name(const char* what) {
-  static int n = 0;
-  return std::string("t-seg-") + what + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
-}
+using testing::Cleanup;
+using testing::kill_and_reap;
+
+std::string unique_name(const char* what) { return testing::unique_name(std::string("seg-") + what); }
 
 bool exists_in_dev_shm(const std::string& name) {
   return ::access(segment_path(name).c_str(), F_OK) == 0;
 }
-
-// Removes the named segment at scope exit, whatever the test did.
-struct Cleanup {
-  std::string name;
-  ~Cleanup() { ::unlink(segment_path(name).c_str()); }
-};
 
 SegmentConfig config_for(const std::string& name, std::uint64_t body = 4096) {
   SegmentConfig c;
@@ -79,12 +75,6 @@ pid_t fork_holding(const std::function<void()>& child, int ready_fd_write) {
     for (;;) ::pause();
   }
   return pid;
-}
-
-void kill_and_reap(pid_t pid) {
-  ::kill(pid, SIGKILL);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
 }
 
 }  // namespace

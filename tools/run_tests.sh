@@ -3,7 +3,8 @@
 #   1. the doctest suites of the release build (build/),
 #   2. the same suites under ASan+UBSan and under TSan (build-asan/, build-tsan/),
 #   3. a short libFuzzer run of each fuzz target (build-fuzz/, clang),
-#   4. the pytest suites (Python package and CLI) in .venv.
+#   4. the pytest suites (Python package, CLI, and examples/ built against the installed library)
+#      in .venv.
 # It ends with one line "N passed, N failed" over all of them, and fails if any part failed.
 # SHMQ_TEST_PARTS=cpp,asan,tsan,fuzz,python selects parts (default: all).
 set -uo pipefail
@@ -84,7 +85,7 @@ fi
 
 if want python; then
   dirs=()
-  for d in tests/python tests/cli; do [ -d "$d" ] && dirs+=("$d"); done
+  for d in tests/python tests/cli tests/examples; do [ -d "$d" ] && dirs+=("$d"); done
   if ((${#dirs[@]})); then
     echo "== pytest ${dirs[*]}"
     log=$(mktemp)

@@ -3,11 +3,12 @@
 //
 // Synchronization
 //   The same Dekker pair as WaitWord::wait() (see wait.hpp), once per word:
-//     waiter: read every epoch [A1, acquire]; waiters += 1 on every word [W1, seq_cst RMW];
-//             fence seq_cst [F1]; re-check readiness; futex_waitv on the epochs with the values
-//             read at A1; waiters -= 1 on every word.
-//     waker:  WaitWord::notify() unchanged: publish; fence [F2]; read waiters; bump epoch; wake.
-//   A waker that publishes after our re-check sees our W1 (F1/F2 order the pair), so it bumps the
+//     waiter: read every epoch [V1, acquire]; waiters += 1 on every word [V2, seq_cst RMW];
+//             fence seq_cst [V3]; re-check readiness; futex_waitv on the epochs with the values
+//             read at V1; waiters -= 1 on every word.
+//     waker:  WaitWord::notify() unchanged: publish; fence [F2] (wait.hpp); read waiters; bump
+//             epoch; wake.
+//   A waker that publishes after our re-check sees our V2 (V3/F2 order the pair), so it bumps the
 //   epoch it guards; futex_waitv then either finds that epoch changed (EAGAIN) or is woken. A
 //   waker that published before the re-check is seen by the re-check. No wake-up is lost.
 //   Each epoch is read before its waiters count is raised, so a bump between the two is seen as
@@ -99,20 +100,20 @@ FutexResult wait_any(std::span<WaitWord* const> words, Ready&& ready, Deadline d
     bool repeat = false;  // one count per word: a mark stands for exactly one
     for (std::size_t i = 0; i < n && !repeat; ++i) repeat = registered[i] == w;
     if (repeat) continue;
-    // [A1] acquire: pairs with the release increment in notify(); the value is only compared.
+    // [V1] acquire: pairs with the release increment in notify(); the value is only compared.
     const std::uint32_t seen = w->epoch.load(std::memory_order_acquire);
     waiters[n] = FutexWaitv{seen, reinterpret_cast<std::uintptr_t>(&w->epoch), kFutex2SizeU32, 0};
     mark_of[n] = k < marks.size() ? marks[k] : SleepMark{};
     registered[n++] = w;
   }
   for (std::size_t i = 0; i < n; ++i) {
-    // [W1] seq_cst: first half of each word's Dekker pair (see wait.hpp).
+    // [V2] seq_cst: first half of each word's Dekker pair (as [W1] in wait.hpp).
     registered[i]->waiters.fetch_add(1, std::memory_order_seq_cst);
-    // relaxed: after W1, as in WaitWord::wait(); read only after its writer died.
+    // relaxed: after V2, as after W1 in WaitWord::wait(); read only after its writer died.
     if (mark_of[i].word != nullptr)
       mark_of[i].word->store(mark_of[i].value, std::memory_order_relaxed);
   }
-  // [F1] seq_cst: orders every W1 before the re-check; pairs with [F2] in WaitWord::notify().
+  // [V3] seq_cst: orders every V2 before the re-check; pairs with [F2] in WaitWord::notify().
   std::atomic_thread_fence(std::memory_order_seq_cst);
   FutexResult r = FutexResult::woken;
   if (n != 0 && !ready()) {

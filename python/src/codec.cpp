@@ -46,7 +46,7 @@ Payload::~Payload() {
 
 void Payload::encode(PyObject* obj, bool raw_only) {
   if (PyBytes_CheckExact(obj)) {
-    kind_ = 0;
+    kind_ = kBytesKind;
     add(PyBytes_AS_STRING(obj), static_cast<std::size_t>(PyBytes_GET_SIZE(obj)));
     return;
   }
@@ -57,11 +57,11 @@ void Payload::encode(PyObject* obj, bool raw_only) {
       PyObject* b = PyBytes_FromObject(obj);
       if (b == nullptr) throw nb::python_error();
       pickled_ = b;
-      kind_ = 0;
+      kind_ = kBytesKind;
       add(PyBytes_AS_STRING(b), static_cast<std::size_t>(PyBytes_GET_SIZE(b)));
       return;
     }
-    kind_ = 0;
+    kind_ = kBytesKind;
     add(raw_view_.buf, static_cast<std::size_t>(raw_view_.len));
     return;
   }
@@ -122,7 +122,7 @@ void Payload::pickle(PyObject* obj) {
   } drop{bufs};
   if (res == nullptr) throw nb::python_error();
   pickled_ = res;
-  kind_ = 1;
+  kind_ = kPickleKind;
   char* pdata = PyBytes_AS_STRING(res);
   const auto plen = static_cast<std::size_t>(PyBytes_GET_SIZE(res));
   if (bufs.empty()) {
@@ -247,7 +247,7 @@ std::optional<std::span<const std::byte>> flatbuffer_of(const std::byte* p, std:
 }
 
 PyObject* decode(const std::byte* p, std::size_t n, std::uint16_t kind) {
-  if (kind == 1) return unpickle(p, n);
+  if (kind == kPickleKind) return unpickle(p, n);
   if (kind == kFlatBuffersKind) {
     const auto fb = flatbuffer_of(p, n);
     if (!fb) {

@@ -1,6 +1,7 @@
 // The codec: how a Python object becomes a message payload and back.
 //
-// Kinds: 0 raw bytes (bytes, bytearray, memoryview travel unpickled), 1 pickle, 2 FlatBuffers.
+// Kinds (core/message_kind.hpp): bytes (bytes, bytearray, memoryview travel unpickled), pickle,
+// flatbuffers.
 // Payload of kind 1: either a plain pickle (first byte 0x80, the PROTO opcode) or, when the
 // pickler produced out-of-band buffers, {u8 0x01, u8[3] 0, u32 n, u64 length[n]} followed by the
 // pickle and then the n buffers back to back. Payload of kind 2: serialize/'s prefix
@@ -18,12 +19,15 @@
 #include <span>
 #include <vector>
 
+#include "shmq/core/message_kind.hpp"
+#include "shmq/serialize/prefix.hpp"  // the record layout only: no FlatBuffers headers
+
 namespace shmq::py {
 
-// FlatBuffers records as serialize/include/shmq/serialize/prefix.hpp lays them out; repeated here
-// so the module does not need the FlatBuffers C++ headers.
-inline constexpr std::uint16_t kFlatBuffersKind = 2;
-inline constexpr std::uint32_t kFbPrefixBytes = 8;
+inline constexpr std::uint16_t kBytesKind = kind_value(MessageKind::bytes);
+inline constexpr std::uint16_t kPickleKind = kind_value(MessageKind::pickle);
+using fb::kFlatBuffersKind;
+inline constexpr std::uint32_t kFbPrefixBytes = fb::kPrefixBytes;
 
 struct Part {
   const std::byte* data;
@@ -42,7 +46,7 @@ class Payload {
   void encode(PyObject* obj, bool raw_only);
   // Raw bytes that the caller keeps alive (send_bytes' slice of a buffer it holds).
   void raw(const void* data, std::size_t n) {
-    kind_ = 0;
+    kind_ = kBytesKind;
     add(data, n);
   }
   // A finished FlatBuffers buffer (kind 2): the prefix {type id, start = 8} and the buffer,
@@ -66,7 +70,7 @@ class Payload {
   std::vector<Part> extra_;
   std::size_t nparts_ = 0;
   std::size_t total_ = 0;
-  std::uint16_t kind_ = 0;
+  std::uint16_t kind_ = kBytesKind;
   Py_buffer raw_view_{};
   PyObject* pickled_ = nullptr;  // keeps the pickle (or a bytes copy) alive
   std::vector<Py_buffer> views_;

@@ -30,8 +30,8 @@ namespace shmq::py {
 
 namespace nb = nanobind;
 
-// Blocking calls sleep at most this long between checks for signals (Ctrl-C within 100 ms).
-inline constexpr auto kSlice = std::chrono::milliseconds(50);
+// Blocking calls sleep at most one slice between checks for signals (Ctrl-C within 100 ms).
+inline constexpr auto kSlice = core::kSleepSlice;
 
 // Cached Python objects (set at import by init_globals; the module lives until the interpreter
 // ends).

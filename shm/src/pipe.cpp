@@ -67,10 +67,10 @@ Error bad_direction(const Segment& seg, unsigned direction, unsigned directions)
 }
 
 // Shared by writer() and reader(): the role lock first (refusal is the common failure), then a
-// participant slot for display, then the state.
+// participant slot for display, then the state, whose ring end attaches to `ring`.
 template <class State>
 Result<std::unique_ptr<State>> make_end(const std::shared_ptr<Segment>& seg, unsigned direction,
-                                        bool reader) {
+                                        bool reader, std::span<std::byte> ring, std::uint64_t capacity) {
   auto role = seg->acquire_role(detail::pipe_role(direction, reader));
   if (!role) return std::move(role).error();
   auto participant = seg->join(reader ? Role::reader : Role::writer);
@@ -81,6 +81,9 @@ Result<std::unique_ptr<State>> make_end(const std::shared_ptr<Segment>& seg, uns
   st->end.participant = std::move(*participant);
   st->end.direction = direction;
   st->end.owner_pid = ::getpid();
+  if (st->ring.attach(ring, capacity, &seg->stats(direction)) != Status::ok)
+    return Error(Errc::corrupt, pipe_label(*seg) + ": the ring of direction " +
+                                    std::to_string(direction) + " has invalid positions");
   return st;
 }
 
@@ -179,11 +182,8 @@ std::uint64_t Pipe::waiting_guess(unsigned direction) const noexcept {
 
 Result<PipeWriter> Pipe::writer(unsigned direction) {
   if (direction >= directions_) return bad_direction(*seg_, direction, directions_);
-  auto st = make_end<detail::PipeWriterState>(seg_, direction, false);
+  auto st = make_end<detail::PipeWriterState>(seg_, direction, false, ring_memory(direction), capacity_);
   if (!st) return std::move(st).error();
-  if ((*st)->ring.attach(ring_memory(direction), capacity_, &seg_->stats(direction)) != Status::ok)
-    return Error(Errc::corrupt, pipe_label(*seg_) + ": the ring of direction " +
-                                    std::to_string(direction) + " has invalid positions");
   PipeWriter w;
   w.st_ = std::move(*st);
   return w;
@@ -191,11 +191,8 @@ Result<PipeWriter> Pipe::writer(unsigned direction) {
 
 Result<PipeReader> Pipe::reader(unsigned direction) {
   if (direction >= directions_) return bad_direction(*seg_, direction, directions_);
-  auto st = make_end<detail::PipeReaderState>(seg_, direction, true);
+  auto st = make_end<detail::PipeReaderState>(seg_, direction, true, ring_memory(direction), capacity_);
   if (!st) return std::move(st).error();
-  if ((*st)->ring.attach(ring_memory(direction), capacity_, &seg_->stats(direction)) != Status::ok)
-    return Error(Errc::corrupt, pipe_label(*seg_) + ": the ring of direction " +
-                                    std::to_string(direction) + " has invalid positions");
   PipeReader r;
   r.st_ = std::move(*st);
   return r;

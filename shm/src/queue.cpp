@@ -59,10 +59,10 @@ struct QueueShared {
   // A generated or anonymous queue disappears with its last user: its spill files go too.
   // "Last" is asked only after our own attach lock is gone, through a description of our own:
   // a probe through our attach description would be blind to a forked peer, which shares that
-  // description, since F_OFD_GETLK never reports a description's own lock to it.
-  // A forked producer leaving (a Python child at exit) thus took its parent for absent and
-  // removed the files of committed, unread messages: their reader got `corrupt`.
-  //   1. not generated/anonymous: nothing to do (Queue::unlink and gc remove the files);
+  // description, since F_OFD_GETLK never reports a description's own lock to it: a forked
+  // producer leaving (a Python child at exit) would take its parent for absent and remove the
+  // files of committed, unread messages, and their reader would get `corrupt`.
+  //   1. not generated/anonymous: nothing to do (the files go with the name: Queue::unlink);
   //   2. no probe description (fd limit): keep the files (a leak gc removes, never a loss);
   //   3. after our detach, some description still holds the attach lock (another process, a
   //      forked parent or child sharing ours, or another Queue of this process): keep them;
@@ -479,34 +479,37 @@ core::SleepMark sleep_mark(QueueShared& q, Participant& p) noexcept {
 }
 }  // namespace
 
-Result<QueueWriter> Queue::writer() {
-  if (!shared_) return Error(Errc::closed, "the queue handle is empty");
-  auto p = shared_->segment.join(Role::writer);
+namespace {
+// What writer() and reader() share: a participant slot, and the ring end on its claim words.
+template <class State>
+Result<std::unique_ptr<State>> join_as(const std::shared_ptr<QueueShared>& q, Role role) {
+  if (!q) return Error(Errc::closed, "the queue handle is empty");
+  auto p = q->segment.join(role);
   if (!p) return std::move(p).error();
-  auto s = std::make_unique<QueueWriterState>();
-  s->shared = shared_;
+  auto s = std::make_unique<State>();
+  s->shared = q;
   s->participant = std::move(*p);
   s->pid = ::getpid();
-  s->core = core::MpmcWriter(shared_->ring, s->participant.slot()->claim, &shared_->registry,
-                             &shared_->segment.stats(0), sleep_mark(*shared_, s->participant));
+  s->core = decltype(s->core)(q->ring, s->participant.slot()->claim, &q->registry,
+                              &q->segment.stats(0), sleep_mark(*q, s->participant));
+  return s;
+}
+}  // namespace
+
+Result<QueueWriter> Queue::writer() {
+  auto s = join_as<QueueWriterState>(shared_, Role::writer);
+  if (!s) return std::move(s).error();
   QueueWriter w;
-  w.s_ = std::move(s);
+  w.s_ = std::move(*s);
   return w;
 }
 
 Result<QueueReader> Queue::reader() {
-  if (!shared_) return Error(Errc::closed, "the queue handle is empty");
-  auto p = shared_->segment.join(Role::reader);
-  if (!p) return std::move(p).error();
-  auto s = std::make_unique<QueueReaderState>();
-  s->shared = shared_;
-  s->participant = std::move(*p);
-  s->pid = ::getpid();
-  s->core = core::MpmcReader(shared_->ring, s->participant.slot()->claim, &shared_->registry,
-                             &shared_->segment.stats(0), sleep_mark(*shared_, s->participant));
-  for (auto& h : s->holds) h.owner = s.get();
+  auto s = join_as<QueueReaderState>(shared_, Role::reader);
+  if (!s) return std::move(s).error();
+  for (auto& h : (*s)->holds) h.owner = s->get();
   QueueReader r;
-  r.s_ = std::move(s);
+  r.s_ = std::move(*s);
   return r;
 }
 

@@ -124,6 +124,35 @@ class MpmcEnd {
     return 0;
   }
 
+  // Case 1 of both claim loops, from `pos` whose slot the caller found claimable: how many
+  // consecutive slots, up to `want`, hold seq_of(their position) (free for a writer, committed
+  // for a reader). acquire (each): [Q2] for a writer, [Q1] for a reader, as the caller's own load.
+  template <class SeqOf>
+  std::uint64_t run_length(std::uint64_t pos, std::uint64_t want, SeqOf&& seq_of) const noexcept {
+    std::uint64_t n = 1;
+    while (n < want && ring_.slot(pos + n).seq.load(std::memory_order_acquire) == seq_of(pos + n)) ++n;
+    return n;
+  }
+
+  // Case 1, continued: records the claim of [pos, pos + n) in `word` [Q3], runs `before_cas` (a
+  // kill point), then CASes `position` (enqueue_pos or dequeue_pos) from pos to pos + n. True: the
+  // run is ours. False (case 1b): another participant moved `position` first; `pos` holds its
+  // new value.
+  template <class BeforeCas>
+  bool take_run(std::atomic<std::uint64_t>& position, std::uint64_t& pos, std::uint64_t n,
+                mpmc::ClaimOp op, std::atomic<std::uint64_t>& word, BeforeCas&& before_cas) noexcept {
+    // relaxed: [Q3] published by the release CAS below.
+    word.store(mpmc::encode_claim(pos, n, op), std::memory_order_relaxed);
+    before_cas();
+    // release: [Q3] publishes the claim word with the new position (a reader acquired the data
+    // through seq already). relaxed on failure: the reloaded pos is only a new starting point.
+    if (!position.compare_exchange_weak(pos, pos + n, std::memory_order_release,
+                                        std::memory_order_relaxed))
+      return false;
+    watch_.clear();
+    return true;
+  }
+
   // Case 3 of both claim loops: the slot of `pos` is a lap ahead of `pos`, so another participant
   // took `pos` since we loaded it. Reloads `position` (enqueue_pos or dequeue_pos) into `pos`;
   // if it has not moved, the slot's seq is impossible: clears `word` and returns false (corrupt).

@@ -192,17 +192,8 @@ class MpmcReader : public MpmcEnd {
       const std::uint64_t seq = ring_.slot(pos).seq.load(std::memory_order_acquire);
       const std::int64_t diff = mpmc::distance(mpmc::seq_committed(pos), seq);
       if (diff == 0) {  // case 1
-        std::uint64_t n = 1;
-        while (n < want &&
-               ring_.slot(pos + n).seq.load(std::memory_order_acquire) ==
-                   mpmc::seq_committed(pos + n))  // [Q1]
-          ++n;
-        // relaxed: [Q3] published by the release CAS below.
-        word.store(mpmc::encode_claim(pos, n, mpmc::ClaimOp::dequeue), std::memory_order_relaxed);
-        // release: [Q3]; the data was acquired through seq above. relaxed on failure.
-        if (ring_.header().dequeue_pos.compare_exchange_weak(pos, pos + n, std::memory_order_release,
-                                                              std::memory_order_relaxed)) {
-          watch_.clear();
+        const std::uint64_t n = run_length(pos, want, mpmc::seq_committed);
+        if (take_run(ring_.header().dequeue_pos, pos, n, mpmc::ClaimOp::dequeue, word, [] {})) {
           pos_out = pos;
           if (got != nullptr) *got = n;
           return Status::ok;  // case 1a

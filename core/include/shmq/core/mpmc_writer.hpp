@@ -196,11 +196,7 @@ class MpmcWriter : public MpmcEnd {
       const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
       const std::int64_t diff = mpmc::distance(mpmc::seq_free(pos), seq);
       if (diff == 0) {  // case 1
-        std::uint64_t n = 1;
-        while (n < want &&
-               ring_.slot(pos + n).seq.load(std::memory_order_acquire) ==
-                   mpmc::seq_free(pos + n))  // [Q2]
-          ++n;
+        std::uint64_t n = run_length(pos, want, mpmc::seq_free);
         if (ring_.bounded_below_slots()) {
           // relaxed: see room_below_maxsize.
           const std::uint64_t deq = ring_.header().dequeue_pos.load(std::memory_order_relaxed);
@@ -213,13 +209,8 @@ class MpmcWriter : public MpmcEnd {
           }
           n = std::min<std::uint64_t>(n, static_cast<std::uint64_t>(room));
         }
-        // relaxed: [Q3] published by the release CAS below.
-        word.store(mpmc::encode_claim(pos, n, mpmc::ClaimOp::enqueue), std::memory_order_relaxed);
-        SHMQ_KILL_POINT(KillPoint::mid_claim);
-        // release: [Q3] publishes the claim word with the new position. relaxed on failure.
-        if (ring_.header().enqueue_pos.compare_exchange_weak(pos, pos + n, std::memory_order_release,
-                                                              std::memory_order_relaxed)) {
-          watch_.clear();
+        if (take_run(ring_.header().enqueue_pos, pos, n, mpmc::ClaimOp::enqueue, word,
+                     [] { SHMQ_KILL_POINT(KillPoint::mid_claim); })) {
           pos_out = pos;
           if (got != nullptr) *got = n;
           return Status::ok;  // case 1a

@@ -35,8 +35,8 @@
 //     copy) lives exactly as long as the Message, and a reader killed while holding it leaves
 //     nothing behind (the kernel frees an unlinked, unmapped file). The slot stays held until the
 //     Message is released, so such a message is counted `abandoned` like any other;
-//   - if every participant dies, the files of a named queue go with it: Queue::unlink() and the
-//     CLI's gc remove "shmq.<name>.x*" (remove_spill_files());
+//   - the files of a named queue stay with it (they hold its committed messages) until
+//     Queue::unlink() or gc with include_named removes "shmq.<name>.x*" (remove_spill_files());
 //   - a generated or anonymous queue's last user removes them when it leaves. "Last" is asked
 //     after its own attach lock is gone, through a fresh description (a forked parent and child
 //     share one attach description, so asking through it would miss the other and remove the

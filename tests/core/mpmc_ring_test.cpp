@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include "test_util.hpp"
+
 // Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
 // measures speed. Orders that matter are those of the code under test.
 
@@ -508,18 +510,14 @@ void stress(unsigned writers, unsigned readers, std::uint64_t per_writer, std::u
 }  // namespace
 
 TEST_CASE("mpmc_ring: P writers x C readers threads deliver every message once in per-writer order") {
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-  constexpr std::uint64_t kPerWriter = 10000;
-#else
-  constexpr std::uint64_t kPerWriter = 50000;
-#endif
+  const std::uint64_t per_writer = shmq::testing::scaled<std::uint64_t>(50000, 10000);
   const auto t0 = std::chrono::steady_clock::now();
   for (unsigned p = 1; p <= 4; ++p)
     for (unsigned c = 1; c <= 4; ++c) {
       CAPTURE(p);
       CAPTURE(c);
-      stress(p, c, kPerWriter, (p + c) % 3 == 0 ? 5 : 0);
+      stress(p, c, per_writer, (p + c) % 3 == 0 ? 5 : 0);
     }
-  MESSAGE("thread stress: " << kPerWriter * 40 << " messages in "
+  MESSAGE("thread stress: " << per_writer * 40 << " messages in "
                             << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s");
 }

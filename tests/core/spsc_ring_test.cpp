@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include "test_util.hpp"
+
 // Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
 // measures speed. Orders that matter are those of the code under test.
 
@@ -20,20 +22,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr double kDefaultScale = 0.1;
-#else
-constexpr double kDefaultScale = 1.0;
-#endif
-
-// Test sizes scale with SHMQ_TEST_SCALE (tools/run_tests.sh sets it for sanitizer builds).
-template <class T>
-T scaled(T full, T at_least) {
-  const char* env = std::getenv("SHMQ_TEST_SCALE");
-  const double scale = env != nullptr ? std::atof(env) : kDefaultScale;
-  const T n = static_cast<T>(static_cast<double>(full) * (scale > 0 ? scale : kDefaultScale));
-  return n < at_least ? at_least : n;
-}
+using shmq::testing::scaled;
 
 // A ring in process memory, aligned like a segment body, with both ends attached.
 struct Ring {

@@ -1,47 +1,28 @@
-// Helpers for the serialize tests over real channels: unique segment names that are removed even
-// when a test fails, and a check that a pointer lies inside a segment's mapping.
+// Helpers for the serialize tests over real channels: a unique segment name that is removed even
+// when a test fails, and a check that a pointer lies inside a segment's mapping. The rest of the
+// scaffolding is tests/test_util.hpp's.
 #pragma once
 
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <atomic>
 #include <string>
 
 #include "shmq/shm/segment.hpp"
+#include "test_util.hpp"
 
 namespace shmq::fb::testing {
 
-// "t-fb-<pid>-<n>", unlinked when the guard goes away (ignoring "not found").
+// "t-fb-<what>-<pid>-<n>", unlinked when the guard goes away.
 class SegmentName {
  public:
-  explicit SegmentName(const char* what) {
-    static std::atomic<int> counter{0};
-    name_ = "t-fb-";
-    name_.append(what).append("-").append(std::to_string(::getpid())).append("-");
-    name_.append(std::to_string(counter.fetch_add(1, std::memory_order_relaxed)));
-  }
-  ~SegmentName() { (void)Segment::unlink(name_); }
-  SegmentName(const SegmentName&) = delete;
-  SegmentName& operator=(const SegmentName&) = delete;
-  const std::string& str() const { return name_; }
+  explicit SegmentName(const char* what) : cleanup_(shmq::testing::unique_name(std::string("fb-") + what)) {}
+  const std::string& str() const { return cleanup_.name; }
 
  private:
-  std::string name_;
+  shmq::testing::Cleanup cleanup_;
 };
 
 inline bool inside(const Segment& seg, const void* p, std::size_t n = 1) {
   const auto* b = static_cast<const std::byte*>(p);
   return b >= seg.base() && b + n <= seg.base() + seg.size();
-}
-
-// Waits for a forked child; returns its exit code (or 128 + signal).
-inline int wait_child(pid_t pid) {
-  int st = 0;
-  while (::waitpid(pid, &st, 0) < 0) {
-  }
-  if (WIFEXITED(st)) return WEXITSTATUS(st);
-  return 128 + WTERMSIG(st);
 }
 
 }  // namespace shmq::fb::testing

@@ -226,6 +226,6 @@ TEST_CASE("fb pipe: ticks and orders cross a fork, every field intact, in order"
   }
   CHECK(bad == 0);
   CHECK(ticks.recv(Deadline::in(20s)).code() == ReadErrc::closed);
-  CHECK(shmq::fb::testing::wait_child(pid) == 0);
+  CHECK(shmq::testing::wait_exit(pid) == 0);
   CHECK(shmq::core::Stats::read(p->segment().stats(0).fallback_copies) == 0);
 }

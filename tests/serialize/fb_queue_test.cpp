@@ -218,7 +218,7 @@ TEST_CASE("fb queue: ticks and orders from two forked producers arrive intact") 
     CHECK(inside(f.queue.segment(), raw.data(), raw.size()));
   }
   int rcs = 0;
-  for (pid_t pid : kids) rcs += shmq::fb::testing::wait_child(pid);
+  for (pid_t pid : kids) rcs += shmq::testing::wait_exit(pid);
   CHECK(rcs == 0);
   CHECK(bad == 0);
   CHECK(next_tick == kPer);

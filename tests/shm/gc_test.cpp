@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "shm_test_util.hpp"
+#include "test_util.hpp"
 #include "shmq/shm/pipe.hpp"
 #include "shmq/shm/queue.hpp"
 

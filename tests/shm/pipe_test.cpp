@@ -21,7 +21,7 @@
 #include <thread>
 #include <vector>
 
-#include "shm_test_util.hpp"
+#include "test_util.hpp"
 
 // Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
 // measures speed. Orders that matter are those of the code under test.
@@ -42,6 +42,19 @@ Pipe make_pipe(const std::string& name, std::uint64_t capacity, bool duplex = fa
   auto p = Pipe::create({.name = name, .capacity = capacity, .duplex = duplex});
   if (!p) FAIL(p.error().what);
   return std::move(*p);
+}
+
+// A role of the pipe `name`, opened by name as another process does (the handle keeps the
+// mapping, so the Pipe object need not outlive it).
+Result<PipeWriter> open_writer(const std::string& name, unsigned direction = 0) {
+  auto p = Pipe::open(name);
+  if (!p) return std::move(p).error();
+  return p->writer(direction);
+}
+Result<PipeReader> open_reader(const std::string& name, unsigned direction = 0) {
+  auto p = Pipe::open(name);
+  if (!p) return std::move(p).error();
+  return p->reader(direction);
 }
 
 core::SpscRingControl& control_of(const Pipe& p, unsigned direction = 0) {
@@ -312,9 +325,7 @@ TEST_CASE("pipe: cross-process, 10^7 messages of random sizes arrive intact and 
   auto sut = pipe.reader();
   REQUIRE(sut.has_value());
   const pid_t child = spawn([&] {
-    auto p = Pipe::open(name);
-    if (!p) return 2;
-    auto w = p->writer();
+    auto w = open_writer(name);
     if (!w) return 3;
     for (std::uint64_t first = 0; first < count; first += 8) {
       if (send_group(*w, first, std::min(first + 8, count), kCapacity, 1, Deadline::in(60s)) != Status::ok)
@@ -364,11 +375,9 @@ TEST_CASE("pipe: a sleeping reader is woken by a send from another process") {
   auto sut = pipe.reader();
   REQUIRE(sut.has_value());
   const pid_t child = spawn([&] {
-    auto p = Pipe::open(name);
-    if (!p) return 2;
-    auto w = p->writer();
+    auto w = open_writer(name);
     if (!w) return 3;
-    while (!control_of(*p).data_wait.has_waiters_guess()) std::this_thread::sleep_for(1ms);
+    while (!control_of(pipe).data_wait.has_waiters_guess()) std::this_thread::sleep_for(1ms);
     return w->try_send(bytes_of(make_msg(1, 10)), kind_of(1)) == Status::ok ? 0 : 4;
   });
   Message m;
@@ -560,9 +569,7 @@ TEST_CASE("pipe: the writer issues no FUTEX_WAKE while the reader only polls") {
   auto sut = pipe.writer();
   REQUIRE(sut.has_value());
   const pid_t child = spawn([&] {
-    auto p = Pipe::open(name);
-    if (!p) return 2;
-    auto r = p->reader();
+    auto r = open_reader(name);
     if (!r) return 3;
     Message m;
     for (std::uint64_t seq = 0; seq < count;) {
@@ -632,9 +639,7 @@ TEST_CASE("pipe: kill -9 of the writer mid-stream: no partial message is deliver
     auto sut = pipe.reader();
     REQUIRE(sut.has_value());
     const pid_t child = spawn([&] {
-      auto p = Pipe::open(name);
-      if (!p) return 2;
-      auto w = p->writer();
+      auto w = open_writer(name);
       if (!w) return 3;
       for (std::uint64_t first = 0;; first += 8) {
         if (send_group(*w, first, first + 8, kCapacity, kBig, Deadline::never()) != Status::ok) return 4;
@@ -713,9 +718,7 @@ TEST_CASE("pipe: kill -9 of the reader: the writer gets closed") {
     auto sut = pipe.writer();
     REQUIRE(sut.has_value());
     const pid_t child = spawn([&] {
-      auto p = Pipe::open(name);
-      if (!p) return 2;
-      auto r = p->reader();
+      auto r = open_reader(name);
       if (!r) return 3;
       const ReadResult got = read_all(*r, kCapacity, 100, Deadline::never());
       return got.intact ? 0 : 5;

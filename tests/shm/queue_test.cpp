@@ -26,7 +26,7 @@
 #include <thread>
 #include <vector>
 
-#include "shm_test_util.hpp"
+#include "test_util.hpp"
 #include "shmq/core/wait_any.hpp"
 
 // Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test

@@ -12,7 +12,7 @@
 #include <functional>
 #include <string>
 
-#include "shm_test_util.hpp"
+#include "test_util.hpp"
 
 // Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
 // measures speed. Orders that matter are those of the code under test.

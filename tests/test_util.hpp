@@ -1,6 +1,6 @@
-// Scaffolding shared by the shm suites: unique segment names that are removed however a test
-// ends, forked children, kill-and-reap, sizes scaled for sanitizer builds, memory shared with
-// children. Atomics used here are seq_cst, like those of the tests themselves.
+// Scaffolding shared by the doctest suites (core, shm, serialize): unique segment names that are
+// removed however a test ends, forked children, kill-and-reap, sizes scaled for sanitizer builds,
+// memory shared with children. Atomics used here are seq_cst, like those of the tests themselves.
 #pragma once
 
 #include <dirent.h>
@@ -11,6 +11,7 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -48,8 +49,8 @@ inline std::string name_prefix(std::string_view what) {
   return "t-" + std::string(what) + "-" + std::to_string(::getpid()) + "-";
 }
 inline std::string unique_name(std::string_view what) {
-  static int n = 0;
-  return name_prefix(what) + std::to_string(n++);
+  static std::atomic<int> n{0};  // tests may name segments from several threads
+  return name_prefix(what) + std::to_string(n.fetch_add(1));
 }
 
 // Removes a segment (and a queue's spill files) at scope exit, however the test ends.

@@ -10,6 +10,7 @@ SYS_PACKAGES=(
   libflatbuffers-dev flatbuffers-compiler doctest-dev libbenchmark-dev
   libconcurrentqueue-dev libreaderwriterqueue-dev libatomic-queue-dev libboost-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev clang libclang-rt-14-dev
+  nats-server
 )
 
 sys_setup() {

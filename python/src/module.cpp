@@ -1,8 +1,8 @@
 // _shmq: the thin native half of the Python package. One native call per put/get: it encodes the
 // object (codec.cpp), claims room in the channel with the GIL held, and releases the GIL only when
 // it has to sleep (support.hpp). This file is the module's glue: it registers the bindings of each
-// job (message_view.cpp, queue_binding.cpp, pipe_binding.cpp, wait_binding.cpp) and the
-// process-wide functions (fork, exit, gc, unlink).
+// job (message_view.cpp, queue_binding.cpp, pipe_binding.cpp, wait_binding.cpp, batch_binding.cpp)
+// and the process-wide functions (fork, exit, gc, unlink).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -21,6 +21,7 @@ namespace shmq::py {
 void bind_queue(nb::module_& m);
 void bind_pipe(nb::module_& m);
 void bind_wait(nb::module_& m);
+void bind_batch(nb::module_& m);
 
 namespace {
 
@@ -74,6 +75,7 @@ NB_MODULE(_shmq, m) {
   bind_queue(m);
   bind_pipe(m);
   bind_wait(m);
+  bind_batch(m);
   m.def("after_fork_in_child", &after_fork_in_child);
   m.def("close_all", &close_all);
   m.def("gc_scan", &gc_scan, nb::arg("patterns"), nb::arg("include_named"), nb::arg("force"),

@@ -1,5 +1,7 @@
 #include "queue_binding.hpp"
 
+#include "batch_format.hpp"
+
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
@@ -196,6 +198,82 @@ nb::object QueueHandle::get_view(bool block, std::optional<double> timeout) {
   return nb::cast(view.release(), nb::rv_policy::take_ownership);
 }
 
+nb::list QueueHandle::get_batches(std::size_t max_items, std::size_t max_bytes, bool block,
+                                  std::optional<double> timeout) {
+  const Deadline d = make_deadline(block, timeout);
+  nb::list out;
+  if (max_items == 0) return out;
+  QueueState& st = state();
+  if (!st.rmu_.lock(d)) throw_py(g.empty, "");
+  Locked guard(st.rmu_);
+  shmq::QueueReader& r = reader(st);
+  std::vector<std::string> chunks(1);
+  std::vector<std::size_t> counts(1, 0);
+  auto add = [&](std::span<const std::byte> b, std::uint16_t kind) {
+    if (counts.back() != 0 && chunks.back().size() + kBatchRecordHeader + b.size() > max_bytes) {
+      chunks.emplace_back();
+      counts.push_back(0);
+    }
+    append_record(chunks.back(), b, kind);
+    ++counts.back();
+  };
+  {
+    shmq::Message m;
+    const Status s = recv_message(r, m, d);
+    if (s != Status::ok) raise_get(s);
+    add(std::span<const std::byte>(m.data(), m.size()), m.kind());
+  }
+  bool failed = false;
+  r.try_recv_many(
+      [&](std::span<const std::byte> b, std::uint16_t kind) noexcept {
+        try {
+          add(b, kind);
+        } catch (...) {  // out of memory: the message is gone either way, as with a failed get
+          failed = true;
+        }
+      },
+      max_items - 1);
+  if (failed) throw_py(PyExc_MemoryError, "shmq: no memory for a batch");
+  for (std::size_t i = 0; i < chunks.size(); ++i)
+    out.append(nb::make_tuple(nb::bytes(chunks[i].data(), chunks[i].size()), counts[i]));
+  return out;
+}
+
+std::size_t QueueHandle::put_batch(nb::bytes payload, std::size_t start, bool block,
+                                   std::optional<double> timeout) {
+  std::vector<BatchRecord> records;
+  const std::span<const std::byte> all(reinterpret_cast<const std::byte*>(payload.c_str()),
+                                       payload.size());
+  if (!parse_batch(all, records))
+    throw_py(PyExc_ValueError, "shmq batch: a record runs past the end of the message");
+  if (start > records.size())
+    throw_py(PyExc_ValueError, "put_batch: start " + std::to_string(start) + " is past the " +
+                                   std::to_string(records.size()) + " records");
+  const Deadline d = make_deadline(block, timeout);
+  QueueState& st = state();
+  if (!st.wmu_.lock(d)) return 0;
+  Locked guard(st.wmu_);
+  shmq::QueueWriter& w = writer(st);
+  std::size_t done = start;
+  std::vector<std::span<const std::byte>> spans;
+  while (done < records.size()) {
+    // A run of one kind goes out with one send_many (which spills what exceeds a slot).
+    const std::uint16_t kind = records[done].kind;
+    spans.clear();
+    for (std::size_t i = done; i < records.size() && records[i].kind == kind; ++i)
+      spans.push_back(records[i].bytes);
+    const std::size_t sent = send_batch(st, w, spans, kind, d);
+    done += sent;
+    if (sent < spans.size()) break;
+  }
+  return done - start;
+}
+
+std::string QueueHandle::identity() {
+  const auto& h = state().queue->segment().header();
+  return name_ + "." + std::to_string(h.created_ns);
+}
+
 void QueueHandle::task_done() {
   auto r = state().queue->task_done();
   if (!r) throw_py(PyExc_ValueError, "task_done() called too many times");
@@ -322,6 +400,11 @@ void bind_queue(nb::module_& m) {
            nb::arg("block") = true, nb::arg("timeout").none() = nb::none())
       .def("get_view", &QueueHandle::get_view, nb::arg("block") = true,
            nb::arg("timeout").none() = nb::none())
+      .def("get_batches", &QueueHandle::get_batches, nb::arg("max_items"), nb::arg("max_bytes"),
+           nb::arg("block") = true, nb::arg("timeout").none() = nb::none())
+      .def("put_batch", &QueueHandle::put_batch, nb::arg("payload"), nb::arg("start") = 0,
+           nb::arg("block") = true, nb::arg("timeout").none() = nb::none())
+      .def("identity", &QueueHandle::identity)
       .def("qsize", &QueueHandle::qsize)
       .def("empty", &QueueHandle::empty)
       .def("full", &QueueHandle::full)

@@ -47,6 +47,16 @@ class QueueHandle {
   std::size_t put_many(nb::handle items, bool block, std::optional<double> timeout);
   nb::list get_many(std::size_t max_items, bool block, std::optional<double> timeout);
   nb::object get_view(bool block, std::optional<double> timeout);
+  // Raw batches for shmq.nats bridges (batch_format.hpp), never decoding a payload: up to
+  // max_items messages as [(batch bytes, count), ...], each batch at most max_bytes unless one
+  // message alone is larger; and the records of `payload` from index `start` on, put in order
+  // with their kinds, returning how many were put before the deadline.
+  nb::list get_batches(std::size_t max_items, std::size_t max_bytes, bool block,
+                       std::optional<double> timeout);
+  std::size_t put_batch(nb::bytes payload, std::size_t start, bool block,
+                        std::optional<double> timeout);
+  // Tells this queue apart from an earlier one of the same name: "<name>.<creation ns>".
+  std::string identity();
 
   std::size_t qsize() { return state().queue->size_guess(); }
   bool empty() { return qsize() == 0; }

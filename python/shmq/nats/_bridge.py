@@ -1,0 +1,331 @@
+"""Bridges between a local shmq.Queue and a JetStream stream, in batches.
+
+direction="out": local queue -> stream. Messages are taken from the local queue, packed into
+batches (python/src/batch_format.hpp) of up to `batch` messages / `max_bytes` bytes, and each batch
+is published as one JetStream message with a Nats-Msg-Id naming the queue and the messages'
+positions in it, so a republish after a crash is a duplicate that JetStream drops.
+
+direction="in": stream -> local queue. Batches (and single messages of any publisher) are pulled
+from the stream's durable consumer, put into the local queue with their kinds (nothing is
+unpickled: a bridge never runs its peers' code), and acknowledged once the put has returned.
+
+Crash safety (SIGKILL at any instruction, then a restart) comes from the local side:
+see _LocalSource and _LocalSink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue as _queue_mod
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, TextIO, Tuple, Union
+
+from . import _client, _wire
+from ._client import Delivery
+from ._queue import Queue as _NatsQueue, _Transient, _ERR_STREAM_FULL
+
+try:
+    import nats.js.errors
+except ImportError as e:  # pragma: no cover
+    raise ImportError("shmq.nats needs the nats-py package: pip install 'shmq[nats]'") from e
+
+__all__ = ["Bridge", "BridgeStats"]
+
+# A JetStream message must stay under the server's max_payload (1 MiB by default).
+DEFAULT_MAX_BYTES = 512 * 1024
+DEFAULT_BATCH = 1024
+# How long one wait (local get, stream pull) lasts before the stop flag is looked at again.
+_POLL = 0.2
+
+
+@dataclass
+class BridgeStats:
+    """Counters of one bridge (read them while it runs; each is a plain int)."""
+    messages: int = 0       # local messages moved
+    batches: int = 0        # JetStream messages published (out) or consumed (in)
+    bytes: int = 0          # batch payload bytes
+    duplicates: int = 0     # out: batches JetStream already had; in: batches already put
+    redelivered: int = 0    # out: messages taken back from a dead holder; in: redeliveries
+    retries: int = 0        # publishes / acks sent again after an error or a full stream
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self, direction: str, name: str) -> str:
+        secs = max(time.monotonic() - self.started, 1e-9)
+        return (f"shmq.nats bridge {direction} {name}: {self.messages} messages "
+                f"({self.messages / secs:,.0f}/s), {self.batches} batches, {self.bytes} bytes, "
+                f"{self.duplicates} duplicates, {self.redelivered} redelivered, "
+                f"{self.retries} retries")
+
+
+class _LocalSource:
+    """Takes batches from the local queue for direction="out"."""
+
+    def __init__(self, q: Any) -> None:
+        self._h = q._h
+        self.identity = self._h.identity()
+
+    def take(self, max_items: int, max_bytes: int, timeout: float) -> Optional["_Taken"]:
+        try:
+            chunks = self._h.get_batches(max_items, max_bytes, True, timeout)
+        except _queue_mod.Empty:
+            return None
+        return _Taken(chunks, os.urandom(6).hex(), False, None)
+
+
+@dataclass
+class _Taken:
+    chunks: List[Tuple[bytes, int]]  # (batch payload, message count)
+    first_id: str                    # what names the first message in Nats-Msg-Id
+    redelivered: bool
+    lease: Any                       # acknowledged once every chunk is stored
+
+    def ack(self) -> None:
+        if self.lease is not None:
+            self.lease.ack()
+
+    def give_back(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+
+
+class _LocalSink:
+    """Puts batches into the local queue for direction="in", remembering which stream message
+    it put last and how far."""
+
+    def __init__(self, q: Any, name: str) -> None:
+        self._h = q._h
+        self._seq = 0
+        self._next = 0
+
+    def committed(self) -> Tuple[int, int]:
+        """(stream sequence, index of its next record to put) of the last batch put."""
+        return self._seq, self._next
+
+    def put(self, payload: bytes, start: int, stream_seq: int, timeout: float) -> int:
+        n = self._h.put_batch(payload, start, True, timeout)
+        if n:
+            self._seq, self._next = stream_seq, start + n
+        return n
+
+    def close(self) -> None:
+        pass
+
+
+def _open_local(local: Any) -> Any:
+    import shmq
+    if isinstance(local, str):
+        return shmq.Queue.open(local)
+    if not hasattr(local, "_h"):
+        raise TypeError("local must be a shmq.Queue or the name of one")
+    return local
+
+
+class Bridge:
+    """Moves messages between the local shmq.Queue ``local`` (or its name) and the JetStream
+    stream ``stream``, in batches.
+
+    ``direction="out"`` publishes what local producers put; ``direction="in"`` puts what the
+    stream holds into the local queue for local consumers. The stream is the one shmq.nats.Queue
+    uses (work-queue retention, ``subject`` ``shmq.<stream>``, shared durable consumer
+    ``durable``), so bridges and remote Queues mix freely; several ``in`` bridges (one per host)
+    share the stream's messages.
+
+    ``run(stop)`` works in the calling thread until ``stop`` (a threading.Event) is set;
+    ``start()`` runs it in a thread and ``stop()`` ends it. Killed at any moment (SIGKILL) and
+    restarted, a bridge loses no message and delivers none twice to the local consumers.
+    """
+
+    def __init__(self, local: Any, stream: str, direction: str = "out", *,
+                 servers: Union[str, List[str]] = "nats://127.0.0.1:4222",
+                 subject: Optional[str] = None, durable: Optional[str] = None,
+                 token: Optional[str] = None, user: Optional[str] = None,
+                 password: Optional[str] = None, tls: Any = None, create: bool = True,
+                 batch: int = DEFAULT_BATCH, max_bytes: int = DEFAULT_MAX_BYTES,
+                 ack_wait: float = 30.0, max_deliver: int = -1, name: Optional[str] = None,
+                 storage: str = "file", verbose: bool = False,
+                 log: Optional[TextIO] = None) -> None:
+        if direction not in ("out", "in"):
+            raise ValueError("direction must be 'out' or 'in'")
+        if batch < 1 or max_bytes < 64:
+            raise ValueError("batch must be >= 1 and max_bytes >= 64")
+        self.direction = direction
+        self.local = _open_local(local)
+        self._batch = int(batch)
+        self._max_bytes = int(max_bytes)
+        self._verbose = verbose
+        self._log = log or sys.stderr
+        self.stats = BridgeStats()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        # The remote side is a shmq.nats.Queue: its connection, stream and consumer set-up.
+        self.remote = _NatsQueue(stream, servers=servers, subject=subject, durable=durable,
+                                 token=token, user=user, password=password, tls=tls,
+                                 create=create, ack_wait=ack_wait, max_deliver=max_deliver,
+                                 storage=storage, serializer="bytes")
+        self.name = name or f"{direction}.{stream}"
+        if direction == "out":
+            self._source = _LocalSource(self.local)
+        else:
+            self._sink = _LocalSink(self.local, self.name)
+
+    # ---- running
+    def run(self, stop: Optional[threading.Event] = None) -> None:
+        """Moves messages until ``stop`` (or self.stop()) is set."""
+        stop = stop or self._stop
+        last_report = time.monotonic()
+        self.stats.started = time.monotonic()
+        try:
+            while not stop.is_set() and not self._stop.is_set():
+                if self.direction == "out":
+                    self._step_out(stop)
+                else:
+                    self._step_in(stop)
+                if self._verbose and time.monotonic() - last_report >= 1.0:
+                    last_report = time.monotonic()
+                    print(self.stats.line(self.direction, self.name), file=self._log, flush=True)
+        finally:
+            if self._verbose:
+                print(self.stats.line(self.direction, self.name) + " (stopped)", file=self._log,
+                      flush=True)
+
+    def start(self) -> "Bridge":
+        """Runs the bridge in a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name=f"shmq.nats bridge {self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Asks the bridge to stop after its current batch and waits for its thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def close(self) -> None:
+        self.stop()
+        if self.direction == "in":
+            self._sink.close()
+        self.remote.close()
+
+    def __enter__(self) -> "Bridge":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- out: local -> stream
+    def _step_out(self, stop: threading.Event) -> None:
+        taken = self._source.take(self._batch, self._max_bytes, _POLL)
+        if taken is None:
+            return
+        if taken.redelivered:
+            self.stats.redelivered += sum(n for _, n in taken.chunks)
+        try:
+            acks = _client.run(self._publish_chunks(taken, stop))
+        except BaseException:
+            taken.give_back()
+            raise
+        if acks is None:  # stopping before JetStream had them all: the queue keeps them
+            taken.give_back()
+            return
+        taken.ack()
+        for (payload, n), ack in zip(taken.chunks, acks):
+            self.stats.messages += n
+            self.stats.batches += 1
+            self.stats.bytes += len(payload)
+            if getattr(ack, "duplicate", False):
+                self.stats.duplicates += 1
+
+    async def _publish_chunks(self, taken: _Taken, stop: threading.Event) -> Optional[list]:
+        async def one(i: int, payload: bytes, n: int) -> Any:
+            headers = {_wire.HDR_BATCH: str(n),
+                       _wire.HDR_MSG_ID: f"shmq:{self._source.identity}:{taken.first_id}:{i}"}
+            pause = 0.005
+            while True:
+                try:
+                    return await self.remote._conn.js.publish(
+                        self.remote.subject, payload, headers=dict(headers), timeout=5.0)
+                except nats.js.errors.APIError as e:
+                    if getattr(e, "err_code", None) != _ERR_STREAM_FULL:
+                        raise
+                except _Transient:
+                    pass
+                self.stats.retries += 1
+                if stop.is_set() and taken.lease is not None:
+                    return None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.25)
+
+        acks = await asyncio.gather(*(one(i, p, n) for i, (p, n) in enumerate(taken.chunks)))
+        return None if any(a is None for a in acks) else list(acks)
+
+    # ---- in: stream -> local
+    def _step_in(self, stop: threading.Event) -> None:
+        remote = self.remote
+        deliveries = _client.run(_pull(remote, 4, _POLL))
+        for i, d in enumerate(deliveries):
+            if stop.is_set():
+                # Not put: leave them unacknowledged, JetStream redelivers them.
+                for rest in deliveries[i:]:
+                    _client.run(remote._conn.nak(rest))
+                return
+            self._put_one(d, stop)
+
+    def _put_one(self, d: Delivery, stop: threading.Event) -> None:
+        remote = self.remote
+        headers = d.msg.headers
+        try:
+            if headers and _wire.HDR_BATCH in headers:
+                payload, count = d.msg.data, int(headers[_wire.HDR_BATCH])
+            else:
+                (data, kind), = _wire.records_of(headers, d.msg.data)
+                payload, count = _wire.pack([(data, kind)]), 1
+            _wire.unpack(payload, count)  # validates before anything is put
+        except ValueError as e:
+            print(f"shmq.nats bridge {self.name}: dropping malformed message {d.stream_seq}: {e}",
+                  file=self._log, flush=True)
+            _client.run(remote._conn.term(d))
+            return
+        if d.num_delivered > 1:
+            self.stats.redelivered += 1
+        seq = d.stream_seq
+        done_seq, done_next = self._sink.committed()
+        start = first = done_next if done_seq == seq else 0
+        if start >= count:
+            self.stats.duplicates += 1
+        last_progress = time.monotonic()
+        while start < count:
+            if stop.is_set():
+                return  # unacknowledged: redelivered, and the rest put from `start` then
+            start += self._sink.put(payload, start, seq, _POLL)
+            if start < count and time.monotonic() - last_progress > min(remote.ack_wait / 3, 5):
+                last_progress = time.monotonic()
+                _client.run(remote._conn.in_progress(d))  # the local queue is full: keep it ours
+        self.stats.messages += count - first
+        self.stats.batches += 1
+        self.stats.bytes += len(payload)
+        self._ack(d, stop)
+
+    def _ack(self, d: Delivery, stop: threading.Event) -> None:
+        """Acks until the server confirms: the next batch is taken only after this one is
+        recorded as done, so a batch can come back only while it is the sink's last one."""
+        pause = 0.01
+        while True:
+            try:
+                _client.run(self.remote._conn.ack_sync(d, timeout=2.0))
+                return
+            except (_Transient + (OSError,)):
+                self.stats.retries += 1
+                if stop.is_set():
+                    return  # redelivered later; the sink recognises it as already put
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+
+
+async def _pull(remote: _NatsQueue, batch: int, wait: float) -> List[Delivery]:
+    await remote._ensure_consumer()
+    return await remote._conn.pull(remote.stream, remote.durable, batch, wait)

@@ -47,6 +47,7 @@ class QueueRegistry final : public core::ClaimRegistry {
   std::uint32_t participants() const noexcept override { return kMaxParticipants; }
   std::atomic<std::uint64_t>* claim_words(std::uint32_t index) const noexcept override;
   bool alive(std::uint32_t index) const noexcept override;
+  std::uint32_t generation(std::uint32_t index) const noexcept override;
   void reclaim(std::uint64_t pos) noexcept override;
   void sweep_sleepers() noexcept override;
 
@@ -116,6 +117,10 @@ std::atomic<std::uint64_t>* QueueRegistry::claim_words(std::uint32_t index) cons
 }
 bool QueueRegistry::alive(std::uint32_t index) const noexcept {
   return q_->segment.participant_alive(index);
+}
+std::uint32_t QueueRegistry::generation(std::uint32_t index) const noexcept {
+  // acquire: [S2] pairs with the bump in Segment::join().
+  return q_->segment.header().participants[index].generation.load(std::memory_order_acquire);
 }
 void QueueRegistry::reclaim(std::uint64_t pos) noexcept {
   // The dead owner of `pos` may hold an arena chunk tagged arena_tag(pos) (never more than one).
@@ -189,7 +194,7 @@ struct QueueReaderState {
 core::MpmcReader& reader_core(QueueReaderState& s) noexcept { return s.core; }
 QueueShared& reader_shared(QueueReaderState& s) noexcept { return *s.shared; }
 
-Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out) noexcept {
+Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out, bool keep) noexcept {
   core::Stats& stats = q.segment.stats(0);
   auto corrupt = [&] {
     core::Stats::bump(stats.corrupt_events);
@@ -216,8 +221,8 @@ Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out) noexcep
   if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) >= len)
     p = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, 0);
   // Unlinked at once: the mapping keeps the pages, and a reader killed from here on leaves
-  // nothing behind.
-  ::unlink(path);
+  // nothing behind. A leased message keeps its file until the lease is acked.
+  if (!keep) ::unlink(path);
   ::close(fd);
   if (p == MAP_FAILED) return corrupt();
   out.base = p;
@@ -225,8 +230,12 @@ Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out) noexcep
   return Status::ok;
 }
 
-void unmap_spill(QueueShared& q, SpillMap& m) noexcept {
+void unmap_spill(QueueShared& q, SpillMap& m, bool keep) noexcept {
   if (m.chunk != 0) {
+    if (keep) {
+      m = {};
+      return;
+    }
     q.owner(m.chunk - 1).store(0, std::memory_order_release);  // [A2]: our reads come first
   } else if (m.base != nullptr) {
     ::munmap(m.base, m.length);
@@ -491,7 +500,8 @@ Result<std::unique_ptr<State>> join_as(const std::shared_ptr<QueueShared>& q, Ro
   s->participant = std::move(*p);
   s->pid = ::getpid();
   s->core = decltype(s->core)(q->ring, s->participant.slot()->claim, &q->registry,
-                              &q->segment.stats(0), sleep_mark(*q, s->participant));
+                              &q->segment.stats(0), sleep_mark(*q, s->participant),
+                              core::mpmc::holder_id(s->participant.index(), s->participant.generation()));
   return s;
 }
 }  // namespace
@@ -842,6 +852,40 @@ Status QueueReader::recv(Message& out, Deadline d) noexcept {
   const Status st = s_->core.recv(v, d);
   if (st != Status::ok) return st;
   return finish(*s_, v, out);
+}
+
+Status QueueReader::try_lease(std::size_t max, QueueLease& out) noexcept {
+  if (out.valid() && !out.give_back()) return Status::full;
+  out = QueueLease();
+  if (!s_) return Status::closed;
+  const Status st = s_->core.try_lease(max, out.lease_);
+  if (st == Status::ok) out.owner_ = s_.get();
+  return st;
+}
+
+Status QueueReader::lease(std::size_t max, Deadline d, QueueLease& out) noexcept {
+  if (out.valid() && !out.give_back()) return Status::full;
+  out = QueueLease();
+  if (!s_) return Status::closed;
+  const Status st = s_->core.lease(max, d, out.lease_);
+  if (st == Status::ok) out.owner_ = s_.get();
+  return st;
+}
+
+void QueueLease::ack() noexcept {
+  if (!valid()) return;
+  detail::QueueShared& q = *owner_->shared;
+  // Each message's arena chunk and spill file are freed after the claim's downgrade [L1] and
+  // before its slot is released, as a plain reader frees them (queue.hpp, the arena).
+  owner_->core.ack_lease(lease_, [&q](std::uint64_t pos) noexcept { q.registry.reclaim(pos); });
+  owner_ = nullptr;
+}
+
+bool QueueLease::give_back() noexcept {
+  if (!valid()) return true;
+  if (!owner_->core.give_back(lease_)) return false;
+  owner_ = nullptr;
+  return true;
 }
 
 core::WaitWord* QueueReader::data_wait_word() noexcept {

@@ -24,6 +24,9 @@ enum class KillPoint : std::uint32_t {
   creating,                  // a segment being initialized (state `initializing`)
   spill_write,               // a spill file created and half written, the slot not yet committed
   recovering_read,           // a writer has just freed the slot of a reader that died holding it
+  holding_lease,             // a lease taken by a reader, not yet acknowledged
+  acking_lease,              // a lease being acknowledged: its claim downgraded, slots not all released
+  adopting,                  // a dead lease being moved under the adoption lock, half moved
   count_,
 };
 
@@ -39,6 +42,9 @@ constexpr std::string_view kill_point_name(KillPoint kp) noexcept {
     case KillPoint::creating: return "creating";
     case KillPoint::spill_write: return "spill_write";
     case KillPoint::recovering_read: return "recovering_read";
+    case KillPoint::holding_lease: return "holding_lease";
+    case KillPoint::acking_lease: return "acking_lease";
+    case KillPoint::adopting: return "adopting";
     case KillPoint::count_: break;
   }
   return "unknown";

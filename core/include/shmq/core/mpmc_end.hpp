@@ -3,7 +3,9 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <thread>
 #include <utility>
 
 #include "shmq/core/backoff.hpp"
@@ -76,13 +78,32 @@ class MpmcEnd {
   // `words`: this participant's kClaimWords claim words (zeroed here). `registry` may be null
   // (no crash recovery, e.g. threads of one process that cannot die separately).
   // `mark`: where this participant records its sleeps (SleepMark; value without the word bit).
+  // `self`: mpmc::holder_id of this participant (for the adoption lock of leases).
   MpmcEnd(MpmcRing ring, std::atomic<std::uint64_t>* words, ClaimRegistry* registry,
-          Stats* stats, SleepMark mark, bool writer) noexcept
+          Stats* stats, SleepMark mark, bool writer, std::uint64_t self) noexcept
       : ring_(ring), words_(words), recovery_(ring, registry, stats), stats_(stats),
         counters_(stats, writer),
-        mark_{mark.word, mark.value | (writer ? kSleepOnSpace : kSleepOnData)} {
-    // relaxed: nothing is claimed yet; a survivor reading a stale word only waits one probe.
-    for (std::uint32_t w = 0; w < kClaimWords; ++w) words_[w].store(0, std::memory_order_relaxed);
+        mark_{mark.word, mark.value | (writer ? kSleepOnSpace : kSleepOnData)}, self_(self) {
+    // [L4] Leases left in these words by the slot's dead previous holder are moved to the orphan
+    // table first (zeroing them would lose their messages). One that finds no room stays.
+    if (inherited_lease()) {
+      for (int tries = 0; tries < 1000 && !recovery_.resolve_dead_leases(self_, words_); ++tries)
+        std::this_thread::sleep_for(std::chrono::microseconds(100));  // a live adopter is moving
+    }
+    for (std::uint32_t w = 0; w < kClaimWords; ++w) {
+      // relaxed: nothing is claimed yet; a survivor reading a stale word only waits one probe.
+      if (mpmc::claim_op(words_[w].load(std::memory_order_relaxed)) != mpmc::ClaimOp::lease)
+        words_[w].store(0, std::memory_order_relaxed);
+    }
+  }
+
+  bool inherited_lease() const noexcept {
+    for (std::uint32_t w = 0; w < kClaimWords; ++w) {
+      // relaxed: the previous holder is dead (we hold its slot); its stores are visible.
+      const std::uint64_t word = words_[w].load(std::memory_order_relaxed);
+      if (word != 0 && mpmc::claim_op(word) == mpmc::ClaimOp::lease) return true;
+    }
+    return false;
   }
 
   // The blocking loop of both sides: retry `attempt` while it reports `waiting_out` (full for a
@@ -175,6 +196,7 @@ class MpmcEnd {
   Stats* stats_ = nullptr;
   LocalCounters counters_;
   SleepMark mark_;
+  std::uint64_t self_ = 0;
   detail::StuckWatch watch_;
 };
 

@@ -4,8 +4,9 @@
 // headers, slots and claim words with these names. Protocol and tags: mpmc_ring.hpp.
 //
 // Layout (all offsets fixed, so two builds agree):
-//   MpmcRingHeader   immutable parameters; enqueue_pos, dequeue_pos, two WaitWords and the closed
-//                    flag, each on a cache line of its own
+//   MpmcRingHeader   immutable parameters; enqueue_pos, dequeue_pos, two WaitWords, the closed
+//                    flag, and the lease line (adoption lock + orphaned leases), each on a cache
+//                    line of its own
 //   slots[slots]     MpmcSlotHeader {seq u64, length u32, kind u16, flags u8, pad u8} + slot_size
 //                    payload bytes, stride rounded up to kSlotAlign
 //   Positions are 64-bit and monotonic (they never wrap in practice; the code still uses modular
@@ -33,7 +34,7 @@ namespace shmq::core {
 
 // Bumped with any change of the header, the slot header or the claim words, so that a process
 // of another version refuses the ring (bad_magic) instead of misreading it.
-inline constexpr std::uint64_t kMpmcMagic = 0x31474E49524D504Dull;  // "MPMRING1" little-endian
+inline constexpr std::uint64_t kMpmcMagic = 0x32474E49524D504Dull;  // "MPMRING2" little-endian
 inline constexpr std::uint32_t kClaimWords = 4;   // per participant: [0] transient, [1..3] held
 inline constexpr std::uint64_t kMaxBatch = (1u << 14) - 1;  // the count field of a claim word
 inline constexpr std::uint64_t kMinSlots = 2;
@@ -41,6 +42,9 @@ inline constexpr std::uint64_t kMaxSlots = 1ull << 30;
 inline constexpr std::uint64_t kMaxSlotSize = 1ull << 30;
 inline constexpr std::uint64_t kSlotAlign = 64;  // one x86 line: neighbouring slots belong to
                                                  // different writers; 128 would waste space
+// Leases whose holder died (or gave them back), parked in the ring header until a reader adopts
+// them (mpmc_recovery.hpp). More dead leases than this wait in their holders' claim words.
+inline constexpr std::uint32_t kOrphanLeases = 8;
 
 // Slot flags (the host may give kSlotSpilled its own meaning; the ring only carries it).
 inline constexpr std::uint8_t kSlotSkip = 1;     // an aborted claim: readers drop it
@@ -75,9 +79,13 @@ struct alignas(kCacheLine) MpmcRingHeader {
   alignas(kCacheLine) WaitWord data_ready;   // readers sleep here
   alignas(kCacheLine) WaitWord space_free;   // writers sleep here
   alignas(kCacheLine) std::atomic<std::uint32_t> closed;  // [Q6]
+  // ---- leases (slow path): [L3] who may move dead leases, and where they wait for adoption
+  alignas(kCacheLine) std::atomic<std::uint64_t> adopt_lock;  // 0 or mpmc::holder_id of the holder
+  std::atomic<std::uint64_t> orphans[kOrphanLeases];          // lease claim words, 0 = empty
 };
 static_assert(std::is_standard_layout_v<MpmcRingHeader>, "shared between processes");
-static_assert(sizeof(MpmcRingHeader) == 6 * kCacheLine, "six cache lines");
+static_assert(sizeof(MpmcRingHeader) == 7 * kCacheLine, "seven cache lines");
+static_assert(offsetof(MpmcRingHeader, orphans) + sizeof(MpmcRingHeader::orphans) <= 7 * kCacheLine);
 static_assert(offsetof(MpmcRingHeader, enqueue_pos) == kCacheLine);
 static_assert(offsetof(MpmcRingHeader, dequeue_pos) == 2 * kCacheLine);
 
@@ -148,7 +156,9 @@ constexpr SlotCheck check_slot(std::uint32_t length, std::uint8_t flags,
 }
 
 // A claim word: {48 low bits of the first position, 14-bit count, 2-bit op}; 0 when idle.
-enum class ClaimOp : std::uint64_t { enqueue = 1, dequeue = 2 };
+// `lease`: a reader's claim that outlives it (MpmcReader::try_lease): if the holder dies, the
+// messages are redelivered to another reader instead of being abandoned.
+enum class ClaimOp : std::uint64_t { enqueue = 1, dequeue = 2, lease = 3 };
 inline constexpr std::uint64_t kClaimPosMask = (1ull << 48) - 1;
 
 constexpr std::uint64_t encode_claim(std::uint64_t pos, std::uint64_t count, ClaimOp op) noexcept {
@@ -161,6 +171,20 @@ constexpr bool claim_covers(std::uint64_t word, std::uint64_t pos, ClaimOp op) n
   const std::uint64_t first = word >> 16;
   const std::uint64_t count = (word >> 2) & kMaxBatch;
   return ((pos - first) & kClaimPosMask) < count;
+}
+constexpr ClaimOp claim_op(std::uint64_t word) noexcept { return static_cast<ClaimOp>(word & 3); }
+constexpr std::uint64_t claim_count(std::uint64_t word) noexcept { return (word >> 2) & kMaxBatch; }
+// The full first position of a claim word, given any position `near` within 2^47 of it (the
+// word keeps only the low 48 bits).
+constexpr std::uint64_t claim_first(std::uint64_t word, std::uint64_t near) noexcept {
+  const std::uint64_t diff = ((word >> 16) - near) & kClaimPosMask;  // (first - near) mod 2^48
+  const std::int64_t signed_diff = static_cast<std::int64_t>(diff << 16) >> 16;
+  return near + static_cast<std::uint64_t>(signed_diff);
+}
+// Who holds the adoption lock: participant index + 1 and the holder's generation (so a reused
+// slot's new holder is not taken for its dead predecessor).
+constexpr std::uint64_t holder_id(std::uint32_t index, std::uint32_t generation) noexcept {
+  return (static_cast<std::uint64_t>(index + 1) << 32) | generation;
 }
 
 }  // namespace mpmc
@@ -215,6 +239,8 @@ class MpmcRing {
     h->data_ready.epoch.store(c.initial_epoch, std::memory_order_relaxed);
     h->space_free.epoch.store(c.initial_epoch, std::memory_order_relaxed);
     h->closed.store(0, std::memory_order_relaxed);
+    h->adopt_lock.store(0, std::memory_order_relaxed);
+    for (auto& o : h->orphans) o.store(0, std::memory_order_relaxed);
     for (std::uint64_t i = 0; i < c.slots; ++i) {
       const std::uint64_t pos = c.initial_position + i;
       auto* s = new (mem.data() + sizeof(MpmcRingHeader) + (pos & (c.slots - 1)) * h->stride)

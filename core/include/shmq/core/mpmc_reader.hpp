@@ -28,6 +28,16 @@ struct MpmcView {
   std::span<const std::byte> bytes() const noexcept { return {data, length}; }
 };
 
+// Messages a reader holds under a lease [L1]: positions [pos, pos + count), their ids. Skip
+// records inside the range (aborted claims) are held too but never delivered.
+struct MpmcLease {
+  std::uint64_t pos = 0;
+  std::uint64_t count = 0;
+  std::uint8_t word = 0;      // the claim word holding it; 0 = no lease
+  bool redelivered = false;   // adopted from a holder that died or gave it back
+  bool valid() const noexcept { return word != 0; }
+};
+
 // One reader participant. Not thread-safe (one thread at a time), except release(), which may run
 // in any thread.
 class MpmcReader : public MpmcEnd {
@@ -35,8 +45,8 @@ class MpmcReader : public MpmcEnd {
   MpmcReader() noexcept : MpmcEnd(false) {}
   // The arguments: see MpmcEnd.
   MpmcReader(MpmcRing ring, std::atomic<std::uint64_t>* words, ClaimRegistry* registry,
-             Stats* stats, SleepMark mark = {}) noexcept
-      : MpmcEnd(ring, words, registry, stats, mark, false) {}
+             Stats* stats, SleepMark mark = {}, std::uint64_t self = 0) noexcept
+      : MpmcEnd(ring, words, registry, stats, mark, false, self) {}
 
   // Takes the oldest committed message; it occupies its slot until release(out). Up to
   // kClaimWords - 1 views may be held; with all held, returns `full` (release one first).
@@ -118,6 +128,75 @@ class MpmcReader : public MpmcEnd {
     return n;
   }
 
+  // Leases [L1]-[L5]: up to `max` committed messages held until ack_lease(); if this reader dies
+  // (or give_back()s them) they are redelivered to the next reader that takes a lease, instead
+  // of being abandoned. A lease taken here is first one left by a dead holder, if any waits
+  // (out.redelivered), else new messages. A lease takes a hold word, like a held view.
+  // Returns ok | empty | closed | corrupt | full (every hold word busy).
+  [[nodiscard]] Status try_lease(std::size_t max, MpmcLease& out) noexcept {
+    out = {};
+    const std::uint32_t w = free_hold_word();
+    if (w == 0) return Status::full;
+    if (const std::uint64_t adopted = recovery_.adopt(words_[w], self_); adopted != 0) {
+      // relaxed: any recent position is near enough to widen the word's 48-bit position.
+      const std::uint64_t near = ring_.header().dequeue_pos.load(std::memory_order_relaxed);
+      out = {mpmc::claim_first(adopted, near), mpmc::claim_count(adopted),
+             static_cast<std::uint8_t>(w), true};
+      return Status::ok;
+    }
+    std::uint64_t pos = 0, n = 0;
+    const Status st = claim(std::min<std::uint64_t>(max, kMaxBatch), words_[w], pos, &n,
+                            mpmc::ClaimOp::lease);
+    if (st != Status::ok) return st;
+    SHMQ_KILL_POINT(KillPoint::holding_lease);
+    counters_.add(n, 0);
+    out = {pos, n, static_cast<std::uint8_t>(w), false};
+    return Status::ok;
+  }
+
+  [[nodiscard]] Status lease(std::size_t max, Deadline d, MpmcLease& out) noexcept {
+    return block([&] { return try_lease(max, out); }, d);
+  }
+
+  // The i-th message of a lease (i < count): ok, empty for a skip record, corrupt.
+  [[nodiscard]] Status lease_view(const MpmcLease& l, std::uint64_t i, MpmcView& out) noexcept {
+    return view(l.pos + i, l.word, out);
+  }
+
+  // Done with every message of the lease: their slots go back to the writers. [L1] The claim is
+  // first downgraded to a plain read claim, so a reader killed while acknowledging leaves slots
+  // that writers reclaim (its messages were handled), never a lease to redeliver. free(pos) runs
+  // for each position after the downgrade and before its slot is released (the host frees what
+  // a message kept outside its slot).
+  template <class Free>
+  void ack_lease(MpmcLease& l, Free&& free) noexcept {
+    if (!l.valid()) return;
+    // relaxed: each slot release below is a release store and orders it before itself.
+    words_[l.word].store(mpmc::encode_claim(l.pos, l.count, mpmc::ClaimOp::dequeue),
+                         std::memory_order_relaxed);
+    SHMQ_KILL_POINT(KillPoint::acking_lease);
+    for (std::uint64_t i = 0; i < l.count; ++i) free(l.pos + i);
+    for (std::uint64_t i = 0; i < l.count; ++i)
+      // release: [Q2] pairs with the writer of the next lap.
+      ring_.slot(l.pos + i).seq.store(mpmc::seq_released(l.pos + i, ring_.slots()),
+                                      std::memory_order_release);
+    words_[l.word].store(0, std::memory_order_release);  // [Q4]
+    recovery_.notify(ring_.header().space_free, static_cast<int>(l.count));
+    l = {};
+  }
+  void ack_lease(MpmcLease& l) noexcept {
+    ack_lease(l, [](std::uint64_t) noexcept {});
+  }
+
+  // Gives the lease back unacknowledged: its messages are redelivered to the next reader that
+  // takes a lease. False (the lease stays ours) if the orphan table is full or its lock busy.
+  bool give_back(MpmcLease& l) noexcept {
+    if (!l.valid()) return true;
+    if (!recovery_.park(words_[l.word], self_)) return false;
+    l = {};
+    return true;
+  }
+
   // Where this reader marks a sleep on data_ready (for wait_any, which sleeps on it too).
   SleepMark data_sleep_mark() const noexcept { return mark_; }
 
@@ -172,7 +251,8 @@ class MpmcReader : public MpmcEnd {
 
   // Claims up to `want` consecutive committed slots; *got receives how many.
   Status claim(std::uint64_t want, std::atomic<std::uint64_t>& word, std::uint64_t& pos_out,
-               std::uint64_t* got = nullptr) noexcept {
+               std::uint64_t* got = nullptr,
+               mpmc::ClaimOp op = mpmc::ClaimOp::dequeue) noexcept {
     // relaxed: a starting hint; the CAS validates it.
     std::uint64_t pos = ring_.header().dequeue_pos.load(std::memory_order_relaxed);
     // Each round:
@@ -193,7 +273,7 @@ class MpmcReader : public MpmcEnd {
       const std::int64_t diff = mpmc::distance(mpmc::seq_committed(pos), seq);
       if (diff == 0) {  // case 1
         const std::uint64_t n = run_length(pos, want, mpmc::seq_committed);
-        if (take_run(ring_.header().dequeue_pos, pos, n, mpmc::ClaimOp::dequeue, word, [] {})) {
+        if (take_run(ring_.header().dequeue_pos, pos, n, op, word, [] {})) {
           pos_out = pos;
           if (got != nullptr) *got = n;
           return Status::ok;  // case 1a

@@ -31,6 +31,9 @@ class ClaimRegistry {
   // kClaimWords words of participant `index`.
   virtual std::atomic<std::uint64_t>* claim_words(std::uint32_t index) const noexcept = 0;
   virtual bool alive(std::uint32_t index) const noexcept = 0;
+  // The generation of participant `index`'s current holder (mpmc::holder_id); 0 if the host does
+  // not reuse participants.
+  virtual std::uint32_t generation(std::uint32_t /*index*/) const noexcept { return 0; }
   // Frees host resources tied to position `pos` of a slot recovered from a dead participant.
   virtual void reclaim(std::uint64_t /*pos*/) noexcept {}
   // Takes back the wait counts of participants killed asleep (their SleepMarks). Called after
@@ -153,10 +156,14 @@ class MpmcRecovery {
   }
 
   // Writer side, after read_in_flight(pos, seen): true if the slot was recovered from a dead
-  // reader.
-  bool recover_unreleased_read(std::uint64_t pos, std::uint64_t seen) noexcept {
+  // reader. A leased slot is never recovered: its message waits for a reader to adopt it [L4].
+  bool recover_unreleased_read(std::uint64_t pos, std::uint64_t seen, std::uint64_t self) noexcept {
     const std::uint64_t q = pos - ring_.slots();
     if (live_claimant(q, mpmc::ClaimOp::dequeue)) return false;
+    if (leased(q)) {
+      resolve_dead_leases(self, nullptr);  // a stale lease word must not keep the slot forever
+      if (leased(q)) return false;
+    }
     // The dead reader's resources are freed and its message counted *before* the CAS that frees
     // the slot: once the slot is free nobody would find them again, so a survivor killed between
     // the CAS and these steps would leak a spill file or chunk and leave a lost message
@@ -186,6 +193,194 @@ class MpmcRecovery {
     ring_.header().space_free.notify(1);
     return true;
   }
+
+  // ---- leases [L1]-[L5] (mpmc_ring.hpp, "Leases"). All of it is slow path.
+
+  // True if a lease (a participant's claim word of op lease, alive or dead, or an orphan) covers
+  // position q.
+  bool leased(std::uint64_t q) const noexcept {
+    for (auto& o : ring_.header().orphans)
+      // acquire: [L3] an orphan published under the adoption lock.
+      if (mpmc::claim_covers(o.load(std::memory_order_acquire), q, mpmc::ClaimOp::lease)) return true;
+    if (registry_ == nullptr) return false;
+    const std::uint32_t n = registry_->participants();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      std::atomic<std::uint64_t>* words = registry_->claim_words(i);
+      for (std::uint32_t w = 0; w < kClaimWords; ++w)
+        // acquire: [Q3] as in live_claimant.
+        if (mpmc::claim_covers(words[w].load(std::memory_order_acquire), q, mpmc::ClaimOp::lease))
+          return true;
+    }
+    return false;
+  }
+
+  // Moves the leases of dead holders into the orphan table and drops stale lease words, under
+  // the adoption lock [L3]. `inherited`: the kClaimWords words a new participant took over with
+  // its slot (dead, though the slot's holder is alive); null otherwise. Returns false if the lock
+  // is held by a live participant (try again later).
+  bool resolve_dead_leases(std::uint64_t self, std::atomic<std::uint64_t>* inherited) noexcept {
+    if (registry_ == nullptr || !lock_adoption(self)) return false;
+    resolve_locked(inherited);
+    unlock_adoption();
+    return true;
+  }
+
+  // Reader side [L2]: takes one orphaned lease (after resolving dead holders' leases) into `mine`
+  // (a free claim word of the caller). Returns its claim word, or 0 if none is waiting.
+  std::uint64_t adopt(std::atomic<std::uint64_t>& mine, std::uint64_t self) noexcept {
+    if (registry_ == nullptr || !lease_waiting() || !lock_adoption(self)) return 0;
+    resolve_locked(nullptr);
+    std::uint64_t got = 0;
+    for (auto& o : ring_.header().orphans) {
+      // relaxed: under the lock.
+      const std::uint64_t word = o.load(std::memory_order_relaxed);
+      if (word == 0) continue;
+      // [L2] ours first, then the orphan cleared: a crash in between leaves two identical words,
+      // which resolve_locked() merges into one.
+      mine.store(word, std::memory_order_relaxed);  // relaxed: published by the unlock (release)
+      SHMQ_KILL_POINT(KillPoint::adopting);
+      o.store(0, std::memory_order_relaxed);
+      got = word;
+      break;
+    }
+    unlock_adoption();
+    return got;
+  }
+
+  // Reader side: parks the lease in `mine` as an orphan (given back without an ack), so that
+  // another reader adopts it. False if the table is full or the lock busy: keep it and retry.
+  bool park(std::atomic<std::uint64_t>& mine, std::uint64_t self) noexcept {
+    if (registry_ == nullptr || !lock_adoption(self)) return false;
+    // relaxed: our own word.
+    const std::uint64_t word = mine.load(std::memory_order_relaxed);
+    const bool ok = word == 0 || to_orphan(word);
+    if (ok) mine.store(0, std::memory_order_relaxed);  // relaxed: published by the unlock
+    unlock_adoption();
+    return ok;
+  }
+
+ private:
+  // Whether some lease may wait for adoption: an orphan, or a lease word of a dead participant.
+  // Costs a liveness probe (a syscall) per participant holding a lease.
+  bool lease_waiting() const noexcept {
+    for (auto& o : ring_.header().orphans)
+      if (o.load(std::memory_order_relaxed) != 0) return true;  // relaxed: a hint, re-read under lock
+    const std::uint32_t n = registry_->participants();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      std::atomic<std::uint64_t>* words = registry_->claim_words(i);
+      for (std::uint32_t w = 0; w < kClaimWords; ++w) {
+        const std::uint64_t word = words[w].load(std::memory_order_relaxed);  // relaxed: a hint
+        if (word != 0 && mpmc::claim_op(word) == mpmc::ClaimOp::lease) {
+          if (!registry_->alive(i)) return true;
+          break;
+        }
+      }
+    }
+    return false;
+  }
+
+  // [L3] the adoption lock: a CAS from 0 (or from a dead holder's id) to ours.
+  bool lock_adoption(std::uint64_t self) noexcept {
+    std::atomic<std::uint64_t>& lock = ring_.header().adopt_lock;
+    for (int tries = 0; tries < 4; ++tries) {
+      // acquire: pairs with the release in unlock_adoption(): the previous holder's moves are
+      // visible.
+      std::uint64_t held = lock.load(std::memory_order_acquire);
+      if (held != 0) {
+        const std::uint32_t index = static_cast<std::uint32_t>(held >> 32) - 1;
+        const std::uint32_t gen = static_cast<std::uint32_t>(held);
+        if (index < registry_->participants() && registry_->alive(index) &&
+            registry_->generation(index) == gen)
+          return false;  // a live holder: it finishes soon; the caller tries again later
+      }
+      // Cases: 1. held == 0: take a free lock. 2. a dead holder's id: break it; what it left half
+      // done is redone by us (resolve_locked() merges identical words). 3. CAS fails: someone else took
+      // or broke it first; look again.
+      // acquire on success: as the load above. relaxed on failure.
+      if (lock.compare_exchange_strong(held, self, std::memory_order_acquire, std::memory_order_relaxed))
+        return true;
+    }
+    return false;
+  }
+  void unlock_adoption() noexcept {
+    // release: [L3] publishes our moves to the next holder and to leased() (acquire).
+    ring_.header().adopt_lock.store(0, std::memory_order_release);
+  }
+
+  void resolve_locked(std::atomic<std::uint64_t>* inherited) noexcept {
+    const std::uint32_t n = registry_->participants();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      std::atomic<std::uint64_t>* words = registry_->claim_words(i);
+      const bool dead_slot = words == inherited;
+      bool alive_known = false, alive = false;
+      for (std::uint32_t w = 0; w < kClaimWords; ++w) {
+        // relaxed: under the lock; a dead holder's stores are visible once the kernel says dead.
+        const std::uint64_t word = words[w].load(std::memory_order_relaxed);
+        if (word == 0 || mpmc::claim_op(word) != mpmc::ClaimOp::lease) continue;
+        if (!dead_slot) {
+          if (!alive_known) {
+            alive = registry_->alive(i);
+            alive_known = true;
+          }
+          if (alive) break;
+        }
+        // A dead lease becomes an orphan, or is dropped if stale; with the table full it waits
+        // where it is.
+        if (valid_dead_lease(word, &words[w], inherited) && !to_orphan(word)) continue;
+        SHMQ_KILL_POINT(KillPoint::adopting);
+        words[w].store(0, std::memory_order_relaxed);  // relaxed: published by the unlock
+      }
+    }
+  }
+
+  // Under the lock: `word` into a free orphan entry (true), or true at once if an identical
+  // orphan exists (the duplicate a crash between two steps of a move leaves).
+  bool to_orphan(std::uint64_t word) noexcept {
+    for (auto& o : ring_.header().orphans)
+      if (o.load(std::memory_order_relaxed) == word) return true;  // relaxed: under the lock
+    for (auto& o : ring_.header().orphans)
+      if (o.load(std::memory_order_relaxed) == 0) {
+        o.store(word, std::memory_order_relaxed);  // relaxed: published by the unlock
+        return true;
+      }
+    return false;
+  }
+
+  // [L5] Whether a dead holder's lease word `word` (in `where`) stands for messages it really
+  // holds. A word is written before the claiming CAS [Q3], so a holder killed before (or after
+  // losing) its CAS leaves a word for positions it never took. Such a word is stale if
+  // dequeue_pos never passed its end, if any of its slots is not held (committed, unreleased),
+  // or if another claim covers its first position: a live reader's (it holds them), a copy of the
+  // same lease held by a live adopter, or a dead reader's plain claim (ambiguous: the writers'
+  // abandon path takes the slot, as for any dead reader). Identical words of dead participants
+  // are one lease left twice by a move cut short (L2): they merge into one orphan.
+  bool valid_dead_lease(std::uint64_t word, const std::atomic<std::uint64_t>* where,
+                        const std::atomic<std::uint64_t>* inherited) const noexcept {
+    // acquire: [Q3] a claim CAS seen here makes the claimant's word visible to the scan below.
+    const std::uint64_t deq = ring_.header().dequeue_pos.load(std::memory_order_acquire);
+    const std::uint64_t count = mpmc::claim_count(word);
+    const std::uint64_t first = mpmc::claim_first(word, deq);
+    if (count == 0 || mpmc::distance(first + count, deq) < 0) return false;
+    for (std::uint64_t i = 0; i < count; ++i)
+      // acquire: [Q2] a release by another reader is seen.
+      if (ring_.slot(first + i).seq.load(std::memory_order_acquire) != mpmc::seq_committed(first + i))
+        return false;
+    const std::uint32_t n = registry_->participants();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      std::atomic<std::uint64_t>* words = registry_->claim_words(i);
+      for (std::uint32_t w = 0; w < kClaimWords; ++w) {
+        if (&words[w] == where) continue;
+        const std::uint64_t other = words[w].load(std::memory_order_acquire);  // [Q3]
+        if (mpmc::claim_covers(other, first, mpmc::ClaimOp::dequeue)) return false;
+        if (mpmc::claim_covers(other, first, mpmc::ClaimOp::lease) && words != inherited &&
+            registry_->alive(i))
+          return false;
+      }
+    }
+    return true;
+  }
+
+ public:
 
  private:
   MpmcRing ring_;

@@ -50,6 +50,38 @@
 //     A participant always clears its word on every path that leaves without a claim, so a live
 //     participant's stale word cannot keep a dead owner's slot stuck forever.
 //   The host's reclaim(p) runs for every recovered slot (shm: unlinks the spill file of p).
+//
+// Leases (a reader mode: MpmcReader::try_lease / ack_lease / give_back). A lease is a reader's
+// claim of consecutive positions [q, q + n) recorded with op `lease` instead of `dequeue`. Its
+// messages are held until ack_lease(); if the holder dies, or gives them back, they are delivered
+// again to the next reader that takes a lease, instead of being abandoned. Positions are unique
+// and monotonic, so q + i is a stable id for each message. Plain reads are untouched.
+//   [L1] take and ack: the lease word is stored before the dequeue CAS, as any claim [Q3]. An ack
+//        first downgrades the word to a plain `dequeue` claim, then releases the slots [Q2], then
+//        clears the word [Q4]: a holder killed while acking leaves a plain claim, which the
+//        writers' abandon path takes (its messages were handled), never a lease to redeliver.
+//   [L2] adoption: a reader copies an orphaned lease word into a free claim word of its own and
+//        then clears the orphan, both under the adoption lock. Killed between the two, it leaves
+//        two identical words; the next lock holder merges them (identical lease words of dead
+//        participants are one lease), so one reader, and only one, adopts a lease.
+//   [L3] the adoption lock (MpmcRingHeader::adopt_lock) holds mpmc::holder_id of its holder
+//        (participant index and generation); a holder found dead, or its slot taken by a new
+//        generation, is broken with a CAS. Acquire on taking, release on leaving: every move of
+//        a lease word is made and seen under it. Only lease words move under it; plain claims
+//        never wait for it.
+//   [L4] dead holders: under the lock, a lease word of a dead participant is moved into the
+//        orphan table (MpmcRingHeader::orphans), where readers adopt it; the participant slot's
+//        next holder does the same before it zeroes its words (else the lease would be lost), and
+//        writers never recover a slot a lease covers (recover_unreleased_read): they wait, as for
+//        a live reader, until it is adopted and acked. A dead lease that finds the orphan table
+//        full waits in its word for a later move.
+//   [L5] stale lease words: a reader killed after storing its lease word but before (or after
+//        losing) its CAS leaves a word for positions it never took. Before a dead word becomes an
+//        orphan it is checked (valid_dead_lease): dequeue_pos must be past its end, all its
+//        slots held (committed, unreleased), and no other claim may cover its first position;
+//        otherwise it is dropped, and a slot really held by another dead reader goes the
+//        ordinary abandon way. (Two readers killed in the same instant on the same position, one
+//        of them before its CAS, can thus lose that position's lease to `abandoned`.)
 #pragma once
 
 #include "shmq/core/mpmc_end.hpp"

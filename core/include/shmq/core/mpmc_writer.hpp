@@ -34,8 +34,8 @@ class MpmcWriter : public MpmcEnd {
   MpmcWriter() noexcept : MpmcEnd(true) {}
   // The arguments: see MpmcEnd.
   MpmcWriter(MpmcRing ring, std::atomic<std::uint64_t>* words, ClaimRegistry* registry,
-             Stats* stats, SleepMark mark = {}) noexcept
-      : MpmcEnd(ring, words, registry, stats, mark, true) {}
+             Stats* stats, SleepMark mark = {}, std::uint64_t self = 0) noexcept
+      : MpmcEnd(ring, words, registry, stats, mark, true, self) {}
 
   [[nodiscard]] Status try_send(std::span<const std::byte> msg, std::uint16_t kind = 0) noexcept {
     if (msg.size() > ring_.slot_size()) return Status::too_big;
@@ -221,7 +221,7 @@ class MpmcWriter : public MpmcEnd {
         word.store(0, std::memory_order_relaxed);  // relaxed: we claim nothing
         if (!recovery_.read_in_flight(pos, seq)) {
           watch_.clear();
-        } else if (watch_.probe_due(pos) && recovery_.recover_unreleased_read(pos, seq)) {
+        } else if (watch_.probe_due(pos) && recovery_.recover_unreleased_read(pos, seq, self_)) {
           continue;
         }
         return Status::full;

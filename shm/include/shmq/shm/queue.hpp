@@ -76,6 +76,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "shmq/core/fault.hpp"
 #include "shmq/core/mpmc_ring.hpp"
@@ -194,11 +195,58 @@ struct SpillMap {
     return {static_cast<const std::byte*>(base), length};
   }
 };
-Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out) noexcept;
-void unmap_spill(QueueShared& q, SpillMap& m) noexcept;
+// `keep`: a leased message's data must outlive this reading (a redelivery reads it again): the
+// spill file is not unlinked, and unmap_spill(keep) leaves an arena chunk taken. Both are freed
+// when the lease is acknowledged (QueueRegistry::reclaim).
+Status map_spill(QueueShared& q, const core::MpmcView& v, SpillMap& out, bool keep = false) noexcept;
+void unmap_spill(QueueShared& q, SpillMap& m, bool keep = false) noexcept;
 core::MpmcReader& reader_core(QueueReaderState& s) noexcept;
 QueueShared& reader_shared(QueueReaderState& s) noexcept;
 }  // namespace detail
+
+// Messages a reader holds under a lease (QueueReader::lease; the protocol: core/mpmc_ring.hpp,
+// "Leases"): they stay in the queue until ack(); if the holder dies or gives them back they are
+// delivered again, to the next reader that takes a lease, instead of being abandoned. Each
+// message's id is its queue position (first_id() + i): unique and increasing. Move-only;
+// destroying a lease that was not acked gives it back. Used by the thread of its reader.
+class QueueLease {
+ public:
+  QueueLease() = default;
+  QueueLease(QueueLease&& o) noexcept
+      : owner_(std::exchange(o.owner_, nullptr)), lease_(std::exchange(o.lease_, {})) {}
+  QueueLease& operator=(QueueLease&& o) noexcept {
+    if (this != &o) {
+      (void)give_back();
+      owner_ = std::exchange(o.owner_, nullptr);
+      lease_ = std::exchange(o.lease_, {});
+    }
+    return *this;
+  }
+  QueueLease(const QueueLease&) = delete;
+  QueueLease& operator=(const QueueLease&) = delete;
+  ~QueueLease() { (void)give_back(); }
+
+  bool valid() const noexcept { return owner_ != nullptr && lease_.valid(); }
+  std::uint64_t first_id() const noexcept { return lease_.pos; }
+  // Positions held, aborted claims (never delivered) included.
+  std::uint64_t size() const noexcept { return lease_.count; }
+  bool redelivered() const noexcept { return lease_.redelivered; }
+  // Calls fn(std::uint64_t id, std::span<const std::byte> bytes, std::uint16_t kind) for each
+  // message in order; bytes are valid during the call only; fn must not throw. ok, or corrupt
+  // if a message was unreadable (skipped, counted in the stats).
+  template <class F>
+  Status for_each(F&& fn) const noexcept;
+  // The messages are done: their slots (and arena chunks, spill files) go back to the writers.
+  void ack() noexcept;
+  // Gives the messages back unacknowledged (redelivered). False if the queue's table of orphaned
+  // leases is full or busy: the lease is kept; try again (or leave the queue, which hands it on).
+  bool give_back() noexcept;
+
+ private:
+  friend class QueueReader;
+  detail::QueueReaderState* owner_ = nullptr;
+  core::MpmcLease lease_{};
+};
 
 // A claimed place for one message of n bytes, written in place. Move-only; destruction aborts.
 class QueueClaim {
@@ -280,6 +328,11 @@ class QueueReader {
   [[nodiscard]] Status try_recv(Message& out) noexcept;
   // ok | timeout | interrupted | closed | corrupt.
   [[nodiscard]] Status recv(Message& out, Deadline d) noexcept;
+  // Up to `max` messages as one lease (QueueLease): a lease left by a dead holder first, if any
+  // waits, else the oldest messages. ok | empty | closed | corrupt | full (this reader already
+  // holds 3 leases or views). lease(): ok | timeout | interrupted | closed | corrupt | full.
+  [[nodiscard]] Status try_lease(std::size_t max, QueueLease& out) noexcept;
+  [[nodiscard]] Status lease(std::size_t max, Deadline d, QueueLease& out) noexcept;
   // Calls fn(std::span<const std::byte>, std::uint16_t kind) for up to `max` messages taken
   // with one claim; the bytes are valid only during the call; fn must not throw. try_: never
   // waits; the other waits until at least one message arrives or the deadline passes.
@@ -375,6 +428,35 @@ auto QueueReader::deliver(F& fn) noexcept {
       detail::unmap_spill(detail::reader_shared(*s_), m);
     }
   };
+}
+
+template <class F>
+Status QueueLease::for_each(F&& fn) const noexcept {
+  if (!valid()) return Status::closed;
+  core::MpmcReader& core = detail::reader_core(*owner_);
+  detail::QueueShared& shared = detail::reader_shared(*owner_);
+  Status result = Status::ok;
+  for (std::uint64_t i = 0; i < lease_.count; ++i) {
+    core::MpmcView v;
+    const Status st = core.lease_view(lease_, i, v);
+    if (st == Status::empty) continue;  // an aborted claim
+    if (st != Status::ok) {
+      result = st;
+      continue;
+    }
+    if ((v.flags & core::kSlotSpilled) == 0) {
+      fn(v.pos, v.bytes(), v.kind);
+      continue;
+    }
+    detail::SpillMap m;
+    if (detail::map_spill(shared, v, m, true) != Status::ok) {
+      result = Status::corrupt;
+      continue;
+    }
+    fn(v.pos, m.bytes(), v.kind);
+    detail::unmap_spill(shared, m, true);
+  }
+  return result;
 }
 
 template <class F>

@@ -20,11 +20,11 @@ from queue import Empty, Full
 
 from ._common import gc, unlink
 from ._connection import BufferTooShort, Connection, Pipe, wait
-from ._queues import JoinableQueue, MessageView, Queue, SimpleQueue
+from ._queues import JoinableQueue, Lease, MessageView, Queue, SimpleQueue
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Connection", "wait", "MessageView",
+    "Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Connection", "wait", "MessageView", "Lease",
     "Empty", "Full", "BufferTooShort", "gc", "unlink",
 ]

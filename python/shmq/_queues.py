@@ -10,7 +10,7 @@ from typing import Any, Iterable, List, Optional, Type, TypeVar
 
 from . import _common, _shmq
 
-__all__ = ["Queue", "SimpleQueue", "JoinableQueue", "MessageView"]
+__all__ = ["Queue", "SimpleQueue", "JoinableQueue", "MessageView", "Lease"]
 
 Empty = _queue_mod.Empty
 Full = _queue_mod.Full
@@ -73,6 +73,60 @@ class MessageView:
             self._mv.release()
             self._mv = None
         self._native.release()
+
+
+class Lease:
+    """Messages taken from a Queue under a lease (``Queue.get_lease()``): they stay in the queue,
+    held by this reader, until ``ack()``. If the holding process dies (even by SIGKILL) or calls
+    ``release()``, they are delivered again, to the next ``get_lease()`` of any reader of the
+    queue, with ``redelivered`` True; a plain ``get()`` never sees them. Each message has a stable
+    id, its position in the queue (unique, increasing): a consumer that acts on the outside world
+    can use it to recognise a redelivery of something it already did.
+
+    ``with q.get_lease() as lease:`` acks when the block ends normally and releases on an
+    exception. A lease not acked when it is garbage-collected is released.
+    """
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+
+    @property
+    def ids(self) -> List[int]:
+        """The messages' ids (queue positions), in order."""
+        return self._native.ids()
+
+    @property
+    def redelivered(self) -> bool:
+        """True if an earlier holder died with these messages or gave them back."""
+        return self._native.redelivered
+
+    def items(self) -> List[Any]:
+        """The messages, decoded as ``get()`` decodes them."""
+        return self._native.items()
+
+    def ack(self) -> None:
+        """The messages are done: they leave the queue for good."""
+        self._native.ack()
+
+    def release(self) -> None:
+        """Gives the messages back unacknowledged: the next ``get_lease()`` gets them."""
+        self._native.release()
+
+    def __len__(self) -> int:
+        return len(self._native.ids())
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if not self._native.held:
+            return
+        if exc_type is None:
+            self._native.ack()
+        else:
+            self._native.release()
 
 
 class Queue:
@@ -203,6 +257,15 @@ class Queue:
         """Receives the next message without copying it; use as ``with q.get_view() as mv:``
         (see MessageView). Raises ``queue.Empty`` as ``get`` does."""
         return MessageView(self._h.get_view(block, timeout))
+
+    def get_lease(self, max_items: int = 1024, block: bool = True,
+                  timeout: Optional[float] = None) -> Lease:
+        """Takes up to ``max_items`` messages as a Lease (a reader mode next to ``get``): they are
+        held, not removed, until ``lease.ack()``, and redelivered to the next ``get_lease()`` if
+        this process dies or calls ``lease.release()``. Waits as ``get`` does for the first
+        message, then takes what else is there (a lease left by a dead holder comes first).
+        ``queue.Empty`` if none came. A handle holds at most 3 leases and views at a time."""
+        return Lease(self._h.get_lease(max_items, block, timeout))
 
     def qsize(self) -> int:
         """The number of messages in the queue (exact at the instant of the call; other

@@ -20,6 +20,7 @@ constexpr std::size_t kBatch = 64;
 void QueueState::after_fork() {
   writer.reset();
   reader.reset();
+  ++reader_epoch;
   wmu_.reset_after_fork();
   rmu_.reset_after_fork();
   fork_generation_ = g_fork_generation;
@@ -28,6 +29,7 @@ void QueueState::after_fork() {
 void QueueState::drop_all() {
   writer.reset();
   reader.reset();
+  ++reader_epoch;
   if (views_ == 0) queue.reset();
 }
 
@@ -274,6 +276,124 @@ std::string QueueHandle::identity() {
   return name_ + "." + std::to_string(h.created_ns);
 }
 
+nb::object QueueHandle::get_lease(std::size_t max_items, bool block, std::optional<double> timeout) {
+  const Deadline d = make_deadline(block, timeout);
+  if (max_items == 0) throw_py(PyExc_ValueError, "get_lease: max_items must be at least 1");
+  QueueState& st = state();
+  if (!st.rmu_.lock(d)) throw_py(g.empty, "");
+  Locked guard(st.rmu_);
+  shmq::QueueReader& r = reader(st);
+  auto h = std::make_unique<LeaseHandle>();
+  Status s = r.try_lease(max_items, h->lease);
+  if (s == Status::empty && !is_poll(d))
+    s = block_in_slices([&](Deadline slice) { return r.lease(max_items, slice, h->lease); }, d);
+  if (s == Status::full)
+    throw_py(PyExc_RuntimeError, "get_lease: this handle already holds 3 leases or views; ack or "
+                                 "release one first");
+  if (s != Status::ok) raise_get(s);
+  h->owner = st_;
+  h->reader_epoch = st.reader_epoch;
+  h->raw_only = raw_only_;
+  return nb::cast(h.release(), nb::rv_policy::take_ownership);
+}
+
+LeaseHandle::~LeaseHandle() {
+  // An unacked lease given back (a lease of a gone reader was handed on with its slot).
+  if (held()) {
+    if (!owner->rmu_.lock(Deadline::in(std::chrono::seconds(1)))) {
+      lease.forget();  // its reader busy elsewhere: it hands the lease on when it leaves
+      return;
+    }
+    Locked guard(owner->rmu_);
+    if (!lease.give_back()) lease.forget();
+  } else {
+    lease.forget();
+  }
+}
+
+bool LeaseHandle::held() const {
+  return owner && owner->reader && owner->reader_epoch == reader_epoch &&
+         owner->fork_generation_ == g_fork_generation && lease.valid();
+}
+
+void LeaseHandle::check() {
+  if (!held()) {
+    lease.forget();
+    throw_py(PyExc_ValueError, "the lease was acked, released, or lost with its queue handle");
+  }
+}
+
+nb::list LeaseHandle::ids() {
+  check();
+  nb::list out;
+  (void)lease.for_each([&](std::uint64_t id, std::span<const std::byte>, std::uint16_t) noexcept {
+    PyObject* o = PyLong_FromUnsignedLongLong(id);
+    if (o != nullptr) PyList_Append(out.ptr(), o);
+    Py_XDECREF(o);
+  });
+  if (PyErr_Occurred()) throw nb::python_error();
+  return out;
+}
+
+nb::list LeaseHandle::items() {
+  check();
+  nb::list out;
+  bool failed = false;
+  (void)lease.for_each([&](std::uint64_t, std::span<const std::byte> b, std::uint16_t kind) noexcept {
+    if (failed) return;
+    PyObject* o = raw_only && kind != 0 ? bytes_from(b.data(), b.size()) : decode(b.data(), b.size(), kind);
+    if (o == nullptr || PyList_Append(out.ptr(), o) != 0) failed = true;
+    Py_XDECREF(o);
+  });
+  if (failed) throw nb::python_error();
+  return out;
+}
+
+nb::list LeaseHandle::batches(std::size_t max_bytes) {
+  check();
+  struct Chunk {
+    std::string bytes;
+    std::size_t count = 0;
+    std::uint64_t first_id = 0;
+  };
+  std::vector<Chunk> chunks(1);
+  bool failed = false;
+  (void)lease.for_each([&](std::uint64_t id, std::span<const std::byte> b, std::uint16_t kind) noexcept {
+    try {
+      if (chunks.back().count != 0 &&
+          chunks.back().bytes.size() + kBatchRecordHeader + b.size() > max_bytes)
+        chunks.emplace_back();
+      if (chunks.back().count == 0) chunks.back().first_id = id;
+      append_record(chunks.back().bytes, b, kind);
+      ++chunks.back().count;
+    } catch (...) {
+      failed = true;
+    }
+  });
+  if (failed) throw_py(PyExc_MemoryError, "shmq: no memory for a batch");
+  nb::list out;
+  for (const Chunk& c : chunks)
+    if (c.count != 0)
+      out.append(nb::make_tuple(nb::bytes(c.bytes.data(), c.bytes.size()), c.count, c.first_id));
+  return out;
+}
+
+void LeaseHandle::ack() {
+  check();
+  if (!owner->rmu_.lock(Deadline::never())) throw_py(PyExc_RuntimeError, "lease: reader busy");
+  Locked guard(owner->rmu_);
+  lease.ack();
+}
+
+void LeaseHandle::release() {
+  check();
+  if (!owner->rmu_.lock(Deadline::never())) throw_py(PyExc_RuntimeError, "lease: reader busy");
+  Locked guard(owner->rmu_);
+  if (!lease.give_back())
+    throw_py(PyExc_RuntimeError, "lease: the queue's table of given-back leases is full; try "
+                                 "again, or close the handle (which hands the lease on)");
+}
+
 void QueueHandle::task_done() {
   auto r = state().queue->task_done();
   if (!r) throw_py(PyExc_ValueError, "task_done() called too many times");
@@ -292,6 +412,7 @@ void QueueHandle::close() {
   if (st_) {
     st_->writer.reset();
     st_->reader.reset();
+    ++st_->reader_epoch;
     if (st_->views_ == 0) st_->queue.reset();
     st_.reset();
   }
@@ -374,6 +495,16 @@ void QueueHandle::raise_get(Status s) {
 }
 
 void bind_queue(nb::module_& m) {
+  nb::class_<LeaseHandle>(m, "LeaseHandle")
+      .def_prop_ro("first_id", &LeaseHandle::first_id)
+      .def_prop_ro("count", &LeaseHandle::count)
+      .def_prop_ro("redelivered", &LeaseHandle::redelivered)
+      .def_prop_ro("held", &LeaseHandle::held)
+      .def("ids", &LeaseHandle::ids)
+      .def("items", &LeaseHandle::items)
+      .def("batches", &LeaseHandle::batches, nb::arg("max_bytes"))
+      .def("ack", &LeaseHandle::ack)
+      .def("release", &LeaseHandle::release);
   nb::class_<QueueHandle>(m, "QueueHandle")
       .def(nb::init<const std::string&, std::optional<bool>, std::uint64_t, std::uint64_t,
                     std::uint64_t, bool, bool, nb::handle, std::uint32_t, std::uint64_t>(),
@@ -405,6 +536,8 @@ void bind_queue(nb::module_& m) {
       .def("put_batch", &QueueHandle::put_batch, nb::arg("payload"), nb::arg("start") = 0,
            nb::arg("block") = true, nb::arg("timeout").none() = nb::none())
       .def("identity", &QueueHandle::identity)
+      .def("get_lease", &QueueHandle::get_lease, nb::arg("max_items") = 1024,
+           nb::arg("block") = true, nb::arg("timeout").none() = nb::none())
       .def("qsize", &QueueHandle::qsize)
       .def("empty", &QueueHandle::empty)
       .def("full", &QueueHandle::full)

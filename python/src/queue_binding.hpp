@@ -19,6 +19,9 @@ struct QueueState final : ChannelState {
   std::optional<shmq::Queue> queue;
   std::optional<shmq::QueueWriter> writer;
   std::optional<shmq::QueueReader> reader;
+  // Bumped whenever `reader` goes (close, fork, exit): a lease taken under an older value lost
+  // its reader, and with it the right to ack or give back (it went with the participant slot).
+  std::uint64_t reader_epoch = 0;
 
   void after_fork() override;
   void drop_all() override;
@@ -47,6 +50,8 @@ class QueueHandle {
   std::size_t put_many(nb::handle items, bool block, std::optional<double> timeout);
   nb::list get_many(std::size_t max_items, bool block, std::optional<double> timeout);
   nb::object get_view(bool block, std::optional<double> timeout);
+  // Up to max_items messages under a lease (shmq.Queue.get_lease): a LeaseHandle.
+  nb::object get_lease(std::size_t max_items, bool block, std::optional<double> timeout);
   // Raw batches for shmq.nats bridges (batch_format.hpp), never decoding a payload: up to
   // max_items messages as [(batch bytes, count), ...], each batch at most max_bytes unless one
   // message alone is larger; and the records of `payload` from index `start` on, put in order
@@ -80,6 +85,7 @@ class QueueHandle {
   [[noreturn]] void raise_put(Status s);
   [[noreturn]] void raise_get(Status s);
 
+  friend struct LeaseHandle;
   std::shared_ptr<QueueState> st_;
   std::string name_;
   std::uint64_t capacity_ = 0;
@@ -88,6 +94,28 @@ class QueueHandle {
   bool closed_ = false;
   Status last_status_ = Status::ok;
   nb::object closed_error_;
+};
+
+// The native half of shmq.Lease: messages held under a QueueLease until ack() or release().
+struct LeaseHandle {
+  std::shared_ptr<QueueState> owner;
+  shmq::QueueLease lease;
+  std::uint64_t reader_epoch = 0;
+  bool raw_only = false;
+
+  ~LeaseHandle();
+  bool held() const;
+  std::uint64_t first_id() const { return lease.first_id(); }
+  std::uint64_t count() const { return lease.size(); }
+  bool redelivered() const { return lease.redelivered(); }
+  nb::list ids();
+  nb::list items();
+  nb::list batches(std::size_t max_bytes);
+  void ack();
+  void release();
+
+ private:
+  void check();
 };
 
 void bind_queue(nb::module_& m);

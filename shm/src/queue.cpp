@@ -48,6 +48,7 @@ class QueueRegistry final : public core::ClaimRegistry {
   std::atomic<std::uint64_t>* claim_words(std::uint32_t index) const noexcept override;
   bool alive(std::uint32_t index) const noexcept override;
   std::uint32_t generation(std::uint32_t index) const noexcept override;
+  bool sealed(std::uint64_t pos, std::uint8_t tag) const noexcept override;
   void reclaim(std::uint64_t pos) noexcept override;
   void sweep_sleepers() noexcept override;
 
@@ -118,6 +119,14 @@ std::atomic<std::uint64_t>* QueueRegistry::claim_words(std::uint32_t index) cons
 bool QueueRegistry::alive(std::uint32_t index) const noexcept {
   return q_->segment.participant_alive(index);
 }
+bool QueueRegistry::sealed(std::uint64_t pos, std::uint8_t tag) const noexcept {
+  if (tag == 0 || tag > kQueueJournals) return false;
+  // acquire: [J2] [Q7] pairs with the release store of the seal in send_many_journaled(): the
+  // sealed slots' bytes are visible.
+  const std::uint64_t seal = q_->body->journals[tag - 1].seal.load(std::memory_order_acquire);
+  return core::mpmc::claim_covers(seal, pos, core::mpmc::ClaimOp::enqueue);
+}
+
 std::uint32_t QueueRegistry::generation(std::uint32_t index) const noexcept {
   // acquire: [S2] pairs with the bump in Segment::join().
   return q_->segment.header().participants[index].generation.load(std::memory_order_acquire);
@@ -172,6 +181,8 @@ struct QueueWriterState {
   pid_t pid = 0;
   core::MpmcWriter core;
   std::uint64_t arena_next = 0;  // where the next chunk search starts (round robin)
+  QueueJournal* journal = nullptr;  // open_journal()
+  std::uint64_t self = 0;           // core::mpmc::holder_id of this participant
 };
 
 struct QueueReaderState {
@@ -342,6 +353,13 @@ Result<Queue> Queue::create(const QueueConfig& config) {
     // relaxed: the segment's `ready` store [S1] publishes the body.
     body->unfinished_tasks.store(0, std::memory_order_relaxed);
     body->tasks_done.init();
+    for (QueueJournal& j : body->journals) {
+      j.owner.store(0, std::memory_order_relaxed);
+      j.seal.store(0, std::memory_order_relaxed);
+      j.pending_range = j.pending_token = j.pending_next = j.done_token = j.done_next = 0;
+      j.reserved = 0;
+      std::memset(j.name, 0, sizeof j.name);
+    }
     ring_ok = core::MpmcRing::init_in({s.body() + body->ring_offset, *ring_bytes}, mc).has_value();
     SHMQ_KILL_POINT(core::KillPoint::creating);
   });
@@ -509,6 +527,7 @@ Result<std::unique_ptr<State>> join_as(const std::shared_ptr<QueueShared>& q, Ro
 Result<QueueWriter> Queue::writer() {
   auto s = join_as<QueueWriterState>(shared_, Role::writer);
   if (!s) return std::move(s).error();
+  (*s)->self = core::mpmc::holder_id((*s)->participant.index(), (*s)->participant.generation());
   QueueWriter w;
   w.s_ = std::move(*s);
   return w;
@@ -768,6 +787,147 @@ std::size_t QueueWriter::send_many(std::span<const std::span<const std::byte>> m
     if (s == Status::too_big) continue;  // the next message spills
     st = s;
     if (s != Status::ok) break;
+  }
+  if (why != nullptr) *why = st;
+  return done;
+}
+
+namespace {
+
+// Whether the participant that holder_id `id` names is alive (its slot not taken over since).
+bool holder_alive(const QueueShared& q, std::uint64_t id) noexcept {
+  if (id == 0) return false;
+  const std::uint32_t index = static_cast<std::uint32_t>(id >> 32) - 1;
+  return index < kMaxParticipants && q.registry.alive(index) &&
+         q.registry.generation(index) == static_cast<std::uint32_t>(id);
+}
+
+// [J2] The record of `j`: what its last sealed run put.
+QueueWriter::JournalRecord record_of(const QueueJournal& j) noexcept {
+  // acquire: pairs with the seal's release store; the pending words written before it are seen.
+  const std::uint64_t seal = j.seal.load(std::memory_order_acquire);
+  if (seal == j.pending_range) return {j.pending_token, j.pending_next};
+  return {j.done_token, j.done_next};
+}
+
+}  // namespace
+
+Result<void> QueueWriter::open_journal(std::string_view name) {
+  if (!s_) return Error(Errc::closed, "the writer is closed");
+  if (name.empty() || name.size() >= kJournalNameBytes)
+    return Error(Errc::invalid_argument, "a journal name has 1 to " +
+                                             std::to_string(kJournalNameBytes - 1) + " bytes");
+  QueueShared& q = *s_->shared;
+  for (int round = 0; round < 8; ++round) {
+    QueueJournal* found = nullptr;
+    for (QueueJournal& j : q.body->journals)
+      if (std::string_view(j.name, strnlen(j.name, sizeof j.name)) == name) found = &j;
+    if (found == nullptr) {
+      // A free entry (never taken): claim it with a CAS, then name it.
+      for (QueueJournal& j : q.body->journals) {
+        std::uint64_t free = 0;
+        // acq_rel: one taker; the name written after it is read by later openers (racing
+        // openers of one new name may each take an entry: names are meant for one writer).
+        if (j.owner.load(std::memory_order_acquire) == 0 &&
+            j.owner.compare_exchange_strong(free, s_->self, std::memory_order_acq_rel,
+                                            std::memory_order_relaxed)) {
+          std::memcpy(j.name, name.data(), name.size());
+          j.name[name.size()] = 0;
+          s_->journal = &j;
+          return {};
+        }
+      }
+      return Error(Errc::exists, "every journal of queue '" + q.segment.name() + "' (" +
+                                     std::to_string(kQueueJournals) + ") is taken by another name");
+    }
+    // acquire: the previous holder's journal words are seen once we hold it.
+    std::uint64_t held = found->owner.load(std::memory_order_acquire);
+    if (held != s_->self && holder_alive(q, held))
+      return Error(Errc::role_taken, "journal '" + std::string(name) + "' of queue '" +
+                                         q.segment.name() + "' is held by a live writer");
+    // acq_rel: one new holder among racing openers of a dead holder's journal.
+    if (held != s_->self &&
+        !found->owner.compare_exchange_strong(held, s_->self, std::memory_order_acq_rel,
+                                              std::memory_order_relaxed))
+      continue;
+    // The dead holder's last sealed run: commit what it left uncommitted before the seal is
+    // reused, so no survivor reading a newer seal could discard it [Q7].
+    const std::uint64_t seal = found->seal.load(std::memory_order_acquire);
+    if (seal != 0) {
+      // relaxed: any recent position is near enough to widen the seal's 48-bit position.
+      const std::uint64_t near = q.ring.header().enqueue_pos.load(std::memory_order_relaxed);
+      const std::uint64_t first = core::mpmc::claim_first(seal, near);
+      for (std::uint64_t k = 0; k < core::mpmc::claim_count(seal); ++k)
+        (void)core::MpmcRecovery::commit_on_behalf(q.ring, first + k);
+    }
+    s_->journal = found;
+    return {};
+  }
+  return Error(Errc::role_taken, "journal '" + std::string(name) + "' is being opened by another writer");
+}
+
+QueueWriter::JournalRecord QueueWriter::journal_record() const noexcept {
+  if (!s_ || s_->journal == nullptr) return {};
+  return record_of(*s_->journal);
+}
+
+std::size_t QueueWriter::send_many_journaled(std::span<const std::span<const std::byte>> msgs,
+                                             Deadline d, std::uint16_t kind, std::uint64_t token,
+                                             std::uint64_t first_index, Status* why) noexcept {
+  if (!s_ || s_->journal == nullptr) {
+    if (why != nullptr) *why = Status::closed;
+    return 0;
+  }
+  QueueJournal& j = *s_->journal;
+  const auto tag = static_cast<std::uint8_t>(&j - s_->shared->body->journals + 1);
+  // [J2] pending first, the seal (the commit point), then done.
+  auto seal = [&](std::uint64_t pos, std::uint64_t n, std::uint64_t before) noexcept {
+    const std::uint64_t range = core::mpmc::encode_claim(pos, n, core::mpmc::ClaimOp::enqueue);
+    j.pending_range = range;
+    j.pending_token = token;
+    j.pending_next = first_index + before + n;
+    // release: [J2] [Q7] pairs with the acquire in QueueRegistry::sealed() and record_of().
+    j.seal.store(range, std::memory_order_release);
+    j.done_token = token;
+    j.done_next = first_index + before + n;
+  };
+  std::size_t done = 0;
+  Status st = Status::ok;
+  while (done < msgs.size()) {
+    if (msgs[done].size() <= s_->core.ring().slot_size()) {
+      Status s = Status::ok;
+      const std::size_t before = done;
+      done += s_->core.send_many_sealed(
+          msgs.subspan(done), d, kind, tag,
+          [&](std::uint64_t pos, std::uint64_t n, std::uint64_t sent) noexcept { seal(pos, n, before + sent); },
+          &s);
+      if (s == Status::too_big) continue;  // the next message spills
+      st = s;
+      if (s != Status::ok) break;
+      continue;
+    }
+    // A spilled message: claimed (arena chunk or spill file), written, then sealed and committed.
+    QueueClaim c = d.expired() ? try_claim(msgs[done].size(), kind) : claim(msgs[done].size(), d, kind);
+    if (!c.valid()) {
+      st = c.status() == Status::full ? Status::timeout : c.status();
+      break;
+    }
+    std::memcpy(c.data_, msgs[done].data(), msgs[done].size());
+    const std::size_t used = msgs[done].size();
+    std::uint64_t ref[2] = {used, c.chunk_};
+    std::size_t ref_bytes = sizeof ref;
+    if (c.chunk_ == 0) {
+      ::munmap(c.spill_base_, c.spill_len_);
+      c.spill_base_ = nullptr;
+      ref_bytes = sizeof ref[0];
+    }
+    std::memcpy(c.claim_.data, ref, ref_bytes);
+    const std::size_t before = done;
+    s_->core.commit_sealed(c.claim_, ref_bytes, kind, core::kSlotSpilled, tag,
+                           [&](std::uint64_t pos, std::uint64_t n) noexcept { seal(pos, n, before); });
+    c.chunk_ = 0;
+    c.owner_ = nullptr;
+    ++done;
   }
   if (why != nullptr) *why = st;
   return done;

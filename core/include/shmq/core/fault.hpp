@@ -27,6 +27,7 @@ enum class KillPoint : std::uint32_t {
   holding_lease,             // a lease taken by a reader, not yet acknowledged
   acking_lease,              // a lease being acknowledged: its claim downgraded, slots not all released
   adopting,                  // a dead lease being moved under the adoption lock, half moved
+  sealed,                    // a sealed write's slots filled and sealed, not yet committed
   count_,
 };
 
@@ -45,6 +46,7 @@ constexpr std::string_view kill_point_name(KillPoint kp) noexcept {
     case KillPoint::holding_lease: return "holding_lease";
     case KillPoint::acking_lease: return "acking_lease";
     case KillPoint::adopting: return "adopting";
+    case KillPoint::sealed: return "sealed";
     case KillPoint::count_: break;
   }
   return "unknown";

@@ -49,6 +49,9 @@ inline constexpr std::uint32_t kOrphanLeases = 8;
 // Slot flags (the host may give kSlotSpilled its own meaning; the ring only carries it).
 inline constexpr std::uint8_t kSlotSkip = 1;     // an aborted claim: readers drop it
 inline constexpr std::uint8_t kSlotSpilled = 2;  // the payload references a side allocation
+// A sealed write (MpmcWriter::try_send_many_sealed): the slot's `reserved` byte names the host's
+// seal word; a writer that dies after sealing has its slots committed by survivors.
+inline constexpr std::uint8_t kSlotSealed = 4;
 
 // SleepMark bits: which of the ring's wait words a participant sleeps on.
 inline constexpr std::uint64_t kSleepOnData = 1;   // data_ready (readers)
@@ -59,7 +62,7 @@ struct MpmcSlotHeader {
   std::uint32_t length;            // payload bytes used; plain, published by [Q1]
   std::uint16_t kind;              // the message kind (message_kind.hpp)
   std::uint8_t flags;
-  std::uint8_t reserved;
+  std::uint8_t reserved;           // with kSlotSealed: the host's seal tag (nonzero)
 };
 static_assert(sizeof(MpmcSlotHeader) == 16, "slot header is 16 bytes");
 static_assert(std::is_standard_layout_v<MpmcSlotHeader>);

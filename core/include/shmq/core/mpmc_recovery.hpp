@@ -36,6 +36,9 @@ class ClaimRegistry {
   virtual std::uint32_t generation(std::uint32_t /*index*/) const noexcept { return 0; }
   // Frees host resources tied to position `pos` of a slot recovered from a dead participant.
   virtual void reclaim(std::uint64_t /*pos*/) noexcept {}
+  // Whether a sealed write covers `pos` (kSlotSealed, `tag` from the slot): the host loads the
+  // seal word named by `tag` with acquire [Q7] and checks that it covers exactly `pos`.
+  virtual bool sealed(std::uint64_t /*pos*/, std::uint8_t /*tag*/) const noexcept { return false; }
   // Takes back the wait counts of participants killed asleep (their SleepMarks). Called after
   // kIdleWakesBeforeSweep wake syscalls that woke nobody.
   virtual void sweep_sleepers() noexcept {}
@@ -119,6 +122,14 @@ class MpmcRecovery {
   bool recover_unfinished_write(std::uint64_t pos, std::atomic<std::uint64_t>& word) noexcept {
     if (registry_ == nullptr || live_claimant(pos, mpmc::ClaimOp::enqueue)) return false;
     MpmcSlotHeader& s = ring_.slot(pos);
+    // [Q7] A sealed write is committed on its dead writer's behalf, not discarded. The seal is
+    // loaded (acquire, in sealed()) before seq is re-read below: a new seal seen there means the
+    // sealed owner's successor committed its predecessor's slots first (commit_on_behalf), so
+    // the re-read sees them committed and nothing is discarded that a seal covers.
+    const std::uint8_t flags = s.flags;     // plain: the writer is dead; a stale value from an
+    const std::uint8_t tag = s.reserved;    // earlier lap fails sealed()'s exact position check
+    if ((flags & kSlotSealed) != 0 && tag != 0 && registry_->sealed(pos, tag))
+      return commit_on_behalf(ring_, pos);
     // acquire: [Q1] a commit during the scan is seen here and wins.
     if (s.seq.load(std::memory_order_acquire) != mpmc::seq_free(pos)) return false;
     // The owner is dead, so seq stays `pos` until the winner of the CAS below releases it.
@@ -192,6 +203,18 @@ class MpmcRecovery {
     SHMQ_KILL_POINT(KillPoint::recovering_read);
     ring_.header().space_free.notify(1);
     return true;
+  }
+
+  // [Q7] Commits the slot of `pos`, filled and sealed by a writer that died before its commit.
+  // Several survivors may try; the CAS makes one commit. True if the slot is committed now.
+  static bool commit_on_behalf(const MpmcRing& ring, std::uint64_t pos) noexcept {
+    std::uint64_t expected = mpmc::seq_free(pos);
+    // acq_rel: acquire pairs with the sealing writer's release of its seal through the host's
+    // seal word (loaded before us); release publishes the commit to readers [Q1].
+    const bool ours = ring.slot(pos).seq.compare_exchange_strong(
+        expected, mpmc::seq_committed(pos), std::memory_order_acq_rel, std::memory_order_relaxed);
+    if (ours) ring.header().data_ready.notify(1);
+    return ours || expected == mpmc::seq_committed(pos);
   }
 
   // ---- leases [L1]-[L5] (mpmc_ring.hpp, "Leases"). All of it is slow path.

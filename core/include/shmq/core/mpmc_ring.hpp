@@ -25,6 +25,11 @@
 //        only when someone is registered as a waiter. Sleeps are sliced (kSleepSlice) so that a
 //        waker that died between publish and wake strands nobody, and liveness is re-checked.
 //   [Q6] closed: stored with release, loaded with acquire; then every sleeper is woken.
+//   [Q7] sealed writes: a writer fills its slots, marks them kSlotSealed, stores its host's seal
+//        word covering them (release), then commits. A survivor finding a dead writer's sealed
+//        slot loads that seal word (acquire) and, if it covers the slot, commits it on the dead
+//        writer's behalf (a CAS free -> committed) instead of discarding it; the host's seal word
+//        is thus the one place that says whether the messages were put (shm: queue journals).
 //   Contract for users: send/commit is a release, recv is an acquire: all a writer wrote into a
 //   message before commit is visible to the reader that receives it. FIFO per writer; messages of
 //   different writers are ordered by their claims.

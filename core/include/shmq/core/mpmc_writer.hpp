@@ -90,6 +90,7 @@ class MpmcWriter : public MpmcEnd {
     s.length = static_cast<std::uint32_t>(std::min<std::size_t>(used, ring_.slot_size()));
     s.kind = kind;
     s.flags = flags;
+    s.reserved = 0;
     SHMQ_KILL_POINT(KillPoint::before_commit);
     commit_range(c.pos, 1, words_[c.word]);
     if ((flags & kSlotSkip) == 0) counters_.add(1, used);
@@ -124,6 +125,80 @@ class MpmcWriter : public MpmcEnd {
     }
     if (why != nullptr) *why = st;
     return static_cast<std::size_t>(n);
+  }
+
+  // [Q7] Sealed writes: like try_send_many (and commit), but every slot is marked kSlotSealed
+  // with the host's `tag`, and seal(pos, n) runs after the slots are filled and before they are
+  // committed (send_many_sealed passes seal(pos, n, messages sent before this run)). seal() stores (release) a word of the host's that covers [pos, pos + n) and that
+  // ClaimRegistry::sealed() reads: from that store on, the messages are as good as committed,
+  // since a survivor commits them if this writer dies. The host makes that store its record of
+  // what was put (shm: a queue journal), exactly once per message across a crash.
+  template <class Seal>
+  std::size_t try_send_many_sealed(std::span<const std::span<const std::byte>> msgs,
+                                   std::uint16_t kind, std::uint8_t tag, Seal&& seal,
+                                   Status* why = nullptr) noexcept {
+    std::size_t fit = 0;
+    while (fit < msgs.size() && fit < kMaxBatch && msgs[fit].size() <= ring_.slot_size()) ++fit;
+    Status st = fit == 0 && !msgs.empty() ? Status::too_big : Status::ok;
+    std::uint64_t pos = 0, n = 0;
+    if (fit != 0) {
+      st = claim(fit, words_[0], pos, &n);
+      if (st == Status::ok) {
+        std::uint64_t bytes = 0;
+        for (std::uint64_t i = 0; i < n; ++i) {
+          fill(pos + i, msgs[i], kind, kSlotSealed);
+          ring_.slot(pos + i).reserved = tag;
+          bytes += msgs[i].size();
+        }
+        seal(pos, n);
+        SHMQ_KILL_POINT(KillPoint::sealed);
+        commit_range(pos, n, words_[0]);
+        counters_.add(n, bytes);
+        if (n < msgs.size()) st = msgs[n].size() > ring_.slot_size() ? Status::too_big : Status::full;
+      }
+    }
+    if (why != nullptr) *why = st;
+    return static_cast<std::size_t>(n);
+  }
+  template <class Seal>
+  void commit_sealed(MpmcClaim& c, std::size_t used, std::uint16_t kind, std::uint8_t flags,
+                     std::uint8_t tag, Seal&& seal) noexcept {
+    if (!c.valid()) return;
+    MpmcSlotHeader& s = ring_.slot(c.pos);
+    s.length = static_cast<std::uint32_t>(std::min<std::size_t>(used, ring_.slot_size()));
+    s.kind = kind;
+    s.flags = static_cast<std::uint8_t>(flags | kSlotSealed);
+    s.reserved = tag;
+    seal(c.pos, std::uint64_t{1});
+    SHMQ_KILL_POINT(KillPoint::sealed);
+    commit_range(c.pos, 1, words_[c.word]);
+    counters_.add(1, used);
+    c.word = 0;
+    c.status = Status::closed;
+  }
+
+  // try_send_many_sealed, waiting for room until the deadline (as send_many).
+  template <class Seal>
+  std::size_t send_many_sealed(std::span<const std::span<const std::byte>> msgs, Deadline d,
+                               std::uint16_t kind, std::uint8_t tag, Seal&& seal,
+                               Status* why = nullptr) noexcept {
+    std::size_t done = 0;
+    Status st = Status::ok;
+    while (done < msgs.size()) {
+      st = block(
+          [&] {
+            Status s = Status::ok;
+            const std::size_t n = try_send_many_sealed(
+                msgs.subspan(done), kind, tag,
+                [&](std::uint64_t pos, std::uint64_t k) noexcept { seal(pos, k, done); }, &s);
+            done += n;
+            return n != 0 ? Status::ok : s;
+          },
+          d);
+      if (st != Status::ok) break;
+    }
+    if (why != nullptr) *why = st;
+    return done;
   }
 
   // Sends all of `msgs` unless the deadline passes or a message is too big; returns the count.

@@ -103,7 +103,7 @@ struct QueueConfig {
   std::uint32_t initial_epoch = 0;
 };
 
-inline constexpr std::uint64_t kQueueBodyMagic = 0x3345555551514D53ull;  // "SMQQUEU3"
+inline constexpr std::uint64_t kQueueBodyMagic = 0x3445555551514D53ull;  // "SMQQUEU4"
 // An arena chunk's owner word: 0 when free, else the tag of the slot position holding it. Never
 // 0 for any position (pos + 1 was 0 at position 2^64 - 1, where a chunk then looked free while
 // taken); positions in flight lie far less than 2^63 apart, so tags never collide.
@@ -155,6 +155,34 @@ inline bool decode_spill_ref(std::span<const std::byte> payload, std::uint64_t a
          out.length <= arena_chunk_bytes;
 }
 
+// A queue journal [J2]: a named record of what one writer put, exact across its crashes, for a
+// writer that must not put a message twice when it is restarted (shmq.nats's bridge-in, which
+// must tell a JetStream redelivery of a batch it already put from one it did not).
+// The writer puts with QueueWriter::send_many_journaled: each run of messages is filled, marked
+// sealed with this journal's tag, then `seal` is stored (release) covering the run, and only then
+// committed. The seal store is the commit point: a writer killed after it has its slots
+// committed by the survivors (core [Q7]), one killed before it has them discarded. So the
+// journal's record, (token, next) of the last sealed run, is exactly what was put:
+//   pending_* are written (plain) before the seal, done_* after it; the record is pending_* if
+//   `seal` equals pending_range (the seal happened), else done_* (from the run before).
+// A new holder of the name first commits any slot its dead predecessor sealed but left
+// uncommitted, then puts its own runs (open_journal).
+inline constexpr std::uint32_t kQueueJournals = 8;
+inline constexpr std::size_t kJournalNameBytes = 64;
+struct alignas(core::kCacheLine) QueueJournal {
+  std::atomic<std::uint64_t> owner;  // mpmc::holder_id of the writer holding it; 0 = free
+  std::atomic<std::uint64_t> seal;   // [J2] claim word (op enqueue) of the last sealed run
+  std::uint64_t pending_range;       // the owner's own words, plain: see above
+  std::uint64_t pending_token;
+  std::uint64_t pending_next;
+  std::uint64_t done_token;
+  std::uint64_t done_next;
+  std::uint64_t reserved;
+  char name[kJournalNameBytes];      // NUL-terminated; empty while free
+};
+static_assert(sizeof(QueueJournal) == core::kCacheLine, "one cache line");
+static_assert(std::is_standard_layout_v<QueueJournal>);
+
 // The first bytes of a queue segment's body.
 struct alignas(core::kCacheLine) QueueBodyHeader {
   // ---- immutable after creation
@@ -171,6 +199,8 @@ struct alignas(core::kCacheLine) QueueBodyHeader {
   // ---- JoinableQueue
   alignas(core::kCacheLine) std::atomic<std::int64_t> unfinished_tasks;  // [J1]
   alignas(core::kCacheLine) core::WaitWord tasks_done;                    // join() sleeps here
+  // ---- journals [J2]
+  QueueJournal journals[kQueueJournals];
 };
 static_assert(std::is_standard_layout_v<QueueBodyHeader>, "shared between processes");
 static_assert(sizeof(QueueBodyHeader) % core::kCacheLine == 0, "the ring starts on a cache line");
@@ -241,6 +271,13 @@ class QueueLease {
   // Gives the messages back unacknowledged (redelivered). False if the queue's table of orphaned
   // leases is full or busy: the lease is kept; try again (or leave the queue, which hands it on).
   bool give_back() noexcept;
+  // Drops the lease without touching the queue, for a handle whose reader is gone (closed, or a
+  // copy in a forked child): the lease stayed in the reader's claim word, and went with its
+  // participant slot to the next reader that adopts it.
+  void forget() noexcept {
+    owner_ = nullptr;
+    lease_ = {};
+  }
 
  private:
   friend class QueueReader;
@@ -300,6 +337,22 @@ class QueueWriter {
   // were sent before the deadline (Deadline::now(): no waiting). *why: the reason for stopping.
   std::size_t send_many(std::span<const std::span<const std::byte>> msgs, Deadline d,
                         std::uint16_t kind = 0, Status* why = nullptr) noexcept;
+  // Journals (QueueJournal): takes the journal `name` for this writer, creating it if new.
+  // Errors: invalid_argument (empty, or 64 bytes or more), role_taken (a live writer holds it),
+  // exists (every journal entry is held by another name). Its record is then what the name's
+  // previous holder put last.
+  Result<void> open_journal(std::string_view name);
+  struct JournalRecord {
+    std::uint64_t token = 0;  // the caller's token of the last run put (0: none yet)
+    std::uint64_t next = 0;   // first_index + messages put of that token's messages
+  };
+  JournalRecord journal_record() const noexcept;
+  // send_many, recording each run in the open journal as (token, first_index + messages of
+  // `msgs` put so far). Spilled messages go one by one, sealed the same way. *why as send_many;
+  // `closed` if no journal is open.
+  std::size_t send_many_journaled(std::span<const std::span<const std::byte>> msgs, Deadline d,
+                                  std::uint16_t kind, std::uint64_t token,
+                                  std::uint64_t first_index, Status* why = nullptr) noexcept;
   std::size_t max_claim() const noexcept;  // the largest n try_claim can satisfy (any)
   std::uint64_t slot_size() const noexcept;
   bool valid() const noexcept { return s_ != nullptr; }

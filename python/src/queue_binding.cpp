@@ -271,6 +271,65 @@ std::size_t QueueHandle::put_batch(nb::bytes payload, std::size_t start, bool bl
   return done - start;
 }
 
+void QueueHandle::open_journal(const std::string& name) {
+  QueueState& st = state();
+  if (!st.wmu_.lock(Deadline::never())) throw_py(PyExc_RuntimeError, "writer busy");
+  Locked guard(st.wmu_);
+  auto r = writer(st).open_journal(name);
+  if (!r) throw_error(r.error());
+}
+
+nb::tuple QueueHandle::journal_record() {
+  QueueState& st = state();
+  if (!st.wmu_.lock(Deadline::never())) throw_py(PyExc_RuntimeError, "writer busy");
+  Locked guard(st.wmu_);
+  const auto rec = writer(st).journal_record();
+  return nb::make_tuple(rec.token, rec.next);
+}
+
+std::size_t QueueHandle::put_batch_journaled(nb::bytes payload, std::size_t start,
+                                             std::uint64_t token, bool block,
+                                             std::optional<double> timeout) {
+  std::vector<BatchRecord> records;
+  const std::span<const std::byte> all(reinterpret_cast<const std::byte*>(payload.c_str()),
+                                       payload.size());
+  if (!parse_batch(all, records))
+    throw_py(PyExc_ValueError, "shmq batch: a record runs past the end of the message");
+  if (start > records.size())
+    throw_py(PyExc_ValueError, "put_batch: start " + std::to_string(start) + " is past the " +
+                                   std::to_string(records.size()) + " records");
+  const Deadline d = make_deadline(block, timeout);
+  QueueState& st = state();
+  if (!st.wmu_.lock(d)) return 0;
+  Locked guard(st.wmu_);
+  shmq::QueueWriter& w = writer(st);
+  std::size_t done = start;
+  std::vector<std::span<const std::byte>> spans;
+  while (done < records.size()) {
+    // A run of one kind at a time; each of its claims recorded in the journal as it commits.
+    const std::uint16_t kind = records[done].kind;
+    spans.clear();
+    for (std::size_t i = done; i < records.size() && records[i].kind == kind; ++i)
+      spans.push_back(records[i].bytes);
+    Status why = Status::ok;
+    std::size_t sent = w.send_many_journaled(spans, Deadline::now(), kind, token, done, &why);
+    while (sent < spans.size() && !is_poll(d) && !d.expired() &&
+           (why == Status::timeout || why == Status::interrupted || why == Status::full)) {
+      {
+        nb::gil_scoped_release nogil;
+        sent += w.send_many_journaled(std::span(spans).subspan(sent), d.capped(kSlice), kind,
+                                      token, done + sent, &why);
+      }
+      if (sent < spans.size()) check_signals();
+    }
+    if (why == Status::closed && sent == 0)
+      throw_py(PyExc_ValueError, "put_batch_journaled: no journal is open (open_journal first)");
+    done += sent;
+    if (sent < spans.size()) break;
+  }
+  return done - start;
+}
+
 std::string QueueHandle::identity() {
   const auto& h = state().queue->segment().header();
   return name_ + "." + std::to_string(h.created_ns);
@@ -536,6 +595,11 @@ void bind_queue(nb::module_& m) {
       .def("put_batch", &QueueHandle::put_batch, nb::arg("payload"), nb::arg("start") = 0,
            nb::arg("block") = true, nb::arg("timeout").none() = nb::none())
       .def("identity", &QueueHandle::identity)
+      .def("open_journal", &QueueHandle::open_journal, nb::arg("name"))
+      .def("journal_record", &QueueHandle::journal_record)
+      .def("put_batch_journaled", &QueueHandle::put_batch_journaled, nb::arg("payload"),
+           nb::arg("start"), nb::arg("token"), nb::arg("block") = true,
+           nb::arg("timeout").none() = nb::none())
       .def("get_lease", &QueueHandle::get_lease, nb::arg("max_items") = 1024,
            nb::arg("block") = true, nb::arg("timeout").none() = nb::none())
       .def("qsize", &QueueHandle::qsize)

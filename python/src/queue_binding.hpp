@@ -60,6 +60,12 @@ class QueueHandle {
                        std::optional<double> timeout);
   std::size_t put_batch(nb::bytes payload, std::size_t start, bool block,
                         std::optional<double> timeout);
+  // Journals (shmq::QueueJournal) for the bridge-in: open one on this handle's writer, read its
+  // record (token, next), and put_batch with each run recorded as (token, index after it).
+  void open_journal(const std::string& name);
+  nb::tuple journal_record();
+  std::size_t put_batch_journaled(nb::bytes payload, std::size_t start, std::uint64_t token,
+                                  bool block, std::optional<double> timeout);
   // Tells this queue apart from an earlier one of the same name: "<name>.<creation ns>".
   std::string identity();
 

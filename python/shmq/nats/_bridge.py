@@ -62,7 +62,11 @@ class BridgeStats:
 
 
 class _LocalSource:
-    """Takes batches from the local queue for direction="out"."""
+    """Takes batches from the local queue for direction="out", under a lease (shmq.Lease): the
+    messages stay in the queue until every batch of the lease has its PubAck, and a bridge killed
+    before that has them redelivered to its successor, which publishes them again under the same
+    Nats-Msg-Ids (a batch's id names the queue, its first message's position and its count), so
+    JetStream drops the copies it already stored (within the stream's duplicate window)."""
 
     def __init__(self, q: Any) -> None:
         self._h = q._h
@@ -70,46 +74,49 @@ class _LocalSource:
 
     def take(self, max_items: int, max_bytes: int, timeout: float) -> Optional["_Taken"]:
         try:
-            chunks = self._h.get_batches(max_items, max_bytes, True, timeout)
+            lease = self._h.get_lease(max_items, True, timeout)
         except _queue_mod.Empty:
             return None
-        return _Taken(chunks, os.urandom(6).hex(), False, None)
+        chunks = [(payload, n, f"{first}+{n}") for payload, n, first in lease.batches(max_bytes)]
+        return _Taken(chunks, lease.redelivered, lease)
 
 
 @dataclass
 class _Taken:
-    chunks: List[Tuple[bytes, int]]  # (batch payload, message count)
-    first_id: str                    # what names the first message in Nats-Msg-Id
+    chunks: List[Tuple[bytes, int, str]]  # (batch payload, message count, id within the queue)
     redelivered: bool
-    lease: Any                       # acknowledged once every chunk is stored
+    lease: Any                            # acked once every chunk is stored
 
     def ack(self) -> None:
-        if self.lease is not None:
-            self.lease.ack()
+        self.lease.ack()
 
     def give_back(self) -> None:
-        if self.lease is not None:
+        try:
             self.lease.release()
+        except (RuntimeError, ValueError):
+            pass  # kept in our claim word: handed on when this process leaves
 
 
 class _LocalSink:
-    """Puts batches into the local queue for direction="in", remembering which stream message
-    it put last and how far."""
+    """Puts batches into the local queue for direction="in" through a queue journal: each run of
+    messages is recorded, at the instant it becomes visible, as (stream sequence, index after it)
+    of the JetStream message it came from (see QueueJournal in shm/include/shmq/shm/queue.hpp:
+    the seal store is the put's commit point, so the record and the put cannot disagree, whatever
+    instant the bridge is killed at). A redelivery is put from the recorded index on, so no
+    message reaches the local consumers twice. The bridge takes a JetStream message only after
+    the previous one is acknowledged (double ack), so only the last one can come back."""
 
     def __init__(self, q: Any, name: str) -> None:
         self._h = q._h
-        self._seq = 0
-        self._next = 0
+        self._h.open_journal(name)
 
     def committed(self) -> Tuple[int, int]:
-        """(stream sequence, index of its next record to put) of the last batch put."""
-        return self._seq, self._next
+        """(stream sequence, index of its next record to put) of the last run put."""
+        token, nxt = self._h.journal_record()
+        return token, nxt
 
     def put(self, payload: bytes, start: int, stream_seq: int, timeout: float) -> int:
-        n = self._h.put_batch(payload, start, True, timeout)
-        if n:
-            self._seq, self._next = stream_seq, start + n
-        return n
+        return self._h.put_batch_journaled(payload, start, stream_seq, True, timeout)
 
     def close(self) -> None:
         pass
@@ -223,7 +230,7 @@ class Bridge:
         if taken is None:
             return
         if taken.redelivered:
-            self.stats.redelivered += sum(n for _, n in taken.chunks)
+            self.stats.redelivered += sum(n for _, n, _ in taken.chunks)
         try:
             acks = _client.run(self._publish_chunks(taken, stop))
         except BaseException:
@@ -233,7 +240,7 @@ class Bridge:
             taken.give_back()
             return
         taken.ack()
-        for (payload, n), ack in zip(taken.chunks, acks):
+        for (payload, n, _), ack in zip(taken.chunks, acks):
             self.stats.messages += n
             self.stats.batches += 1
             self.stats.bytes += len(payload)
@@ -241,9 +248,9 @@ class Bridge:
                 self.stats.duplicates += 1
 
     async def _publish_chunks(self, taken: _Taken, stop: threading.Event) -> Optional[list]:
-        async def one(i: int, payload: bytes, n: int) -> Any:
+        async def one(payload: bytes, n: int, ident: str) -> Any:
             headers = {_wire.HDR_BATCH: str(n),
-                       _wire.HDR_MSG_ID: f"shmq:{self._source.identity}:{taken.first_id}:{i}"}
+                       _wire.HDR_MSG_ID: f"shmq:{self._source.identity}:{ident}"}
             pause = 0.005
             while True:
                 try:
@@ -255,12 +262,12 @@ class Bridge:
                 except _Transient:
                     pass
                 self.stats.retries += 1
-                if stop.is_set() and taken.lease is not None:
-                    return None
+                if stop.is_set():
+                    return None  # the lease is given back: the next bridge publishes it
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.25)
 
-        acks = await asyncio.gather(*(one(i, p, n) for i, (p, n) in enumerate(taken.chunks)))
+        acks = await asyncio.gather(*(one(p, n, ident) for p, n, ident in taken.chunks))
         return None if any(a is None for a in acks) else list(acks)
 
     # ---- in: stream -> local

@@ -102,9 +102,12 @@ class _LocalSink:
     messages is recorded, at the instant it becomes visible, as (stream sequence, index after it)
     of the JetStream message it came from (see QueueJournal in shm/include/shmq/shm/queue.hpp:
     the seal store is the put's commit point, so the record and the put cannot disagree, whatever
-    instant the bridge is killed at). A redelivery is put from the recorded index on, so no
-    message reaches the local consumers twice. The bridge takes a JetStream message only after
-    the previous one is acknowledged (double ack), so only the last one can come back."""
+    instant the bridge is killed at). The bridge holds one JetStream message at a time and takes
+    the next only after the server confirmed its ack, so the journal's last message is the only
+    one that may be put and not yet acknowledged. A restarted bridge settles that one before it
+    pulls anything: it reads the message by its stream sequence, puts what the record says is
+    missing, and deletes it from the stream (a work-queue stream: acknowledging and deleting are
+    the same there), so neither a redelivery of it nor anything else can be put twice."""
 
     def __init__(self, q: Any, name: str) -> None:
         self._h = q._h
@@ -186,6 +189,8 @@ class Bridge:
         last_report = time.monotonic()
         self.stats.started = time.monotonic()
         try:
+            if self.direction == "in":
+                self._settle_last(stop)
             while not stop.is_set() and not self._stop.is_set():
                 if self.direction == "out":
                     self._step_out(stop)
@@ -272,34 +277,36 @@ class Bridge:
 
     # ---- in: stream -> local
     def _step_in(self, stop: threading.Event) -> None:
-        remote = self.remote
-        deliveries = _client.run(_pull(remote, 4, _POLL))
-        for i, d in enumerate(deliveries):
-            if stop.is_set():
-                # Not put: leave them unacknowledged, JetStream redelivers them.
-                for rest in deliveries[i:]:
-                    _client.run(remote._conn.nak(rest))
-                return
-            self._put_one(d, stop)
+        # One message at a time: see _LocalSink.
+        for d in _client.run(_pull(self.remote, 1, _POLL)):
+            if d.num_delivered > 1:
+                self.stats.redelivered += 1
+            batch = self._batch_of(d.msg.headers, d.msg.data, d.stream_seq)
+            if batch is None:
+                _client.run(self.remote._conn.term(d))
+                continue
+            if self._put(batch[0], batch[1], d.stream_seq, stop, d):
+                self._ack(d, stop)
 
-    def _put_one(self, d: Delivery, stop: threading.Event) -> None:
-        remote = self.remote
-        headers = d.msg.headers
+    def _batch_of(self, headers: Any, data: bytes, seq: int) -> Optional[Tuple[bytes, int]]:
+        """(batch payload, count) of a JetStream message, or None if it is malformed."""
         try:
             if headers and _wire.HDR_BATCH in headers:
-                payload, count = d.msg.data, int(headers[_wire.HDR_BATCH])
+                payload, count = data or b"", int(headers[_wire.HDR_BATCH])
             else:
-                (data, kind), = _wire.records_of(headers, d.msg.data)
-                payload, count = _wire.pack([(data, kind)]), 1
+                (one, kind), = _wire.records_of(headers, data or b"")
+                payload, count = _wire.pack([(one, kind)]), 1
             _wire.unpack(payload, count)  # validates before anything is put
+            return payload, count
         except ValueError as e:
-            print(f"shmq.nats bridge {self.name}: dropping malformed message {d.stream_seq}: {e}",
+            print(f"shmq.nats bridge {self.name}: dropping malformed message {seq}: {e}",
                   file=self._log, flush=True)
-            _client.run(remote._conn.term(d))
-            return
-        if d.num_delivered > 1:
-            self.stats.redelivered += 1
-        seq = d.stream_seq
+            return None
+
+    def _put(self, payload: bytes, count: int, seq: int, stop: threading.Event,
+             d: Optional[Delivery]) -> bool:
+        """Puts what the journal says is missing of stream message `seq`; False if stopped first
+        (the rest is put by the restarted bridge, see _settle_last)."""
         done_seq, done_next = self._sink.committed()
         start = first = done_next if done_seq == seq else 0
         if start >= count:
@@ -307,15 +314,41 @@ class Bridge:
         last_progress = time.monotonic()
         while start < count:
             if stop.is_set():
-                return  # unacknowledged: redelivered, and the rest put from `start` then
+                return False
             start += self._sink.put(payload, start, seq, _POLL)
-            if start < count and time.monotonic() - last_progress > min(remote.ack_wait / 3, 5):
+            if (d is not None and start < count and
+                    time.monotonic() - last_progress > min(self.remote.ack_wait / 3, 5)):
                 last_progress = time.monotonic()
-                _client.run(remote._conn.in_progress(d))  # the local queue is full: keep it ours
+                _client.run(self.remote._conn.in_progress(d))  # the local queue is full: keep it ours
         self.stats.messages += count - first
         self.stats.batches += 1
         self.stats.bytes += len(payload)
-        self._ack(d, stop)
+        return True
+
+    def _settle_last(self, stop: threading.Event) -> None:
+        """The journal's last stream message, maybe put in part and not acknowledged by the bridge
+        that ran before (killed): put the rest, then delete it from the stream."""
+        seq, _ = self._sink.committed()
+        if seq == 0:
+            return
+        pause = 0.05
+        while not stop.is_set():
+            try:
+                try:
+                    raw = _client.run(self.remote._conn.js.get_msg(self.remote.stream, seq))
+                except nats.js.errors.NotFoundError:
+                    return  # acknowledged (or deleted) already
+                batch = self._batch_of(raw.headers, raw.data, seq)
+                if batch is not None and not self._put(batch[0], batch[1], seq, stop, None):
+                    return
+                _client.run(self.remote._conn.js.delete_msg(self.remote.stream, seq))
+                return
+            except nats.js.errors.NotFoundError:
+                return
+            except (_Transient + (nats.js.errors.APIError, OSError)):
+                self.stats.retries += 1
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
 
     def _ack(self, d: Delivery, stop: threading.Event) -> None:
         """Acks until the server confirms: the next batch is taken only after this one is

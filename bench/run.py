@@ -213,6 +213,27 @@ def run_cpp(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, str]]:
 # ---------------------------------------------------------------------------------------------
 # Python
 
+def run_nats(args: argparse.Namespace) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """bench/python/nats_bench.py: N1-N3, with its own nats-server (JetStream) on loopback."""
+    out = tempfile.NamedTemporaryFile(prefix="shmq-bench-nats-", suffix=".json", delete=False).name
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "python", "nats_bench.py"),
+           "--full" if args.full else "--quick", "--out", out]
+    if args.filter:
+        cmd += ["--filter", args.filter]
+    print("running the NATS JetStream benchmarks", file=sys.stderr)
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, timeout=1800 if args.full else 600)
+        if p.returncode != 0:
+            return None, f"nats_bench.py exit code {p.returncode}"
+        with open(out) as f:
+            return json.load(f), None
+    except subprocess.TimeoutExpired:
+        return None, "nats_bench.py timed out"
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+
+
 def run_python(args: argparse.Namespace) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     out = tempfile.NamedTemporaryFile(prefix="shmq-bench-py-", suffix=".json", delete=False).name
     cmd = [sys.executable, os.path.join(ROOT, "bench", "python", "compare.py"),
@@ -318,8 +339,40 @@ def absolute(target_id: str, what: str, s: Series, op: str, bound: float, unit: 
     return row
 
 
+def nats_rows(nats: Optional[Dict[str, Any]], nerr: Optional[str]) -> List[Dict[str, Any]]:
+    """N1-N3 (across hosts through JetStream, loopback), from bench/python/nats_bench.py."""
+    N = lambda sid, field="reps": py_series(nats, nerr, sid, field)  # noqa: E731
+    rows = [ratio("N1", "remote Queue put_many/get_many 64 B (JetStream) vs BaseManager put/get",
+                  N("nats/queue/batch"), N("nats/basemanager/putget"), ">=", 3, "BaseManager queue"),
+            ratio("N1 packed*", "remote Queue put_many(pack=True)/get_many 64 B (extra)",
+                  N("nats/queue/batch_packed"), N("nats/basemanager/putget"), ">=", 3,
+                  "BaseManager queue")]
+    info = ratio("N1b", "remote Queue put/get 64 B vs BaseManager put/get (info)",
+                 N("nats/queue/putget"), N("nats/basemanager/putget"), ">=", 0, "BaseManager queue")
+    if info["verdict"] != "not run":
+        info["verdict"], info["target"] = "info", "ratio vs BaseManager"
+    rows.append(info)
+    rows.append(absolute("N2", "shmq -> bridge out -> JetStream -> bridge in -> shmq, 64 B",
+                         N("nats/bridge/64"), ">=", 100_000, "msg/s"))
+    rows.append(ratio("N2 vs N1", "bridged path vs remote Queue put_many/get_many",
+                      N("nats/bridge/64"), N("nats/queue/batch"), ">=", 10, "N1"))
+    js = ratio("N2 js", "bridged path vs nats-py's own pipelined publish, 64 B (info)",
+               N("nats/bridge/64"), N("nats/js/publish"), ">=", 0, "JetStream publish")
+    if js["verdict"] != "not run":
+        js["verdict"], js["target"] = "info", "ratio vs JetStream publish"
+    rows.append(js)
+    for q in ("p50", "p99"):
+        row = absolute(f"N3 {q}", f"end-to-end latency through both bridges, low load ({q})",
+                       N("nats/latency", f"{q}_us"), "<=", float("inf"), "us")
+        if row["verdict"] != "not run":
+            row["verdict"], row["target"] = "info", "latency (info)"
+        rows.append(row)
+    return rows
+
+
 def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict[str, Any]],
-                    perr: Optional[str]) -> List[Dict[str, Any]]:
+                    perr: Optional[str], nats: Optional[Dict[str, Any]] = None,
+                    nerr: Optional[str] = "not run") -> List[Dict[str, Any]]:
     C = lambda name, field="items_per_second": cpp_series(cpp, cerr, name, field)  # noqa: E731
     Y = lambda sid, field="reps": py_series(py, perr, sid, field)  # noqa: E731
     rows = []
@@ -411,6 +464,7 @@ def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict
                          Series(allocs, why), "<=", 0, "per msg"))
     rows.append(absolute("M1 RSS", "worker RSS beyond its segments' resident pages (max)",
                          Series(rss, why), "<=", 4096, "KiB"))
+    rows += nats_rows(nats, nerr)
     return rows
 
 
@@ -570,6 +624,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=0, help="override the C++ repetitions")
     ap.add_argument("--skip-cpp", action="store_true")
     ap.add_argument("--skip-python", action="store_true")
+    ap.add_argument("--skip-nats", action="store_true", help="skip N1-N3 (JetStream)")
     args = ap.parse_args()
     args.build_dir = os.path.abspath(args.build_dir)
 
@@ -584,8 +639,12 @@ def main() -> int:
         py, perr = None, "skipped (--skip-python)"
     else:
         py, perr = run_python(args)
+    if args.skip_nats:
+        nats, nerr = None, "skipped (--skip-nats)"
+    else:
+        nats, nerr = run_nats(args)
 
-    rows = compute_targets(cpp, cerr, py, perr)
+    rows = compute_targets(cpp, cerr, py, perr, nats, nerr)
     print_table(rows, machine)
 
     os.makedirs(args.out_dir, exist_ok=True)
@@ -617,6 +676,8 @@ def main() -> int:
         "cpp_errors": cerr,
         "python": py,
         "python_error": perr,
+        "nats": nats,
+        "nats_error": nerr,
         "dev_shm_leftovers": leftovers,
     }
     path = os.path.join(args.out_dir, "results.json")

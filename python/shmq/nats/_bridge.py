@@ -368,4 +368,4 @@ class Bridge:
 
 async def _pull(remote: _NatsQueue, batch: int, wait: float) -> List[Delivery]:
     await remote._ensure_consumer()
-    return await remote._conn.pull(remote.stream, remote.durable, batch, wait)
+    return await remote._conn.pull(remote.stream, remote.durable, batch, wait, remote.ack_wait * 0.8)

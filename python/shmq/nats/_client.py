@@ -5,16 +5,18 @@ thread with `run()` and waits for them in its own thread, so Ctrl-C reaches it a
 coroutine. asyncio callers use the `*_async` methods, which run the same coroutines on the loop
 thread and await them from any loop.
 
-Pull requests: each request gets an inbox subscription of its own. A delivery carries the stream
-subject, not the inbox it answers, so one shared subscription could not tell a late status
-("408 Request Timeout") of an earlier request from the answer to the current one. A delivery that
-arrives after its request gave up (the server sent it just before the expiry) is not lost: it is
-never acknowledged, so JetStream redelivers it after AckWait.
+Pull requests: one inbox subscription per connection, one request at a time. Every delivery is
+buffered until a request takes it, so a message the server sends after its request gave up on
+the client side (the expiry race) is handed to the next request instead of waiting for AckWait
+and a redelivery. A delivery carries the stream subject, not the request it answers, so a late
+status ("408") of an earlier request may end the current one early: it then returns what it
+has (maybe nothing), which callers treat as "try again".
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import json
 import os
@@ -141,6 +143,13 @@ class Connection:
         self._auth_failed: Optional[asyncio.Future] = None
         self.nc: Any = None
         self.js: Any = None
+        # Pulls (loop thread only): the inbox, deliveries not yet taken, the request waiting.
+        self._pull_lock: Optional[asyncio.Lock] = None
+        self._inbox = ""
+        self._inbox_sub: Any = None
+        self._buffer: "collections.deque[Delivery]" = collections.deque()
+        self._waiter: Optional[asyncio.Future] = None
+        self._wanted = 1
 
     async def _on_error(self, e: Exception) -> None:
         # nats-py reports every failed (re)connect attempt here and retries; a refused credential
@@ -197,34 +206,55 @@ class Connection:
     async def in_progress(self, d: Delivery) -> None:
         await self.nc.publish(d.msg.reply, b"+WPI")
 
-    async def pull(self, stream: str, consumer: str, batch: int, wait: Optional[float]) -> List[Delivery]:
+    async def pull(self, stream: str, consumer: str, batch: int, wait: Optional[float],
+                   max_age: Optional[float] = None) -> List[Delivery]:
         """Up to `batch` messages. wait None: only those available now (no_wait). Otherwise wait up
         to `wait` seconds for the first, and return as soon as one has come (the rest of the batch
-        is asked for with a no_wait request)."""
-        first = await self._request(stream, consumer, 1 if wait is not None else batch, wait)
-        if wait is None or not first or batch == 1:
-            return first
-        return first + await self._request(stream, consumer, batch - 1, None)
+        is asked for with a no_wait request). Buffered deliveries older than `max_age` seconds are
+        dropped unacknowledged (their AckWait is over or nearly: JetStream redelivers them)."""
+        if self._pull_lock is None:
+            self._pull_lock = asyncio.Lock()
+        async with self._pull_lock:
+            await self._ensure_inbox()
+            got = self._take(batch, max_age)
+            if len(got) < batch:
+                got += await self._request(stream, consumer, batch - len(got) if got or wait is None else 1,
+                                           None if got else wait, max_age)
+            if wait is not None and got and len(got) < batch:
+                got += await self._request(stream, consumer, batch - len(got), None, max_age)
+            return got
 
-    async def _request(self, stream: str, consumer: str, batch: int,
-                       wait: Optional[float]) -> List[Delivery]:
-        got: List[Delivery] = []
-        done = asyncio.get_running_loop().create_future()
+    async def _ensure_inbox(self) -> None:
+        if self._inbox_sub is not None:
+            return
+        self._inbox = self.nc.new_inbox()
 
         async def on_msg(msg: Msg) -> None:
             status = msg.headers.get("Status") if msg.headers else None
             if status is not None and not msg.data:
-                if status == "100":  # idle heartbeat
-                    return
-                if not done.done():
-                    done.set_result(status)
+                if status != "100" and self._waiter is not None and not self._waiter.done():
+                    self._waiter.set_result(status)
                 return
-            got.append(Delivery(msg, time.monotonic()))
-            if len(got) >= batch and not done.done():
-                done.set_result(None)
+            self._buffer.append(Delivery(msg, time.monotonic()))
+            if (self._waiter is not None and not self._waiter.done() and
+                    len(self._buffer) >= self._wanted):
+                self._waiter.set_result(None)
 
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, cb=on_msg)
+        self._inbox_sub = await self.nc.subscribe(self._inbox, cb=on_msg)
+
+    def _take(self, n: int, max_age: Optional[float]) -> List[Delivery]:
+        out: List[Delivery] = []
+        now = time.monotonic()
+        while self._buffer and len(out) < n:
+            d = self._buffer.popleft()
+            if max_age is None or now - d.received < max_age:
+                out.append(d)
+        return out
+
+    async def _request(self, stream: str, consumer: str, batch: int, wait: Optional[float],
+                       max_age: Optional[float]) -> List[Delivery]:
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._wanted = batch
         try:
             req: dict = {"batch": batch}
             if wait is None:
@@ -235,21 +265,17 @@ class Connection:
                 req["expires"] = int(expires * 1e9)
                 client_wait = wait + 2.0
             await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
-                                  json.dumps(req).encode(), reply=inbox)
+                                  json.dumps(req).encode(), reply=self._inbox)
             try:
-                status = await asyncio.wait_for(asyncio.shield(done), client_wait)
+                status = await asyncio.wait_for(asyncio.shield(self._waiter), client_wait)
             except asyncio.TimeoutError:
                 status = None  # no answer (reconnecting?): what came is what we have
-            if status is not None and status not in ("404", "408") and not got:
-                if status == "409":  # e.g. "Exceeded MaxWaiting": try again later
-                    return got
+            got = self._take(batch, max_age)
+            if status is not None and status not in ("404", "408", "409") and not got:
                 raise OSError(f"JetStream pull from {stream}/{consumer} failed: status {status}")
             return got
         finally:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be closing
-                pass
+            self._waiter = None
 
 
 async def gather_limited(coros: List[Callable[[], Awaitable[Any]]], limit: int) -> List[Any]:

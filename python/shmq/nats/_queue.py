@@ -30,6 +30,10 @@ _ERR_STREAM_FULL = 10077
 # A publish whose PubAck does not come within this long is sent again (same Nats-Msg-Id, so the
 # stream stores it once).
 _PUBLISH_TRY = 5.0
+# put_many(pack=True): items per batch message, and its payload bound (the server's max_payload
+# is 1 MiB by default).
+_PACK_ITEMS = 1024
+_PACK_BYTES = 512 * 1024
 # While a batch delivered by a bridge is handed out item by item, its ack deadline is pushed back
 # ("+WPI") at most this often.
 _PROGRESS_EVERY = 1.0
@@ -338,10 +342,11 @@ class Queue:
         await self._ensure_consumer()
         while True:
             left = self._remaining(deadline)
+            max_age = self.ack_wait * 0.8
             if left is not None and left <= 0.001:
-                return await self._conn.pull(self.stream, self.durable, batch, None)
+                return await self._conn.pull(self.stream, self.durable, batch, None, max_age)
             wait = _client.PULL_SLICE if left is None else min(left, _client.PULL_SLICE)
-            got = await self._conn.pull(self.stream, self.durable, batch, wait)
+            got = await self._conn.pull(self.stream, self.durable, batch, wait, max_age)
             if got:
                 return got
             if deadline is not None and time.monotonic() >= deadline:
@@ -399,15 +404,56 @@ class Queue:
         self.put(obj, False)
 
     def put_many(self, items: Iterable[Any], block: bool = True,
-                 timeout: Optional[float] = None) -> int:
+                 timeout: Optional[float] = None, pack: bool = False) -> int:
         """Stores every item, in order, with the publishes pipelined; returns how many were stored
-        (all, unless a bounded stream stayed full: then queue.Full if none was)."""
+        (all, unless a bounded stream stayed full: then queue.Full if none was).
+
+        ``pack=True`` packs the items into batch messages (up to 1024 items / 512 KiB each, the
+        bridges' format) instead of one JetStream message per item: several times faster, but a
+        batch goes to one consumer, which hands its items out one by one and acknowledges the
+        batch with its last item (a consumer dying midway has the whole batch redelivered)."""
         self._check_open()
         encoded = [_wire.encode(o, self._raw_only) for o in items]
         if not encoded:
             return 0
+        if pack:
+            chunks, cur, size = [], [], 0
+            for rec in encoded:
+                if cur and (len(cur) >= _PACK_ITEMS or size + len(rec[0]) > _PACK_BYTES):
+                    chunks.append(cur)
+                    cur, size = [], 0
+                cur.append(rec)
+                size += len(rec[0]) + 8
+            chunks.append(cur)
+            first = self._next_id(len(chunks))
+            _client.run(self._put_packed(chunks, first, self._deadline(block, timeout)))
+            return len(encoded)
         first = self._next_id(len(encoded))
         return _client.run(self._put_many(encoded, first, self._deadline(block, timeout)))
+
+    async def _put_packed(self, chunks: List[List[Tuple[bytes, int]]], first_id: int,
+                          deadline: Optional[float]) -> None:
+        async def one(i: int, chunk: List[Tuple[bytes, int]]) -> None:
+            headers = {_wire.HDR_BATCH: str(len(chunk)), _wire.HDR_MSG_ID: f"{self._id_prefix}-{first_id + i}"}
+            payload = _wire.pack(chunk)
+            pause = 0.005
+            while True:
+                left = self._remaining(deadline)
+                try:
+                    await self._conn.js.publish(self.subject, payload, headers=dict(headers),
+                                                timeout=_PUBLISH_TRY)
+                    return
+                except nats.js.errors.APIError as e:
+                    if getattr(e, "err_code", None) != _ERR_STREAM_FULL:
+                        raise
+                except _Transient:
+                    pass
+                if left is not None and left <= 0:
+                    raise Full("the stream stayed full or unreachable")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.2)
+
+        await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Removes and returns the oldest message; ``queue.Empty`` if none came within ``timeout``

@@ -3,9 +3,7 @@
 #pragma once
 
 #include <atomic>
-#include <chrono>
 #include <cstdint>
-#include <thread>
 #include <utility>
 
 #include "shmq/core/backoff.hpp"
@@ -87,8 +85,10 @@ class MpmcEnd {
     // [L4] Leases left in these words by the slot's dead previous holder are moved to the orphan
     // table first (zeroing them would lose their messages). One that finds no room stays.
     if (inherited_lease()) {
-      for (int tries = 0; tries < 1000 && !recovery_.resolve_dead_leases(self_, words_); ++tries)
-        std::this_thread::sleep_for(std::chrono::microseconds(100));  // a live adopter is moving
+      // A live holder of the adoption lock moves a few words and leaves: spin, bounded. If it
+      // stays busy, the lease words stay in our slot (not zeroed below) for a later move.
+      for (int tries = 0; tries < (1 << 20) && !recovery_.resolve_dead_leases(self_, words_); ++tries)
+        cpu_relax();
     }
     for (std::uint32_t w = 0; w < kClaimWords; ++w) {
       // relaxed: nothing is claimed yet; a survivor reading a stale word only waits one probe.

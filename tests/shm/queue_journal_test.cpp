@@ -18,36 +18,19 @@
 #include <vector>
 
 #include "shmq/shm/queue.hpp"
+#include "test_util.hpp"
 
 // Atomics the tests themselves use are seq_cst: no test measures speed.
 
 using namespace shmq;
 using namespace std::chrono_literals;
+using testing::Cleanup;
+using testing::SharedArray;
+using testing::wait_exit;
 
 namespace {
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-
-std::string unique_name() {
-  static int n = 0;
-  return "t-journal-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
-}
-
-struct Cleanup {
-  explicit Cleanup(std::string n) : name(std::move(n)) {}
-  ~Cleanup() { (void)Queue::unlink(name); }
-  std::string name;
-};
-
-double test_scale() {
-  const char* s = std::getenv("SHMQ_TEST_SCALE");
-  const double v = s != nullptr ? std::atof(s) : 1.0;
-  return v > 0 ? v : 1.0;
-}
+std::string unique_name() { return testing::unique_name("journal"); }
 
 // Message i of token t: {t, i} then filler up to `size` bytes.
 std::vector<std::byte> message(std::uint64_t t, std::uint64_t i, std::size_t size) {
@@ -70,13 +53,6 @@ std::uint64_t messages_of(std::uint64_t t) { return 1 + (t * 7) % 23; }
 std::size_t size_of(std::uint64_t t, std::uint64_t i) {
   const std::uint64_t h = t * 31 + i;
   return h % 41 == 3 ? 9000 : (h % 17 == 5 ? 2000 : 24);
-}
-
-int wait_exit(pid_t pid) {
-  int st = 0;
-  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 }  // namespace
@@ -166,7 +142,7 @@ TEST_CASE("queue journal: kill -9 gauntlet: every message put exactly once acros
   // A writer process puts tokens 1, 2, ... (each a run of messages, some spilled) through its
   // journal, resuming each restart from the journal's record; it is killed at every writer kill
   // point and at random times. A reader thread counts what arrives: each message exactly once.
-  const int cycles = static_cast<int>((kSanitized ? 40 : 200) * test_scale()) + 10;
+  const int cycles = testing::scaled(200, 40) + 10;
   const std::string name = unique_name();
   Cleanup cleanup(name);
   auto sut = Queue::create({.name = name, .slots = 32, .slot_size = 64, .arena_chunks = 2,

@@ -21,36 +21,19 @@
 #include <vector>
 
 #include "shmq/shm/queue.hpp"
+#include "test_util.hpp"
 
 // Atomics the tests themselves use are seq_cst: no test measures speed.
 
 using namespace shmq;
 using namespace std::chrono_literals;
+using testing::Cleanup;
+using testing::SharedArray;
+using testing::wait_exit;
 
 namespace {
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-
-std::string unique_name() {
-  static int n = 0;
-  return "t-lease-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
-}
-
-struct Cleanup {
-  explicit Cleanup(std::string n) : name(std::move(n)) {}
-  ~Cleanup() { (void)Queue::unlink(name); }
-  std::string name;
-};
-
-double test_scale() {
-  const char* s = std::getenv("SHMQ_TEST_SCALE");
-  const double v = s != nullptr ? std::atof(s) : 1.0;
-  return v > 0 ? v : 1.0;
-}
+std::string unique_name() { return testing::unique_name("lease"); }
 
 // A message carrying its index: 8 bytes, then `size - 8` bytes derived from it.
 std::vector<std::byte> message(std::uint64_t index, std::size_t size) {
@@ -77,28 +60,7 @@ std::vector<std::uint64_t> ids_of(const QueueLease& l, std::vector<std::uint64_t
   return ids;
 }
 
-int wait_exit(pid_t pid) {
-  int st = 0;
-  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 std::uint64_t abandoned(const Queue& q) { return q.stats().abandoned.load(std::memory_order_seq_cst); }
-
-template <class T>
-struct Shared {
-  explicit Shared(std::size_t n) : size(n) {
-    void* p = ::mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    REQUIRE(p != MAP_FAILED);
-    data = static_cast<T*>(p);
-    for (std::size_t i = 0; i < n; ++i) new (&data[i]) T();
-  }
-  ~Shared() { ::munmap(data, size * sizeof(T)); }
-  T& operator[](std::size_t i) { return data[i]; }
-  T* data;
-  std::size_t size;
-};
 
 }  // namespace
 
@@ -291,17 +253,17 @@ TEST_CASE("queue lease: kill -9 gauntlet over the lease kill points loses and do
   // leases, record what they got, then ack; each is killed with SIGKILL at a lease kill point or
   // after a random time. A message may be seen twice only if it was in the lease a killed reader
   // had recorded but not acked; every message must be seen.
-  const int cycles = static_cast<int>((kSanitized ? 40 : 200) * test_scale()) + 10;
+  const int cycles = testing::scaled(200, 40) + 10;
   const std::uint64_t kTotal = 30 * static_cast<std::uint64_t>(cycles);
   const std::string name = unique_name();
   Cleanup cleanup(name);
   auto sut = Queue::create({.name = name, .slots = 64, .slot_size = 64, .arena_chunks = 2,
                             .arena_chunk_bytes = 4096, .initial_position = (1ull << 48) - 1000});
   REQUIRE(sut.has_value());
-  Shared<std::atomic<std::uint32_t>> seen(kTotal);
+  SharedArray<std::atomic<std::uint32_t>> seen(kTotal);
   // Per reader run: the lease it recorded but has not acked ({first index + 1, count}).
-  Shared<std::atomic<std::uint64_t>> pending(2 * (static_cast<std::size_t>(cycles) + 1));
-  Shared<std::atomic<std::uint64_t>> distinct(1);
+  SharedArray<std::atomic<std::uint64_t>> pending(2 * (static_cast<std::size_t>(cycles) + 1));
+  SharedArray<std::atomic<std::uint64_t>> distinct(1);
   std::vector<std::uint64_t> uncertain_first, uncertain_count;
 
   std::atomic<bool> stop_writer{false};

@@ -28,6 +28,12 @@ enum class KillPoint : std::uint32_t {
   acking_lease,              // a lease being acknowledged: its claim downgraded, slots not all released
   adopting,                  // a dead lease being moved under the adoption lock, half moved
   sealed,                    // a sealed write's slots filled and sealed, not yet committed
+  lock_acquired,             // a mutex word just taken (the holder's critical section begins)
+  lock_released,             // a mutex word cleared, its sleeping waiters not yet woken
+  lock_waiting,              // a mutex marked contended, about to sleep on it
+  lock_recovering,           // a dead holder's mutex just taken over, owner_died not yet returned
+  sync_updating,             // inside a semaphore's or barrier's guarded update, half done
+  cond_waiting,              // registered as a condition's sleeper, its mutex released, not asleep
   count_,
 };
 
@@ -47,6 +53,12 @@ constexpr std::string_view kill_point_name(KillPoint kp) noexcept {
     case KillPoint::acking_lease: return "acking_lease";
     case KillPoint::adopting: return "adopting";
     case KillPoint::sealed: return "sealed";
+    case KillPoint::lock_acquired: return "lock_acquired";
+    case KillPoint::lock_released: return "lock_released";
+    case KillPoint::lock_waiting: return "lock_waiting";
+    case KillPoint::lock_recovering: return "lock_recovering";
+    case KillPoint::sync_updating: return "sync_updating";
+    case KillPoint::cond_waiting: return "cond_waiting";
     case KillPoint::count_: break;
   }
   return "unknown";

@@ -21,6 +21,8 @@ enum class Status : std::uint8_t {
   timeout,      // the deadline passed first
   interrupted,  // a futex sleep returned EINTR; the caller may check signals and retry
   corrupt,      // a shared index, length or record violated an invariant (see Stats::corrupt_events)
+  owner_died,   // a lock was taken over from a holder that died holding it (the caller holds it now)
+  broken,       // a barrier broke: a party died, timed out, aborted, or reset it
 };
 
 constexpr std::string_view status_name(Status s) noexcept {
@@ -33,6 +35,8 @@ constexpr std::string_view status_name(Status s) noexcept {
     case Status::timeout: return "timeout";
     case Status::interrupted: return "interrupted";
     case Status::corrupt: return "corrupt";
+    case Status::owner_died: return "owner_died";
+    case Status::broken: return "broken";
   }
   return "unknown";
 }

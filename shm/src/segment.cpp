@@ -107,6 +107,7 @@ const char* kind_name(std::uint32_t k) {
   switch (static_cast<SegmentKind>(k)) {
     case SegmentKind::pipe: return "pipe";
     case SegmentKind::queue: return "queue";
+    case SegmentKind::arena: return "arena";
   }
   return "unknown kind";
 }
@@ -120,7 +121,8 @@ Result<void> check_header(const HeaderSnapshot& h, std::uint64_t file_size, std:
     return Error(Errc::bad_version, who + " has layout version " + std::to_string(h.layout_version) +
                                         "; this build reads version " + std::to_string(kLayoutVersion));
   if (h.kind != static_cast<std::uint32_t>(SegmentKind::pipe) &&
-      h.kind != static_cast<std::uint32_t>(SegmentKind::queue))
+      h.kind != static_cast<std::uint32_t>(SegmentKind::queue) &&
+      h.kind != static_cast<std::uint32_t>(SegmentKind::arena))
     return Error(Errc::corrupt, who + " has a corrupt header at field 'kind' (" +
                                     std::to_string(h.kind) + ")");
   if (expected && h.kind != static_cast<std::uint32_t>(*expected))
@@ -332,11 +334,16 @@ Segment& Segment::operator=(Segment&& o) noexcept {
 Segment::~Segment() {
   if (base_ != nullptr) ::munmap(base_, size_);
   base_ = nullptr;
+  detach_keep_mapping();
+  close_fd(fd_);
+}
+
+void Segment::detach_keep_mapping() noexcept {
   close_fd(attach_fd_);  // drops our attach lock before the probe below
   if (unlink_when_unused_ && !name_.empty() && fd_ >= 0 && !byte_locked(fd_, kAttachLockByte)) {
     ::unlink(segment_path(name_).c_str());  // ENOENT: another last one beat us to it
   }
-  close_fd(fd_);
+  unlink_when_unused_ = false;
 }
 
 Result<Segment> Segment::create(const SegmentConfig& config,

@@ -116,7 +116,7 @@ TEST_CASE("futex mutex: the next acquirer takes a dead holder's lock with owner_
   REQUIRE(sut.try_lock(holder(3)));
   reg.dead[3] = true;
   std::uint32_t dead = 0;
-  CHECK(sut.lock(holder(4), Deadline::never(), reg, 16, false, &dead) == Status::owner_died);
+  CHECK(sut.lock(holder(4), Deadline::never(), reg, 16, &dead) == Status::owner_died);
   CHECK(dead == holder(3));
   CHECK(sut.held_by(holder(4)));
   CHECK(sut.unlock() != 0);
@@ -344,57 +344,95 @@ namespace {
 struct CondFixture {
   FakeRegistry reg;
   FutexMutex m{};
-  FutexCondition c{};
+  std::unique_ptr<FutexCondition, AlignedDelete> c = zeroed<FutexCondition>();
   CondFixture() {
     m.init();
-    c.init();
+    c->init();
   }
   // One waiter: lock, wait up to `d`, relock; returns whether it was notified.
   bool wait(std::uint32_t h, Deadline d) {
     REQUIRE(m.lock(h, Deadline::never(), reg) == Status::ok);
-    c.enter_wait();
+    const int rec = c->enter_wait(h, reg);
+    REQUIRE(rec >= 0);
     m.unlock();
-    const Status got = c.await_signal(d);
-    REQUIRE(m.lock(h, Deadline::never(), reg, 64, true) == Status::ok);
-    const bool notified = c.leave_wait(got == Status::ok);
+    (void)c->await(rec, d);
+    REQUIRE(m.lock(h, Deadline::never(), reg) == Status::ok);
+    const bool notified = c->leave_wait(rec);
     m.unlock();
     return notified;
   }
 };
 }  // namespace
 
-TEST_CASE("futex condition: notify(n) wakes exactly n of the sleepers, notify_all the rest") {
+TEST_CASE("futex condition: notify(n) wakes exactly the n oldest sleepers, notify_all the rest") {
   CondFixture f;
   constexpr int kWaiters = 5;
-  std::atomic<int> woken{0};
+  std::array<std::atomic<bool>, kWaiters> woken{};
   std::vector<std::thread> ts;
-  for (int i = 0; i < kWaiters; ++i)
-    ts.emplace_back([&, i] { woken += f.wait(holder(static_cast<std::uint32_t>(i)), Deadline::in(30s)) ? 1 : 0; });
-  while (f.c.sleepers_guess() < kWaiters) std::this_thread::yield();
+  for (int i = 0; i < kWaiters; ++i) {
+    ts.emplace_back([&, i] { woken[static_cast<std::size_t>(i)] = f.wait(holder(static_cast<std::uint32_t>(i)), Deadline::in(30s)); });
+    while (f.c->waiting_guess() < static_cast<std::uint32_t>(i + 1)) std::this_thread::yield();  // in order
+  }
   REQUIRE(f.m.lock(holder(40), Deadline::never(), f.reg) == Status::ok);
-  CHECK(f.c.notify(2) == 2);
+  CHECK(f.c->notify(2, holder(40), f.reg) == 2);
   f.m.unlock();
-  while (woken.load() < 2) std::this_thread::yield();
+  ts[0].join();
+  ts[1].join();
   std::this_thread::sleep_for(20ms);
-  CHECK(woken.load() == 2);  // not one more
+  CHECK(woken[0].load());
+  CHECK(woken[1].load());
+  for (int i = 2; i < kWaiters; ++i) CHECK_FALSE(woken[static_cast<std::size_t>(i)].load());  // not one more
+  CHECK(f.c->waiting_guess() == 3);
   REQUIRE(f.m.lock(holder(40), Deadline::never(), f.reg) == Status::ok);
-  CHECK(f.c.notify_all(f.m) == 3);
+  CHECK(f.c->notify_all(holder(40), f.reg) == 3);
   f.m.unlock();
-  for (auto& t : ts) t.join();
-  CHECK(woken.load() == kWaiters);
-  CHECK(f.c.sleepers_guess() == 0);
-  CHECK(f.c.signals_guess() == 0);
+  for (std::size_t i = 2; i < ts.size(); ++i) ts[i].join();
+  for (auto& w : woken) CHECK(w.load());
+  CHECK(f.c->waiting_guess() == 0);
   CHECK(f.m.holder_guess() == 0);
 }
 
-TEST_CASE("futex condition: a wait times out unnotified and leaves the counts clean") {
+TEST_CASE("futex condition: a waiter that times out frees its record; notify skips it") {
   CondFixture f;
   CHECK_FALSE(f.wait(holder(1), Deadline::in(20ms)));
-  CHECK(f.c.sleepers_guess() == 0);
+  CHECK(f.c->waiting_guess() == 0);
   REQUIRE(f.m.lock(holder(2), Deadline::never(), f.reg) == Status::ok);
-  CHECK(f.c.notify(1) == 0);  // nobody waits: nothing granted
+  CHECK(f.c->notify(1, holder(2), f.reg) == 0);  // nobody waits: nothing spent
   f.m.unlock();
-  CHECK(f.c.signals_guess() == 0);
+  std::atomic<bool> later{false};
+  std::thread t([&] { later = f.wait(holder(3), Deadline::in(30s)); });
+  while (f.c->waiting_guess() == 0) std::this_thread::yield();
+  REQUIRE(f.m.lock(holder(2), Deadline::never(), f.reg) == Status::ok);
+  CHECK(f.c->notify(1, holder(2), f.reg) == 1);
+  f.m.unlock();
+  t.join();
+  CHECK(later.load());
+}
+
+TEST_CASE("futex condition: a dead waiter's record is freed, not notified in a live one's place") {
+  CondFixture f;
+  REQUIRE(f.m.lock(holder(9), Deadline::never(), f.reg) == Status::ok);
+  REQUIRE(f.c->enter_wait(holder(9), f.reg) >= 0);  // holder 9 then dies waiting
+  f.m.unlock();
+  f.reg.dead[9] = true;
+  std::atomic<bool> live{false};
+  std::thread t([&] { live = f.wait(holder(3), Deadline::in(30s)); });
+  while (f.c->waiting_guess() < 2) std::this_thread::yield();
+  REQUIRE(f.m.lock(holder(2), Deadline::never(), f.reg) == Status::ok);
+  CHECK(f.c->notify(1, holder(2), f.reg) == 1);  // the live one, although the dead one is older
+  f.m.unlock();
+  t.join();
+  CHECK(live.load());
+  CHECK(f.c->waiting_guess() == 0);
+}
+
+TEST_CASE("futex condition: every record taken by live waiters is full; dead ones are reclaimed") {
+  CondFixture f;
+  for (std::uint32_t i = 0; i < kConditionWaiters; ++i) REQUIRE(f.c->enter_wait(holder(i % 2), f.reg) >= 0);
+  CHECK(f.c->enter_wait(holder(5), f.reg) == -1);
+  f.reg.dead[1] = true;
+  CHECK(f.c->enter_wait(holder(5), f.reg) >= 0);
+  CHECK(f.c->waiting_guess() == kConditionWaiters / 2 + 1);
 }
 
 TEST_CASE("futex condition: no notification is lost between a waiter's check and its sleep") {
@@ -405,12 +443,12 @@ TEST_CASE("futex condition: no notification is lost between a waiter's check and
     for (int i = 1; i <= rounds; ++i) {
       REQUIRE(f.m.lock(holder(1), Deadline::never(), f.reg) == Status::ok);
       while (state < i) {
-        f.c.enter_wait();
+        const int rec = f.c->enter_wait(holder(1), f.reg);
+        REQUIRE(rec >= 0);
         f.m.unlock();
-        const Status got = f.c.await_signal(Deadline::in(30s));
-        REQUIRE(got == Status::ok);
-        REQUIRE(f.m.lock(holder(1), Deadline::never(), f.reg, 64, true) == Status::ok);
-        f.c.leave_wait(true);
+        REQUIRE(f.c->await(rec, Deadline::in(30s)) == Status::ok);
+        REQUIRE(f.m.lock(holder(1), Deadline::never(), f.reg) == Status::ok);
+        CHECK(f.c->leave_wait(rec));
       }
       f.m.unlock();
     }
@@ -418,7 +456,7 @@ TEST_CASE("futex condition: no notification is lost between a waiter's check and
   for (int i = 1; i <= rounds; ++i) {
     REQUIRE(f.m.lock(holder(2), Deadline::never(), f.reg) == Status::ok);
     state = i;
-    f.c.notify(1);
+    f.c->notify(1, holder(2), f.reg);
     f.m.unlock();
   }
   consumer.join();

@@ -213,6 +213,9 @@ struct FutexBarrier {
       const HolderState st = reg.holder_state(h);
       if (st == HolderState::invalid) return Status::corrupt;
       if (st == HolderState::dead) {
+        // Forgotten, so that the barrier works again after reset().
+        std::uint32_t expected = h;
+        parties_seen[i].compare_exchange_strong(expected, kNoParty, std::memory_order_relaxed);
         abort();
         return Status::broken;
       }

@@ -1,43 +1,27 @@
-// FutexCondition: a condition variable on caller-supplied (shared) memory, used with a
-// FutexMutex (or the mutex inside a RecursiveFutexMutex) that the caller holds around wait and
-// notify. notify(n) wakes at most n waiters that were waiting when it was called (no
-// thundering herd: one FUTEX_WAKE of n); notify_all requeues the sleepers onto the mutex word,
-// so they wake one at a time as the mutex is passed on, instead of all at once to fight for it.
+// FutexCondition: a condition variable on caller-supplied (shared) memory, used with a mutex
+// that the caller holds around wait and notify (a FutexMutex or a RecursiveFutexMutex: the
+// mutex is the caller's business; this structure only needs it held where marked).
 //
-// The counts: `sleepers` waiters registered and not yet notified; `signals` notifications granted
-// and not yet taken (the futex word). A waiter takes one signal with a CAS; one that gives up
-// (timeout, signal) deregisters under the mutex, or takes a signal that was granted to it.
-//   waiter:  [mutex held] enter_wait(): sleepers += 1; caller unlocks the mutex;
-//            await_signal(d): take a signal (CAS signals s -> s-1), sleeping on `signals` while
-//            it is 0; the caller relocks the mutex (FutexMutex::lock with contended = true);
-//            [mutex held] leave_wait(got).
-//   notifier [mutex held]: k = min(n, sleepers); signals += k; sleepers -= k; wake k.
-// The invariant sleepers + signals >= waiters between enter_wait and leave_wait holds at every
-// step, so a waiter that gives up always finds either a registration to withdraw or a signal.
+// Every waiter takes a record of its own (kConditionWaiters of them), stamped with a sequence
+// number, and sleeps on the record's word. notify(n) marks the n oldest records notified and
+// wakes exactly those sleepers (no thundering herd, no notification taken by a waiter that came
+// later, first come first served); notify_all marks every record. A waiter that gives up
+// (timeout, signal) frees its record under the mutex, so a later notify never spends itself on
+// it. A record whose holder died is freed by the next notify that picks it (a liveness check per
+// record of another process) or by a waiter that finds no free record.
 //
 // Synchronization
-//   [C1] sleepers is written only under the caller's mutex (relaxed; [M1] orders it).
-//   [C2] notify raises `signals` with a release RMW; a waiter takes one with an acquire CAS:
-//        the notifier's writes before notify (under the mutex) are visible to the woken waiter,
-//        which relocks the mutex anyway.
-//   [C3] sleeping: the futex word is `signals` itself, compared with the 0 the waiter read, so
-//        a notify between the read and the sleep makes the sleep return at once.
-//   [C4] notify_all sets kContended on the mutex word the caller holds (relaxed RMW; the caller's
-//        unlock is the release), then FUTEX_CMP_REQUEUE moves the sleepers from `signals` to the
-//        mutex word: the mutex's unlock wakes one of them, which takes its signal and relocks
-//        with kContended, so the next unlock wakes the next.
-//   Death: a notifier killed between its two updates has raised `signals` first, so the worst
-//   is an extra wake-up, never a lost one. A waiter killed while registered leaves its count in
-//   `sleepers`: a later notify may grant it a signal that another waiter then takes (one
-//   spurious wake-up). The mutex follows FutexMutex's rules (owner_died).
+//   [C1] records are claimed, stamped and freed only under the caller's mutex (relaxed stores;
+//        the mutex's [M1] orders them); `next_seq` likewise.
+//   [C2] notify stores kNotified into a record's word with release, then FUTEX_WAKEs it; the
+//        waiter loads the word with acquire: the notifier's writes before notify are visible.
+//   [C3] sleeping: the futex word is the record's state, compared with the waiting stamp the
+//        waiter read, so a notify between the read and the sleep makes the sleep return at once.
+//   Death: a waiter killed while waiting leaves its record stamped; the liveness check frees it
+//   (see above). The mutex follows FutexMutex's rules (owner_died).
 #pragma once
 
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <atomic>
-#include <climits>
 #include <cstdint>
 
 #include "shmq/core/fault.hpp"
@@ -47,101 +31,145 @@
 
 namespace shmq::core {
 
+// At most this many waiters at a time on one condition (across every process and thread).
+inline constexpr std::uint32_t kConditionWaiters = 120;
+
+struct ConditionRecord {
+  std::atomic<std::uint32_t> state;   // kFree | kNotified | (sequence << 1), the futex word [C3]
+  std::atomic<std::uint32_t> holder;  // the waiter's holder id
+};
+
 struct FutexCondition {
-  std::atomic<std::uint32_t> signals;   // [C2][C3] the futex word
-  std::atomic<std::uint32_t> sleepers;  // [C1]
+  static constexpr std::uint32_t kFree = 0;
+  static constexpr std::uint32_t kNotified = 1;
+
+  std::atomic<std::uint32_t> next_seq;  // [C1] stamps of waiting records; never 0
+  std::atomic<std::uint32_t> waiting;   // [C1] records stamped and not yet notified
+  ConditionRecord records[kConditionWaiters];
 
   void init() noexcept {
     // relaxed: init runs before the object is published.
-    signals.store(0, std::memory_order_relaxed);
-    sleepers.store(0, std::memory_order_relaxed);
+    next_seq.store(1, std::memory_order_relaxed);
+    waiting.store(0, std::memory_order_relaxed);
+    for (auto& r : records) {
+      r.state.store(kFree, std::memory_order_relaxed);
+      r.holder.store(0, std::memory_order_relaxed);
+    }
   }
 
-  // [mutex held] Registers the caller as a waiter; the caller then releases the mutex.
-  void enter_wait() noexcept {
-    // relaxed: [C1]
-    sleepers.store(sleepers.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  // [mutex held] Claims and stamps a record for the calling waiter: its index, or -1 when every
+  // record is taken by a live waiter (Status::full for the caller).
+  int enter_wait(std::uint32_t holder, const HolderRegistry& reg) noexcept {
+    int i = free_record();
+    if (i < 0) {
+      free_dead(holder, reg);
+      i = free_record();
+      if (i < 0) return -1;
+    }
+    // relaxed (all): [C1]
+    std::uint32_t seq = next_seq.load(std::memory_order_relaxed) & 0x7FFFFFFF;
+    if (seq == 0) seq = 1;
+    next_seq.store(seq + 1, std::memory_order_relaxed);
+    records[i].holder.store(holder, std::memory_order_relaxed);
+    records[i].state.store(seq << 1, std::memory_order_relaxed);
+    waiting.store(waiting.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     SHMQ_KILL_POINT(KillPoint::cond_waiting);
+    return i;
   }
 
-  // [mutex released] Takes one signal: ok | timeout | interrupted. Call again after a timeout or
-  // an interruption to keep waiting; leave_wait() afterwards in every case.
-  Status await_signal(Deadline d) noexcept {
+  // [mutex released] Sleeps until record `i` is notified: ok | timeout | interrupted. Call again
+  // to keep waiting; leave_wait() afterwards in every case.
+  Status await(int i, Deadline d) noexcept {
+    if (i < 0 || i >= static_cast<int>(kConditionWaiters)) return Status::corrupt;
+    ConditionRecord& r = records[i];
     for (;;) {
-      std::uint32_t s = signals.load(std::memory_order_relaxed);  // relaxed: the CAS acquires
-      while (s != 0) {
-        // [C2] acquire: pairs with notify's release.
-        if (signals.compare_exchange_weak(s, s - 1, std::memory_order_acquire,
-                                          std::memory_order_relaxed))
-          return Status::ok;
-      }
+      const std::uint32_t s = r.state.load(std::memory_order_acquire);  // [C2] acquire
+      if (s == kNotified) return Status::ok;
+      if ((s & 1) != 0 || s == kFree) return Status::corrupt;  // not a waiting stamp
       if (d.expired()) return Status::timeout;
-      const FutexResult r = futex_wait(&signals, 0, d);  // [C3]
-      if (r == FutexResult::interrupted) return Status::interrupted;
+      if (futex_wait(&r.state, s, d) == FutexResult::interrupted) return Status::interrupted;
     }
   }
 
-  // [mutex held again] After await_signal: `got` is whether it returned ok. Returns whether the
-  // waiter was notified (a waiter that gave up takes a signal granted to it meanwhile).
-  bool leave_wait(bool got) noexcept {
-    if (got) return true;
-    // relaxed: [C1]
-    const std::uint32_t n = sleepers.load(std::memory_order_relaxed);
-    if (n != 0) {
-      sleepers.store(n - 1, std::memory_order_relaxed);
-      return false;
+  // [mutex held again] Frees record `i`; whether it was notified (a waiter that gave up may have
+  // been notified meanwhile: it counts as notified).
+  bool leave_wait(int i) noexcept {
+    if (i < 0 || i >= static_cast<int>(kConditionWaiters)) return false;
+    ConditionRecord& r = records[i];
+    const bool notified = r.state.load(std::memory_order_acquire) == kNotified;  // [C2] acquire
+    if (!notified) drop_waiting();
+    r.state.store(kFree, std::memory_order_relaxed);  // relaxed: [C1]
+    return notified;
+  }
+
+  // [mutex held] Wakes the n oldest waiters; returns how many it woke. `holder`: the caller's,
+  // whose own records need no liveness check.
+  std::uint32_t notify(std::uint32_t n, std::uint32_t holder, const HolderRegistry& reg) noexcept {
+    std::uint32_t woken = 0;
+    while (woken < n) {
+      const int i = oldest_waiting();
+      if (i < 0) break;
+      ConditionRecord& r = records[i];
+      const std::uint32_t h = r.holder.load(std::memory_order_relaxed);  // relaxed: [C1]
+      if (h != holder && reg.holder_state(h) != HolderState::alive) {
+        r.state.store(kFree, std::memory_order_relaxed);  // relaxed: [C1] a dead waiter's record
+        drop_waiting();
+        continue;
+      }
+      // [C2] release: pairs with the waiter's acquire load in await().
+      r.state.store(kNotified, std::memory_order_release);
+      drop_waiting();
+      futex_wake(&r.state, 1);
+      ++woken;
     }
-    // No registration left: a notify counted us and granted a signal; take it.
-    std::uint32_t s = signals.load(std::memory_order_relaxed);  // relaxed: the CAS acquires
-    while (s != 0) {
-      // [C2] acquire: as in await_signal.
-      if (signals.compare_exchange_weak(s, s - 1, std::memory_order_acquire,
-                                        std::memory_order_relaxed))
-        return true;
-    }
-    return false;  // counts disturbed by a dead waiter: nothing to take
+    return woken;
+  }
+  std::uint32_t notify_all(std::uint32_t holder, const HolderRegistry& reg) noexcept {
+    return notify(kConditionWaiters, holder, reg);
   }
 
-  // [mutex held] Wakes up to n waiters; returns how many were granted a signal.
-  std::uint32_t notify(std::uint32_t n) noexcept {
-    const std::uint32_t k = grant(n);
-    if (k != 0) futex_wake(&signals, static_cast<int>(k > INT_MAX ? INT_MAX : k));
-    return k;
-  }
-
-  // [mutex held: `mutex` is the word the caller holds] Wakes every waiter, one at a time through
-  // the mutex [C4]. Returns how many were granted a signal.
-  std::uint32_t notify_all(FutexMutex& mutex) noexcept {
-    const std::uint32_t k = grant(UINT32_MAX);
-    if (k == 0) return 0;
-    // [C4] relaxed: the caller holds the word; its unlock (release) wakes a requeued sleeper.
-    mutex.word.fetch_or(FutexMutex::kContended, std::memory_order_relaxed);
-    const std::uint32_t expected = signals.load(std::memory_order_relaxed);  // relaxed: compared only
-    const long rc = ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&signals),
-                              FUTEX_CMP_REQUEUE, 1, reinterpret_cast<void*>(long{INT_MAX}),
-                              reinterpret_cast<std::uint32_t*>(&mutex.word), expected);
-    if (rc < 0) futex_wake(&signals, INT_MAX);  // the word moved (a waiter took a signal): wake all
-    return k;
-  }
-
-  std::uint32_t sleepers_guess() const noexcept {
-    return sleepers.load(std::memory_order_relaxed);  // relaxed: display and tests
-  }
-  std::uint32_t signals_guess() const noexcept {
-    return signals.load(std::memory_order_relaxed);  // relaxed: display and tests
+  std::uint32_t waiting_guess() const noexcept {
+    return waiting.load(std::memory_order_relaxed);  // relaxed: display and tests
   }
 
  private:
-  std::uint32_t grant(std::uint32_t n) noexcept {
-    const std::uint32_t waiting = sleepers.load(std::memory_order_relaxed);  // relaxed: [C1]
-    const std::uint32_t k = n < waiting ? n : waiting;
-    if (k == 0) return 0;
-    // [C2] release: pairs with the waiter's acquire CAS. Raised before sleepers drops (Death).
-    signals.fetch_add(k, std::memory_order_release);
-    sleepers.store(waiting - k, std::memory_order_relaxed);  // relaxed: [C1]
-    return k;
+  int free_record() const noexcept {
+    for (std::uint32_t i = 0; i < kConditionWaiters; ++i)
+      if (records[i].state.load(std::memory_order_relaxed) == kFree) return static_cast<int>(i);  // relaxed: [C1]
+    return -1;
+  }
+  // The stamped record that waited longest (stamps compare modulo 2^31 from next_seq).
+  int oldest_waiting() const noexcept {
+    const std::uint32_t now = next_seq.load(std::memory_order_relaxed);  // relaxed: [C1]
+    int best = -1;
+    std::uint32_t best_age = 0;
+    for (std::uint32_t i = 0; i < kConditionWaiters; ++i) {
+      const std::uint32_t s = records[i].state.load(std::memory_order_relaxed);  // relaxed: [C1]
+      if (s == kFree || s == kNotified || (s & 1) != 0) continue;
+      const std::uint32_t age = (now - (s >> 1)) & 0x7FFFFFFF;
+      if (best < 0 || age > best_age) {
+        best = static_cast<int>(i);
+        best_age = age;
+      }
+    }
+    return best;
+  }
+  void free_dead(std::uint32_t holder, const HolderRegistry& reg) noexcept {
+    for (auto& r : records) {
+      // relaxed (all): [C1]
+      const std::uint32_t s = r.state.load(std::memory_order_relaxed);
+      if (s == kFree) continue;
+      const std::uint32_t h = r.holder.load(std::memory_order_relaxed);
+      if (h == holder || reg.holder_state(h) == HolderState::alive) continue;
+      if (s != kNotified) drop_waiting();
+      r.state.store(kFree, std::memory_order_relaxed);
+    }
+  }
+  void drop_waiting() noexcept {
+    const std::uint32_t w = waiting.load(std::memory_order_relaxed);  // relaxed: [C1]
+    waiting.store(w == 0 ? 0 : w - 1, std::memory_order_relaxed);
   }
 };
-static_assert(sizeof(FutexCondition) == 8);
+static_assert(sizeof(FutexCondition) == 8 + 8 * kConditionWaiters, "layout shared between processes");
 
 }  // namespace shmq::core

@@ -96,16 +96,14 @@ struct FutexMutex {
 
   // ok | owner_died (we hold it; the previous holder died holding it: *dead gets its id) |
   // timeout | interrupted | corrupt (the word names a holder no participant could be).
-  // `contended`: take the word with kContended set (a condition's waiters may have been
-  // requeued onto it).
   Status lock(std::uint32_t holder, Deadline d, const HolderRegistry& reg,
-              std::uint32_t spin_budget = Backoff::kDefaultBudget, bool contended = false,
+              std::uint32_t spin_budget = Backoff::kDefaultBudget,
               std::uint32_t* dead = nullptr) noexcept {
-    if (!contended && try_lock(holder)) {
+    if (try_lock(holder)) {
       SHMQ_KILL_POINT(KillPoint::lock_acquired);
       return Status::ok;
     }
-    return lock_slow(holder, d, reg, spin_budget, contended, dead);
+    return lock_slow(holder, d, reg, spin_budget, dead);
   }
 
   // Frees the word whoever holds it; returns the word it cleared (0: it was not locked).
@@ -131,7 +129,7 @@ struct FutexMutex {
 
  private:
   Status lock_slow(std::uint32_t holder, Deadline d, const HolderRegistry& reg,
-                   std::uint32_t spin_budget, bool contended, std::uint32_t* dead) noexcept;
+                   std::uint32_t spin_budget, std::uint32_t* dead) noexcept;
   // [M3] After `seen` held the word for a while: ok (keep waiting), owner_died (taken), corrupt.
   Status check_holder(std::uint32_t& seen, std::uint32_t holder, const HolderRegistry& reg,
                       std::uint32_t* dead) noexcept;
@@ -162,10 +160,9 @@ inline Status FutexMutex::check_holder(std::uint32_t& seen, std::uint32_t holder
 }
 
 inline Status FutexMutex::lock_slow(std::uint32_t holder, Deadline d, const HolderRegistry& reg,
-                                    std::uint32_t spin_budget, bool contended,
-                                    std::uint32_t* dead) noexcept {
+                                    std::uint32_t spin_budget, std::uint32_t* dead) noexcept {
   Backoff spin(d.is_poll() ? 0 : spin_budget);
-  std::uint32_t take = holder | kLocked | (contended ? kContended : 0);
+  std::uint32_t take = holder | kLocked;
   bool checked = false;  // asked the registry since the last slice that timed out
   // relaxed: only a CAS below (an acquire) takes the lock.
   std::uint32_t v = word.load(std::memory_order_relaxed);
@@ -239,7 +236,7 @@ struct RecursiveFutexMutex {
       depth.store(n + 1, std::memory_order_relaxed);
       return Status::ok;
     }
-    const Status s = mutex.lock(holder, d, reg, spin_budget, false, dead);
+    const Status s = mutex.lock(holder, d, reg, spin_budget, dead);
     if (s == Status::ok || s == Status::owner_died) adopt(thread, 1);
     return s;
   }

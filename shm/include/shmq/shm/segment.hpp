@@ -30,7 +30,7 @@
 
 namespace shmq {
 
-enum class SegmentKind : std::uint32_t { pipe = 1, queue = 2 };
+enum class SegmentKind : std::uint32_t { pipe = 1, queue = 2, arena = 3 };
 
 enum SegmentFlags : std::uint32_t {
   kUnlinkWhenUnused = 1u << 0,  // a generated name: the last process to detach unlinks it
@@ -216,6 +216,11 @@ class Segment {
   Segment(const Segment&) = delete;
   Segment& operator=(const Segment&) = delete;
   ~Segment();  // unmaps; for a generated name (kUnlinkWhenUnused), the last one out unlinks
+
+  // Leaves as the destructor does (drops the attach lock; a generated name is unlinked by the
+  // last one out) but keeps the mapping valid until destruction: for objects that may still be
+  // touched at process exit.
+  void detach_keep_mapping() noexcept;
 
   bool valid() const noexcept { return base_ != nullptr; }
   SegmentHeader& header() const noexcept { return *reinterpret_cast<SegmentHeader*>(base_); }

@@ -226,6 +226,8 @@ int cmd_dump(const DumpOptions& o) {
   if (!probe) return report(ctx, probe.error());
   const Probe& p = *probe;
   if (!p.sound()) return report(ctx, p.first_error());
+  if (p.kind_name() == "arena")
+    return report(ctx, "an arena holds synchronization objects, not messages: see `shmq stat " + o.name + "`");
   if (o.direction >= p.directions()) {
     return report(ctx, fmt::format("direction {} does not exist: this {} has {}", o.direction,
                                    p.kind_name(), p.directions()));

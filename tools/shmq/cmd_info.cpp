@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "arena_view.hpp"
 #include "commands.hpp"
 #include "inspect.hpp"
 #include "peek.hpp"
@@ -31,6 +32,8 @@ int report(const std::string& context, const std::string& what) {
 
 namespace {
 
+constexpr std::size_t kStatObjects = 50;  // objects `stat` lists
+
 std::string capacity_text(const Probe& p) {
   const SegmentHeader* h = p.header();
   if (h == nullptr || !p.sound()) return "-";
@@ -49,9 +52,33 @@ struct Depth {
   std::string error;
 };
 
+bool is_arena(const Probe& p) { return p.kind_name() == "arena"; }
+
+// How many objects an arena holds (ls shows them where channels show their depth).
+struct Objects {
+  bool ok = false;
+  std::uint64_t value = 0;
+  std::string error;
+};
+
+Objects objects_of(const Probe& p) {
+  Objects o;
+  const ArenaState a = read_arena_state(p, 0);
+  o.ok = a.ok;
+  o.value = a.in_use;
+  o.error = a.error;
+  return o;
+}
+
 Depth depth_of(const Probe& p) {
   Depth d;
   if (!p.sound()) return d;
+  if (is_arena(p)) {  // no ring; see objects_of
+    const Objects o = objects_of(p);
+    d.ok = o.ok;
+    d.error = o.error;
+    return d;
+  }
   for (unsigned dir = 0; dir < p.directions(); ++dir) {
     const RingState rs = read_ring_state(p, dir);
     if (!rs.ok) {
@@ -95,8 +122,9 @@ std::string messages_text(std::uint64_t n) {
   return fmt::format("{}{} message{}", n, n >= kMaxCounted ? "+" : "", n == 1 ? "" : "s");
 }
 
-std::string depth_text(const Depth& d) {
+std::string depth_text(const Probe& p, const Depth& d) {
   if (!d.ok) return d.error.empty() ? "-" : "corrupt";
+  if (is_arena(p)) return fmt::format("{} obj", objects_of(p).value);
   return d.messages ? std::to_string(d.value) : human_bytes(d.value);
 }
 
@@ -140,12 +168,16 @@ json ls_entry(const Probe& p) {
             {"slot_size", sound && p.kind_name() == "queue" ? json(h->params.slot_size) : json(nullptr)},
             {"directions", sound ? json(p.directions()) : json(nullptr)},
             {"depth_messages", d.ok && d.messages ? json(d.value) : json(nullptr)},
-            {"depth_bytes", d.ok && !d.messages ? json(d.value) : json(nullptr)},
+            {"depth_bytes", d.ok && !d.messages && !is_arena(p) ? json(d.value) : json(nullptr)},
             {"participants", {{"alive", l.alive}, {"dead", l.dead}}},
             {"owner", user_name(p.file_stat().st_uid)},
             {"owner_uid", p.file_stat().st_uid},
             {"bytes", static_cast<std::uint64_t>(p.file_stat().st_size)},
             {"age_seconds", p.age_seconds()}};
+  if (is_arena(p)) {
+    j["slot_size"] = sound ? json(h->params.slot_size) : json(nullptr);
+    j["objects"] = d.ok ? json(objects_of(p).value) : json(nullptr);
+  }
   json problems = problems_json(p);
   if (sound && !d.ok) problems.push_back({{"code", "corrupt"}, {"warning", false}, {"what", d.error}});
   j["problems"] = problems;
@@ -177,7 +209,7 @@ int cmd_ls(const LsOptions& o) {
     const std::string state = d.ok || !p.sound() ? (j["idle"].get<bool>() ? "idle" : p.state_name())
                                                   : "corrupt";
     rows.push_back({name, p.kind_name(), state,
-                    capacity_text(p), depth_text(d),
+                    capacity_text(p), depth_text(p, d),
                     std::to_string(j["participants"]["alive"].get<std::uint32_t>()),
                     std::to_string(j["participants"]["dead"].get<std::uint32_t>()),
                     user_name(p.file_stat().st_uid), human_age(p.age_seconds())});
@@ -260,13 +292,29 @@ int cmd_stat(const StatOptions& o) {
   }
   j["participants"] = pj;
   json sj = json::array();
-  if (sound) {
+  if (sound && !is_arena(p)) {
     for (unsigned d = 0; d < p.directions(); ++d) sj.push_back(stats_json(p.stats(d)));
   }
   j["stats"] = sj;
   json rj = json::array();
   std::string ring_error;
-  if (sound) {
+  ArenaState arena;
+  if (sound && is_arena(p)) {
+    arena = read_arena_state(p, kStatObjects);
+    if (!arena.ok) ring_error = arena.error;
+    json objs = json::array();
+    for (const ArenaObject& o : arena.objects) {
+      json oj = {{"block", o.index}, {"generation", o.generation}, {"type", o.type},
+                 {"name", o.name}, {"bytes", o.bytes}, {"holders", o.holders}};
+      if (o.type == "mutex" || o.type == "recursive_mutex")
+        oj["lock"] = {{"locked", o.locked}, {"holder_pid", o.holder_pid}, {"holder_alive", o.holder_alive}};
+      objs.push_back(oj);
+    }
+    j["arena"] = {{"block_bytes", arena.block_bytes}, {"blocks", arena.blocks},
+                  {"in_use", arena.in_use}, {"allocations", arena.allocations},
+                  {"by_type", arena.by_type}, {"objects", objs}};
+  }
+  if (sound && !is_arena(p)) {
     for (unsigned d = 0; d < p.directions(); ++d) {
       const RingState rs = read_ring_state(p, d);
       if (!rs.ok) {
@@ -307,6 +355,8 @@ int cmd_stat(const StatOptions& o) {
           std::cout << fmt::format("  capacity    {} per direction, {}\n",
                                    human_bytes(h->params.capacity),
                                    p.directions() == 2 ? "duplex" : "one direction");
+        } else if (is_arena(p)) {
+          std::cout << fmt::format("  blocks      {} of {} bytes\n", h->params.capacity, h->params.slot_size);
         } else {
           std::cout << fmt::format("  slots       {} of {} bytes, maxsize {}\n", h->params.capacity,
                                    h->params.slot_size,
@@ -329,7 +379,24 @@ int cmd_stat(const StatOptions& o) {
       std::cout << fmt::format("    slot {:>2}  pid {:<8} {:<8} {}\n", v.index, v.pid,
                                role_name(v.role), v.alive ? "alive" : "dead");
     }
-    if (sound) {
+    if (sound && is_arena(p) && arena.ok) {
+      std::string types;
+      for (const auto& [t, n] : arena.by_type) types += fmt::format("{}{} {}", types.empty() ? "" : ", ", n, t);
+      std::cout << fmt::format("  objects     {} in use{}{}, {} allocated since creation\n", arena.in_use,
+                               types.empty() ? "" : ": ", types, arena.allocations);
+      for (const ArenaObject& o : arena.objects) {
+        std::string lock;
+        if (o.locked)
+          lock = fmt::format("  locked by pid {} ({})", o.holder_pid, o.holder_alive ? "alive" : "dead");
+        std::cout << fmt::format("    {}.{:<4} {:<16} {:<12} {} holder{}{}\n", o.index, o.generation,
+                                 o.type, o.name.empty() ? "-" : o.name, o.holders,
+                                 o.holders == 1 ? "" : "s", lock);
+      }
+      if (arena.in_use > arena.objects.size())
+        std::cout << fmt::format("    ... and {} more (--json lists {} at most)\n",
+                                 arena.in_use - arena.objects.size(), kStatObjects);
+    }
+    if (sound && !is_arena(p)) {
       for (unsigned d = 0; d < p.directions(); ++d) {
         const StatsView s = p.stats(d);
         std::cout << fmt::format("  direction {}: sent {} ({}), received {} ({}), depth {}\n", d,
@@ -405,6 +472,8 @@ int cmd_watch(const WatchOptions& o) {
   if (!probe) return report("watch " + o.name, probe.error());
   Probe& p = *probe;
   if (!p.sound()) return report("watch " + o.name, p.first_error());
+  if (is_arena(p))
+    return report("watch " + o.name, "an arena holds synchronization objects, not messages: see `shmq stat " + o.name + "`");
   const bool tty = ::isatty(STDOUT_FILENO) == 1;
   const unsigned dirs = p.directions();
   StatsView before[2] = {p.stats(0), p.stats(1)};

@@ -13,6 +13,7 @@
 #include <fmt/core.h>
 
 #include "shmq/core/layout.hpp"
+#include "shmq/shm/arena.hpp"
 #include "shmq/shm/queue.hpp"
 
 namespace shmq::cli {
@@ -175,9 +176,10 @@ void Probe::validate() {
   }
   const bool is_pipe = h.kind == static_cast<std::uint32_t>(SegmentKind::pipe);
   const bool is_queue = h.kind == static_cast<std::uint32_t>(SegmentKind::queue);
-  if (!is_pipe && !is_queue) {
-    add(Errc::corrupt,
-        fmt::format("corrupt header at field kind: {} is neither 1 (pipe) nor 2 (queue)", h.kind));
+  const bool is_arena = h.kind == static_cast<std::uint32_t>(SegmentKind::arena);
+  if (!is_pipe && !is_queue && !is_arena) {
+    add(Errc::corrupt, fmt::format("corrupt header at field kind: {} is none of 1 (pipe), 2 (queue)"
+                                   " and 3 (arena)", h.kind));
   }
   if (h.header_bytes != kHeaderBytes) {
     add(Errc::corrupt, fmt::format("corrupt header at field header_bytes: {}, expected {}",
@@ -202,7 +204,13 @@ void Probe::validate() {
                                      h.body_bytes, h.total_bytes));
   }
   const ChannelParams& p = h.params;
-  if (!core::is_pow2(p.capacity) || p.capacity > kMaxSegmentBytes) {
+  if (is_arena) {  // capacity: blocks (any count); slot_size: bytes per block
+    if (p.capacity == 0 || p.capacity > kMaxArenaBlocks || p.slot_size < kMinArenaBlockBytes ||
+        p.slot_size > kMaxArenaBlockBytes || p.capacity * p.slot_size > h.body_bytes) {
+      add(Errc::corrupt, fmt::format("corrupt header at field params: {} blocks of {} bytes in a body"
+                                     " of {}", p.capacity, p.slot_size, h.body_bytes));
+    }
+  } else if (!core::is_pow2(p.capacity) || p.capacity > kMaxSegmentBytes) {
     add(Errc::corrupt, fmt::format("corrupt header at field params.capacity: {}"
                                " is not a power of two", p.capacity));
   } else if (is_pipe) {
@@ -258,6 +266,7 @@ std::string Probe::kind_name() const {
   switch (h->kind) {
     case static_cast<std::uint32_t>(SegmentKind::pipe): return "pipe";
     case static_cast<std::uint32_t>(SegmentKind::queue): return "queue";
+    case static_cast<std::uint32_t>(SegmentKind::arena): return "arena";
     default: return "?";
   }
 }

@@ -92,7 +92,8 @@ class Probe {
   // range when the header is corrupt, e.g. kind 0 → "unknown").
   std::string kind_name() const;
   std::string state_name() const;
-  std::uint64_t capacity() const noexcept;  // pipe: ring bytes per direction; queue: bound in messages
+  std::uint64_t capacity() const noexcept;  // pipe: ring bytes per direction; queue: bound in
+                                            // messages; arena: blocks
   unsigned directions() const noexcept;     // 1 or 2, clamped
   StatsView stats(unsigned direction) const noexcept;
   // Seconds since creation (header time, or the file's ctime if the header time is absurd).

@@ -31,6 +31,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <utility>
 
 #include "shmq/core/fault.hpp"
 #include "shmq/core/futex_mutex.hpp"
@@ -45,6 +46,13 @@ struct BarrierResult {
   Status status;        // ok | broken | timeout (this waiter timed out: the barrier is broken) |
                         // interrupted (the barrier is broken) | corrupt
   std::uint32_t index;  // with ok: the arrival order in the round (0 first, parties - 1 last)
+};
+
+// Where an arrival stands: its index, the state word its arrival produced, whether it was last.
+struct BarrierTicket {
+  std::uint32_t index;
+  std::uint32_t state;
+  bool last;
 };
 
 struct FutexBarrier {
@@ -77,28 +85,74 @@ struct FutexBarrier {
   }
 
   // Arrives and waits for the round to trip. `action()` (bool: false breaks the barrier) runs in
-  // the last arrival before anyone is released.
+  // the last arrival before anyone is released. A timeout or an interruption breaks the barrier
+  // (threading.Barrier's rule: the others must not wait for a party that left).
   template <class Action>
   BarrierResult wait(std::uint32_t holder, Deadline d, const HolderRegistry& reg, Action&& action) noexcept {
+    BarrierTicket t{};
+    Status s = arrive(holder, d, reg, t);
+    if (s == Status::ok) s = t.last ? trip(t, std::forward<Action>(action)) : await(t, holder, d, reg);
+    if (s == Status::timeout || s == Status::interrupted) abort();
+    return {s, t.index};
+  }
+
+  // The pieces of wait(), for callers that check for signals between sleeps:
+  // arrive: ok (counted in; `t` says where) | broken | corrupt | timeout | interrupted (not
+  //   counted: a trip in progress did not finish in time; call again).
+  Status arrive(std::uint32_t holder, Deadline d, const HolderRegistry& reg, BarrierTicket& t) noexcept {
     const std::uint32_t n = parties.load(std::memory_order_relaxed);  // relaxed: immutable
-    if (n == 0 || n > kBarrierMaxParties) return {Status::corrupt, 0};
+    if (n == 0 || n > kBarrierMaxParties) return Status::corrupt;
     register_party(holder);
     std::uint32_t s = state.load(std::memory_order_acquire);  // [B1] acquire
     for (;;) {
-      if ((s & kBroken) != 0) return {Status::broken, 0};
+      if ((s & kBroken) != 0) return Status::broken;
       const std::uint32_t a = arrived(s);
-      if (a > n) return {Status::corrupt, 0};
+      if (a > n) return Status::corrupt;
       if (a == n) {  // the previous round is tripping: wait for its next round to open
-        const Status st = sleep_while(s, holder, d, reg);
-        if (st != Status::ok) return {st, 0};
+        if (const Status st = sleep_while(s, holder, d, reg); st != Status::ok) return st;
         s = state.load(std::memory_order_acquire);  // [B1] acquire
         continue;
       }
       // [B1] acq_rel: orders our arrival after the earlier ones and publishes our writes.
       if (!state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire))
         continue;
-      if (a + 1 == n) return {trip(s + 1, std::forward<Action>(action)), a};
-      return {await_trip(s + 1, holder, d, reg), a};
+      t = BarrierTicket{a, s + 1, a + 1 == n};
+      return Status::ok;
+    }
+  }
+
+  // The last arrival (t.last): runs the action, then releases the round. ok | broken (the action
+  // returned false, or an abort raced with it).
+  template <class Action>
+  Status trip(const BarrierTicket& t, Action&& action) noexcept {
+    SHMQ_KILL_POINT(KillPoint::sync_updating);
+    if (!action()) {
+      abort();
+      return Status::broken;
+    }
+    // [B2] release: the trip's round is visible before the round moves on.
+    last_trip.store(round(t.state), std::memory_order_release);
+    // [B2] release: pairs with the waiters' acquire load; a reset or abort that raced with the
+    // action wins (the round it started or the broken bit stays).
+    std::uint32_t expected = t.state;
+    state.compare_exchange_strong(expected, next_round(t.state), std::memory_order_release,
+                                  std::memory_order_relaxed);
+    wake_all();
+    return (expected == t.state || round(expected) != round(t.state)) ? Status::ok : Status::broken;
+  }
+
+  // Another arrival: waits for the round of `t` to end. ok | broken | corrupt | timeout |
+  // interrupted (still counted in: call again, or abort()).
+  Status await(const BarrierTicket& t, std::uint32_t holder, Deadline d, const HolderRegistry& reg) noexcept {
+    const std::uint32_t mine = round(t.state);
+    for (;;) {
+      const std::uint32_t now = state.load(std::memory_order_acquire);  // [B2] acquire
+      if (round(now) != mine) {
+        // [B2] acquire: the trip recorded its round before moving on; a reset did not.
+        return last_trip.load(std::memory_order_acquire) == mine ? Status::ok : Status::broken;
+      }
+      if ((now & kBroken) != 0) return Status::broken;
+      if (const Status st = sleep_while(now, holder, d, reg); st != Status::ok) return st;
     }
   }
 
@@ -145,60 +199,19 @@ struct FutexBarrier {
       parties_seen[i].store(holder, std::memory_order_relaxed);
   }
 
-  template <class Action>
-  Status trip(std::uint32_t s, Action&& action) noexcept {
-    SHMQ_KILL_POINT(KillPoint::sync_updating);
-    if (!action()) {
-      abort();
-      return Status::broken;
-    }
-    // [B2] release: the trip's round is visible before the round moves on.
-    last_trip.store(round(s), std::memory_order_release);
-    // [B2] release: pairs with the waiters' acquire load; a reset or abort that raced with the
-    // action wins (the round it started or the broken bit stays).
-    std::uint32_t expected = s;
-    state.compare_exchange_strong(expected, next_round(s), std::memory_order_release,
-                                  std::memory_order_relaxed);
-    wake_all();
-    return (expected == s || round(expected) != round(s)) ? Status::ok : Status::broken;
-  }
-
-  Status await_trip(std::uint32_t s, std::uint32_t holder, Deadline d, const HolderRegistry& reg) noexcept {
-    const std::uint32_t mine = round(s);
-    for (;;) {
-      const std::uint32_t now = state.load(std::memory_order_acquire);  // [B2] acquire
-      if (round(now) != mine) {
-        // [B2] acquire: the trip recorded its round before moving on; a reset did not.
-        return last_trip.load(std::memory_order_acquire) == mine ? Status::ok : Status::broken;
-      }
-      if ((now & kBroken) != 0) return Status::broken;
-      const Status st = sleep_while(now, holder, d, reg);
-      if (st != Status::ok) return st;
-    }
-  }
-
-  // Sleeps one slice while the state holds `s`; ok (re-check) | broken | timeout | interrupted.
-  // A timeout or an interruption breaks the barrier (threading.Barrier does the same).
+  // Sleeps one slice while the state holds `s`; ok (re-check) | broken (a party died) |
+  // timeout | interrupted.
   Status sleep_while(std::uint32_t s, std::uint32_t holder, Deadline d, const HolderRegistry& reg) noexcept {
-    if (d.expired()) {
-      abort();
-      return Status::timeout;
-    }
+    if (d.expired()) return Status::timeout;
     waiters.fetch_add(1, std::memory_order_seq_cst);      // [B3] seq_cst
     std::atomic_thread_fence(std::memory_order_seq_cst);  // [B3] pairs with wake_all's fence
     FutexResult r = FutexResult::changed;
     if (state.load(std::memory_order_relaxed) == s)       // relaxed: ordered by the fence
       r = futex_wait(&state, s, d.capped(kHolderCheckSlice));
     waiters.fetch_sub(1, std::memory_order_release);      // release: keeps it after the sleep
-    if (r == FutexResult::interrupted) {
-      abort();
-      return Status::interrupted;
-    }
+    if (r == FutexResult::interrupted) return Status::interrupted;
     if (r == FutexResult::timed_out) {
-      if (d.expired()) {
-        abort();
-        return Status::timeout;
-      }
+      if (d.expired()) return Status::timeout;
       if (const Status st = check_parties(holder, reg); st != Status::ok) return st;
     }
     return Status::ok;

@@ -86,12 +86,14 @@ class SyncObject {
   bool valid() const noexcept { return block_.valid(); }
   SyncHandle handle() const { return block_.handle(); }
   const SyncBlock& block() const noexcept { return block_; }
+  // This process's holder id in the object's arena (kNoHolder: it could not join), and the
+  // registry that knows the others: for bindings that drive the core algorithms themselves.
+  std::uint32_t holder() const noexcept { return block_.arena()->current_holder(); }
+  const core::HolderRegistry& reg() const noexcept { return *block_.arena(); }
 
  protected:
   SyncObject() = default;
   explicit SyncObject(SyncBlock b) noexcept : block_(std::move(b)) {}
-  std::uint32_t holder() const noexcept { return block_.arena()->current_holder(); }
-  const core::HolderRegistry& reg() const noexcept { return *block_.arena(); }
   // The pid of the dead holder `dead` (0 if unknown).
   std::uint32_t pid_of(std::uint32_t dead) const noexcept;
   template <class T>
@@ -191,6 +193,7 @@ class Semaphore : public detail::SyncObject {
   Status try_acquire() noexcept { return acquire(Deadline::now()); }
   Status release(std::uint32_t n = 1) noexcept;  // ok | full (past the bound; no change) | corrupt | closed
   std::uint32_t value_guess() const noexcept { return s_->sem.value_guess(); }
+  core::FutexSemaphore& core() const noexcept { return s_->sem; }
   std::uint32_t bound() const noexcept { return s_->sem.bound(); }
   std::uint32_t units_held_guess() const noexcept;  // by this process
 
@@ -214,6 +217,7 @@ class Event : public detail::SyncObject {
   void clear() noexcept { e_->event.clear(); }
   bool is_set() const noexcept { return e_->event.is_set(); }
   Status wait(Deadline d = Deadline::never()) noexcept { return e_->event.wait(d); }  // ok | timeout | interrupted
+  core::FutexEvent& core() const noexcept { return e_->event; }
 
  private:
   friend struct detail::SyncAccess;
@@ -284,6 +288,7 @@ class Barrier : public detail::SyncObject {
     return b_->barrier.parties.load(std::memory_order_relaxed);  // relaxed: immutable
   }
   std::uint32_t waiting_guess() const noexcept { return b_->barrier.waiting_guess(); }
+  core::FutexBarrier& core() const noexcept { return b_->barrier; }
 
  private:
   friend struct detail::SyncAccess;

@@ -21,10 +21,15 @@ from queue import Empty, Full
 from ._common import gc, unlink
 from ._connection import BufferTooShort, Connection, Pipe, wait
 from ._queues import JoinableQueue, Lease, MessageView, Queue, SimpleQueue
+from .sharedctypes import Array, RawArray, RawValue, Value
+from .synchronize import (Barrier, BoundedSemaphore, BrokenBarrierError, Condition, Event, Lock,
+                          OwnerDiedWarning, RLock, Semaphore)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Connection", "wait", "MessageView", "Lease",
     "Empty", "Full", "BufferTooShort", "gc", "unlink",
+    "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier",
+    "Value", "Array", "RawValue", "RawArray", "OwnerDiedWarning", "BrokenBarrierError",
 ]

@@ -1,8 +1,8 @@
 // _shmq: the thin native half of the Python package. One native call per put/get: it encodes the
 // object (codec.cpp), claims room in the channel with the GIL held, and releases the GIL only when
 // it has to sleep (support.hpp). This file is the module's glue: it registers the bindings of each
-// job (message_view.cpp, queue_binding.cpp, pipe_binding.cpp, wait_binding.cpp, batch_binding.cpp)
-// and the process-wide functions (fork, exit, gc, unlink).
+// job (message_view.cpp, queue_binding.cpp, pipe_binding.cpp, wait_binding.cpp, batch_binding.cpp,
+// sync_*.cpp) and the process-wide functions (fork, exit, gc, unlink).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -15,6 +15,7 @@
 #include "shmq/shm/gc.hpp"
 #include "shmq/shm/queue.hpp"
 #include "support.hpp"
+#include "sync_binding.hpp"
 
 namespace shmq::py {
 
@@ -29,10 +30,12 @@ void after_fork_in_child() {
   ++g_fork_generation;
   codec_after_fork();
   for (ChannelState* s : channel_states()) s->after_fork();
+  sync_after_fork();
 }
 
 void close_all() {
   for (ChannelState* s : std::vector<ChannelState*>(channel_states())) s->drop_all();
+  sync_close_all();
 }
 
 // shmq.gc(): the library's policy (shm/gc.hpp), the one `shmq gc` applies. Returns the names of
@@ -76,6 +79,7 @@ NB_MODULE(_shmq, m) {
   bind_pipe(m);
   bind_wait(m);
   bind_batch(m);
+  bind_sync(m);
   m.def("after_fork_in_child", &after_fork_in_child);
   m.def("close_all", &close_all);
   m.def("gc_scan", &gc_scan, nb::arg("patterns"), nb::arg("include_named"), nb::arg("force"),

@@ -125,6 +125,13 @@ Status Mutex::lock(Deadline d, std::uint32_t spin) noexcept {
   return after_lock(m_->m.mutex.lock(h, d, reg(), spin, &dead), dead);
 }
 
+bool Mutex::lock_if_free() noexcept {
+  const std::uint32_t h = holder();
+  if (h == kNoHolder || !m_->m.mutex.try_lock(h)) return false;
+  m_->holder_pid.store(own_pid(), std::memory_order_relaxed);  // relaxed: display
+  return true;
+}
+
 bool Mutex::unlock() noexcept {
   const std::uint32_t h = holder();
   if (!m_->m.mutex.held_by(h)) return false;
@@ -174,6 +181,23 @@ Status RecursiveMutex::lock(Deadline d, std::uint32_t spin) noexcept {
   if (s == Status::ok || s == Status::owner_died)
     m_->holder_pid.store(own_pid(), std::memory_order_relaxed);  // relaxed: display
   return s;
+}
+
+bool RecursiveMutex::lock_if_free() noexcept {
+  const std::uint32_t h = holder();
+  if (h == kNoHolder) return false;
+  const std::uint32_t thread = current_thread_id();
+  core::RecursiveFutexMutex& r = m_->m;
+  if (r.owned_by(h, thread)) {
+    const std::uint32_t n = r.depth.load(std::memory_order_relaxed);  // relaxed: holder only
+    if (n == 0 || n == UINT32_MAX) return false;  // corrupt: the slow path reports it
+    r.depth.store(n + 1, std::memory_order_relaxed);
+    return true;
+  }
+  if (!r.mutex.try_lock(h)) return false;
+  r.adopt(thread, 1);
+  m_->holder_pid.store(own_pid(), std::memory_order_relaxed);  // relaxed: display
+  return true;
 }
 
 bool RecursiveMutex::unlock() noexcept { return m_->m.unlock(holder(), current_thread_id()); }
@@ -374,6 +398,31 @@ core::BarrierResult Barrier::wait(Deadline d, const std::function<bool()>& actio
   const std::uint32_t h = holder();
   if (h == kNoHolder) return {Status::closed, 0};
   return b_->barrier.wait(h, d, reg(), [&] { return action ? action() : true; });
+}
+
+// ---- from_block ----------------------------------------------------------------------------------
+
+namespace {
+Result<SyncBlock> typed(SyncBlock b, SyncType t) {
+  if (!b.valid()) return Error(Errc::invalid_argument, "an empty block");
+  if (b.type() != t)
+    return Error(Errc::wrong_kind, "the block holds a " + std::string(sync_type_name(b.type())) + ", not a " +
+                                       std::string(sync_type_name(t)));
+  return b;
+}
+}  // namespace
+
+Result<Semaphore> Semaphore::from_block(SyncBlock b) {
+  return SyncAccess::wrap<Semaphore, SemaphoreState>(typed(std::move(b), SyncType::semaphore));
+}
+Result<Event> Event::from_block(SyncBlock b) {
+  return SyncAccess::wrap<Event, EventState>(typed(std::move(b), SyncType::event));
+}
+Result<Condition> Condition::from_block(SyncBlock b) {
+  return SyncAccess::wrap<Condition, ConditionState>(typed(std::move(b), SyncType::condition));
+}
+Result<Barrier> Barrier::from_block(SyncBlock b) {
+  return SyncAccess::wrap<Barrier, BarrierState>(typed(std::move(b), SyncType::barrier));
 }
 
 }  // namespace shmq

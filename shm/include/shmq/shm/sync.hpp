@@ -126,6 +126,7 @@ class Mutex : public detail::SyncObject {
   Status lock(Deadline d = Deadline::never(),
               std::uint32_t spin = core::Backoff::kDefaultBudget) noexcept;
   Status try_lock() noexcept { return lock(Deadline::now()); }  // one CAS; dead holder check if held
+  bool lock_if_free() noexcept;  // one CAS and nothing else (no dead holder check)
   bool unlock() noexcept;      // false: this process does not hold it
   bool unlock_any() noexcept;  // releases it whoever holds it (multiprocessing.Lock); false if free
   bool locked_guess() const noexcept;
@@ -159,6 +160,7 @@ class RecursiveMutex : public detail::SyncObject {
   Status lock(Deadline d = Deadline::never(),
               std::uint32_t spin = core::Backoff::kDefaultBudget) noexcept;
   Status try_lock() noexcept { return lock(Deadline::now()); }
+  bool lock_if_free() noexcept;  // one more level, or one CAS (no dead holder check)
   bool unlock() noexcept;  // false: the calling thread does not hold it
   bool held_by_this_thread() const noexcept;
   std::uint32_t depth_guess() const noexcept;  // levels held by the calling thread (0: none)
@@ -187,6 +189,8 @@ class Semaphore : public detail::SyncObject {
   static Result<Semaphore> create(Arena& arena, const SemaphoreConfig& c, std::string_view name = {});
   static Result<Semaphore> open(const SyncHandle& h, const OpenOptions& o = {});
   static Result<Semaphore> open(Arena& arena, std::string_view name);
+  // Over a block of this type that another handle created (a binding's shared block).
+  static Result<Semaphore> from_block(SyncBlock b);
   Semaphore() = default;
 
   Status acquire(Deadline d = Deadline::never()) noexcept;  // ok | timeout | interrupted | corrupt | closed
@@ -211,6 +215,8 @@ class Event : public detail::SyncObject {
   static Result<Event> create(Arena& arena, std::string_view name = {});
   static Result<Event> open(const SyncHandle& h, const OpenOptions& o = {});
   static Result<Event> open(Arena& arena, std::string_view name);
+  // Over a block of this type that another handle created (a binding's shared block).
+  static Result<Event> from_block(SyncBlock b);
   Event() = default;
 
   void set() noexcept { e_->event.set(); }
@@ -240,6 +246,8 @@ class Condition : public detail::SyncObject {
   static Result<Condition> create(Arena& arena, std::string_view name = {});
   static Result<Condition> open(const SyncHandle& h, const OpenOptions& o = {});
   static Result<Condition> open(Arena& arena, std::string_view name);
+  // Over a block of this type that another handle created (a binding's shared block).
+  static Result<Condition> from_block(SyncBlock b);
   Condition() = default;
 
   // The caller holds `m` and holds it again when wait returns (see ConditionWait).
@@ -274,6 +282,8 @@ class Barrier : public detail::SyncObject {
   static Result<Barrier> create(Arena& arena, std::uint32_t parties, std::string_view name = {});
   static Result<Barrier> open(const SyncHandle& h, const OpenOptions& o = {});
   static Result<Barrier> open(Arena& arena, std::string_view name);
+  // Over a block of this type that another handle created (a binding's shared block).
+  static Result<Barrier> from_block(SyncBlock b);
   Barrier() = default;
 
   // ok (index: arrival order, parties - 1 for the last) | broken | timeout | interrupted |

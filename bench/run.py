@@ -3,7 +3,7 @@
 
 Runs the C++ Google Benchmark executables from the build directory (JSON via --benchmark_out),
 then the Python comparison (bench/python/compare.py), computes every target of DESIGN.md
-(P1-P5, Y1-Y6, M1) as a ratio against peers measured in the same run, with min/median/max over
+(P1-P5, Y1-Y6, S1-S5, M1) as a ratio against peers measured in the same run, with min/median/max over
 repetitions, prints one summary table (missed and not-run targets included), and writes
 bench-results/results.json, throughput.png and latency.png.
 
@@ -28,7 +28,8 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CPP_SUITES = ["shmq_bench_baselines", "shmq_bench_pipe", "shmq_bench_queue", "shmq_bench_fb"]
+CPP_SUITES = ["shmq_bench_baselines", "shmq_bench_pipe", "shmq_bench_queue", "shmq_bench_fb",
+              "shmq_bench_sync"]
 OUR_SHM_PREFIXES = ("shmq.bench-", "shmq-bench-")
 
 
@@ -276,7 +277,8 @@ def cpp_series(cpp: Dict[str, Any], suite_errors: Dict[str, str], name: str, fie
     if b is None:
         suite = ("shmq_bench_pipe" if name.startswith(("pipe", "pingpong/pipe")) else
                  "shmq_bench_queue" if name.startswith("queue") else
-                 "shmq_bench_fb" if name.startswith("fb/") else "shmq_bench_baselines")
+                 "shmq_bench_fb" if name.startswith("fb/") else
+                 "shmq_bench_sync" if name.startswith("lock/shmq") else "shmq_bench_baselines")
         why = suite_errors.get(suite, "filtered out or not in this build")
         return Series([], f"{name}: {why}")
     if b.get("error"):
@@ -370,6 +372,20 @@ def nats_rows(nats: Optional[Dict[str, Any]], nerr: Optional[str]) -> List[Dict[
     return rows
 
 
+def recovery_row(p50: Series, worst: Series) -> Dict[str, Any]:
+    """Information: how long a lock stays blocked after its holder is killed with -9 while another
+    process sleeps in lock() (p50 of each run's trials; the max column is the worst trial)."""
+    row: Dict[str, Any] = {"id": "S recovery", "what": "lock recovery after the holder's kill -9 (ms)",
+                           "target": "info: p50 per run, worst"}
+    if not p50.values or not worst.values:
+        row.update({"verdict": "not run", "reason": p50.missing or worst.missing})
+        return row
+    row.update({"values": p50.values, "worst": worst.values, "min": min(p50.values),
+                "median": statistics.median(p50.values), "max": max(worst.values),
+                "verdict": "info", "unit": "ms"})
+    return row
+
+
 def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict[str, Any]],
                     perr: Optional[str], nats: Optional[Dict[str, Any]] = None,
                     nerr: Optional[str] = "not run") -> List[Dict[str, Any]]:
@@ -448,6 +464,20 @@ def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict
     if fb_mp["verdict"] != "not run":
         fb_mp["verdict"], fb_mp["target"] = "info", "ratio vs mp.Queue pickle"
     rows.append(fb_mp)
+    # Locks and shared values (the synchronization issue): C++ S1-S2, Python S3-S5.
+    rows.append(ratio("S1 std", "C++ lock+unlock, uncontended", C("lock/shmq/uncontended"),
+                      C("lock/std_mutex/uncontended"), ">=", 0.8, "std::mutex", "ops/s"))
+    rows.append(ratio("S1 robust", "C++ lock+unlock, uncontended", C("lock/shmq/uncontended"),
+                      C("lock/pthread_robust/uncontended"), ">=", 1.0, "robust pthread mutex", "ops/s"))
+    rows.append(ratio("S2", "C++ 2-process contended counter", C("lock/shmq/2proc"),
+                      C("lock/pthread_robust/2proc"), ">=", 1.0, "robust pthread mutex", "ops/s"))
+    rows.append(ratio("S3", "Python `with lock:` uncontended", Y("sync/shmq.Lock/with"),
+                      Y("sync/mp.Lock/with"), ">=", 1.2, "mp.Lock", "ops/s"))
+    rows.append(ratio("S4", "Python 2 processes x 100k `with v.get_lock(): v.value += 1`",
+                      Y("sync/shmq.Value/2proc"), Y("sync/mp.Value/2proc"), ">=", 2, "mp.Value", "ops/s"))
+    rows.append(ratio("S5", "Python Array('d', 10**6) slice copy a[:]", Y("sync/shmq.Array/slice"),
+                      Y("sync/mp.Array/slice"), ">=", 1, "mp.Array", "copies/s"))
+    rows.append(recovery_row(C("lock/shmq/recovery", "p50_ms"), C("lock/shmq/recovery", "max_ms")))
     # M1: allocations counted by a malloc hook inside the workers' rounds, over every shmq suite.
     shmq_names = [n for n in cpp.get("benchmarks", {}) if n.startswith(("pipe", "queue", "pingpong/pipe"))]
     allocs: List[float] = []

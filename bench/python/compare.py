@@ -29,6 +29,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import sync_compare  # noqa: E402 - beside this file
+
 CTX = mp.get_context("fork")
 SIZES = [8, 64, 1024, 64 * 1024, 1 << 20]
 
@@ -468,6 +470,9 @@ def build_scenarios(full: bool) -> List[Scenario]:
     for impl, kind in (("shmq.Queue", "flatbuffers"), ("shmq.Queue", "pickle"),
                        ("mp.Queue", "pickle")):
         out.append(Scenario(f"flatbuffers/{impl}/{kind}", "flatbuffers", impl, spec=(kind, 0)))
+    # Locks and shared values (sync_compare.py; fixed counts, no calibration).
+    for sid in sync_compare.SCENARIOS:
+        out.append(Scenario(sid, "sync", sid.split("/")[1]))
     return out
 
 
@@ -491,7 +496,9 @@ def main() -> int:
 
     runnable = []
     for s in scenarios:
-        if s.impl in MISSING:
+        if s.group == "sync":
+            runnable.append(s)  # sync_compare reports its own missing implementations
+        elif s.impl in MISSING:
             s.status, s.reason = "not run", MISSING[s.impl]
         elif s.batch and IMPLS[s.impl].put_many is None:
             s.status, s.reason = "not run", f"{s.impl} has no put_many"
@@ -514,7 +521,11 @@ def main() -> int:
                     bar.update(1)
                 continue
             try:
-                if s.group == "pingpong":
+                if s.group == "sync":
+                    rate, err = sync_compare.run_sync(s.sid, timeout)
+                    if rate:
+                        s.reps.append(rate)
+                elif s.group == "pingpong":
                     res, err = run_pingpong(s, pingpong_n, timeout)
                     if res:
                         for k, v in res.items():

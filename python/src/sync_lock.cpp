@@ -4,6 +4,8 @@
 // nanobind's generic dispatch would add more than the whole lock costs.
 #include "sync_binding.hpp"
 
+#include "shmq/core/backoff.hpp"
+
 #include <structmember.h>
 
 #include <cstring>
@@ -45,6 +47,20 @@ bool fast_acquire(LockObject* l) noexcept {
   return true;
 }
 
+// Pause rounds spent waiting for a held lock with the GIL held before it is released to sleep:
+// a holder in another process usually lets go within a few hundred nanoseconds, and handing the
+// GIL over and back costs more than that.
+constexpr int kGilSpin = 256;
+
+bool spin_acquire(LockObject* l) noexcept {
+  shmq::core::FutexMutex& w = l->recursive ? l->rmutex.word().mutex : l->mutex.word();
+  for (int i = 0; i < kGilSpin; ++i) {
+    shmq::core::cpu_relax();
+    if (w.holder_guess() == 0 && fast_acquire(l)) return true;  // read before the CAS: no line stealing
+  }
+  return false;
+}
+
 [[noreturn]] void raise_status(Status s) {
   if (s == Status::closed)
     throw_py(PyExc_OSError, "shmq: this process cannot join the lock's arena (every participant slot is taken)");
@@ -80,6 +96,7 @@ void warn_owner_died(LockObject* l, std::uint32_t pid) {
 bool lock_acquire(LockObject* l, bool block, std::optional<double> timeout) {
   if (fast_acquire(l)) return true;
   const Deadline d = make_deadline(block, timeout);
+  if (!is_poll(d) && spin_acquire(l)) return true;
   std::uint32_t dead_pid = 0;
   auto attempt = [&](Deadline slice) {
     const Status s = l->recursive ? l->rmutex.lock(slice) : l->mutex.lock(slice);
@@ -293,7 +310,34 @@ struct ValueObject {
   PyObject* obj;     // the ctypes object over shared memory
   PyObject* lock;    // any object with acquire()/release()
   LockObject* fast;  // `lock` when it is a shmq lock, else nullptr
+  // The ctypes type's own `value` accessors (its getset descriptor), called directly: the same
+  // code a ctypes attribute read runs, without the attribute lookup. nullptr: use getattr.
+  getter get;
+  setter set;
+  void* closure;
 };
+
+// Finds the getset descriptor behind type(obj).value, if that is what it is.
+void cache_accessors(ValueObject* self) {
+  self->get = nullptr;
+  self->set = nullptr;
+  self->closure = nullptr;
+  PyObject* d = PyObject_GetAttr(reinterpret_cast<PyObject*>(Py_TYPE(self->obj)), g_str_value);
+  if (d == nullptr) {
+    PyErr_Clear();
+    return;
+  }
+  if (Py_TYPE(d) == &PyGetSetDescr_Type) {
+    PyGetSetDef* gs = reinterpret_cast<PyGetSetDescrObject*>(d)->d_getset;
+    // The descriptor must apply to obj (a subclass may shadow `value` with something else).
+    if (PyObject_TypeCheck(self->obj, PyDescr_TYPE(d))) {
+      self->get = gs->get;
+      self->set = gs->set;
+      self->closure = gs->closure;
+    }
+  }
+  Py_DECREF(d);
+}
 
 PyObject* value_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   PyObject* obj = nullptr;
@@ -307,6 +351,7 @@ PyObject* value_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   self->obj = obj;
   self->lock = lock;
   self->fast = is_lock(lock) ? reinterpret_cast<LockObject*>(lock) : nullptr;
+  cache_accessors(self);
   return reinterpret_cast<PyObject*>(self);
 }
 
@@ -370,7 +415,9 @@ PyObject* with_lock(ValueObject* self, F&& f) {
 
 PyObject* value_get(PyObject* o, void*) {
   auto* self = reinterpret_cast<ValueObject*>(o);
-  return with_lock(self, [&] { return PyObject_GetAttr(self->obj, g_str_value); });
+  return with_lock(self, [&] {
+    return self->get != nullptr ? self->get(self->obj, self->closure) : PyObject_GetAttr(self->obj, g_str_value);
+  });
 }
 
 int value_set(PyObject* o, PyObject* v, void*) {
@@ -380,7 +427,9 @@ int value_set(PyObject* o, PyObject* v, void*) {
     return -1;
   }
   PyObject* r = with_lock(self, [&]() -> PyObject* {
-    if (PyObject_SetAttr(self->obj, g_str_value, v) != 0) return nullptr;
+    const int rc = self->set != nullptr ? self->set(self->obj, v, self->closure)
+                                        : PyObject_SetAttr(self->obj, g_str_value, v);
+    if (rc != 0) return nullptr;
     Py_RETURN_NONE;
   });
   if (r == nullptr) return -1;

@@ -199,6 +199,7 @@ bool ArenaShared::join_locked() noexcept {
   // relaxed: [A3] read by this process only (the registry mutex or the owning thread).
   holder.store(h, std::memory_order_relaxed);
   epoch.store(g_fork_epoch.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  pid.store(static_cast<std::uint32_t>(::getpid()), std::memory_order_relaxed);
   // Bits of this slot belong to its previous holder, who is gone: clear them.
   Guarded g(*this, h);
   clear_bits_locked(1ull << participant.index());
@@ -283,7 +284,7 @@ SyncBlock ArenaShared::take_locked(const std::shared_ptr<ArenaShared>& self, std
   e.type.store(static_cast<std::uint32_t>(type), std::memory_order_relaxed);
   e.bytes.store(static_cast<std::uint32_t>(bytes), std::memory_order_relaxed);
   std::memset(e.name, 0, sizeof e.name);
-  std::memcpy(e.name, name.data(), name.size());
+  if (!name.empty()) std::memcpy(e.name, name.data(), name.size());
   std::byte* p = block_data(i);
   if (reused) std::memset(p, 0, block_bytes);  // a fresh segment is zero already
   e.refs.store(bit(), std::memory_order_relaxed);

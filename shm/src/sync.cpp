@@ -10,10 +10,7 @@
 
 namespace shmq {
 
-std::uint32_t current_thread_id() noexcept {
-  static thread_local const std::uint32_t tid = static_cast<std::uint32_t>(::syscall(SYS_gettid));
-  return tid;
-}
+std::uint32_t detail::gettid_now() noexcept { return static_cast<std::uint32_t>(::syscall(SYS_gettid)); }
 
 namespace {
 thread_local std::uint32_t t_last_dead_pid = 0;
@@ -76,18 +73,6 @@ void init_mutex(MutexState* m) noexcept {
   m->holder_pid.store(0, std::memory_order_relaxed);
 }
 
-std::uint32_t own_pid() noexcept {
-  static thread_local std::uint32_t cached_pid = 0;
-  static thread_local std::uint32_t cached_epoch = ~0u;
-  // relaxed: see detail::g_fork_epoch; a forked child caches its own pid.
-  const std::uint32_t e = detail::g_fork_epoch.load(std::memory_order_relaxed);
-  if (cached_epoch != e) {
-    cached_pid = static_cast<std::uint32_t>(::getpid());
-    cached_epoch = e;
-  }
-  return cached_pid;
-}
-
 }  // namespace
 
 Result<Mutex> Mutex::create() {
@@ -118,25 +103,11 @@ Status Mutex::after_lock(Status s, std::uint32_t dead) noexcept {
   return s;
 }
 
-Status Mutex::lock(Deadline d, std::uint32_t spin) noexcept {
+Status Mutex::lock_slow(Deadline d, std::uint32_t spin) noexcept {
   const std::uint32_t h = holder();
   if (h == kNoHolder) return Status::closed;
   std::uint32_t dead = 0;
   return after_lock(m_->m.mutex.lock(h, d, reg(), spin, &dead), dead);
-}
-
-bool Mutex::lock_if_free() noexcept {
-  const std::uint32_t h = holder();
-  if (h == kNoHolder || !m_->m.mutex.try_lock(h)) return false;
-  m_->holder_pid.store(own_pid(), std::memory_order_relaxed);  // relaxed: display
-  return true;
-}
-
-bool Mutex::unlock() noexcept {
-  const std::uint32_t h = holder();
-  if (!m_->m.mutex.held_by(h)) return false;
-  m_->m.mutex.unlock();
-  return true;
 }
 
 bool Mutex::unlock_any() noexcept { return m_->m.mutex.unlock() != 0; }
@@ -169,7 +140,7 @@ Result<RecursiveMutex> RecursiveMutex::from_block(SyncBlock b, std::size_t offse
   return SyncAccess::wrap<RecursiveMutex, MutexState>(std::move(b), offset);
 }
 
-Status RecursiveMutex::lock(Deadline d, std::uint32_t spin) noexcept {
+Status RecursiveMutex::lock_slow(Deadline d, std::uint32_t spin) noexcept {
   const std::uint32_t h = holder();
   if (h == kNoHolder) return Status::closed;
   std::uint32_t dead = 0;
@@ -183,24 +154,6 @@ Status RecursiveMutex::lock(Deadline d, std::uint32_t spin) noexcept {
   return s;
 }
 
-bool RecursiveMutex::lock_if_free() noexcept {
-  const std::uint32_t h = holder();
-  if (h == kNoHolder) return false;
-  const std::uint32_t thread = current_thread_id();
-  core::RecursiveFutexMutex& r = m_->m;
-  if (r.owned_by(h, thread)) {
-    const std::uint32_t n = r.depth.load(std::memory_order_relaxed);  // relaxed: holder only
-    if (n == 0 || n == UINT32_MAX) return false;  // corrupt: the slow path reports it
-    r.depth.store(n + 1, std::memory_order_relaxed);
-    return true;
-  }
-  if (!r.mutex.try_lock(h)) return false;
-  r.adopt(thread, 1);
-  m_->holder_pid.store(own_pid(), std::memory_order_relaxed);  // relaxed: display
-  return true;
-}
-
-bool RecursiveMutex::unlock() noexcept { return m_->m.unlock(holder(), current_thread_id()); }
 bool RecursiveMutex::held_by_this_thread() const noexcept {
   return m_->m.owned_by(holder(), current_thread_id());
 }
@@ -359,7 +312,7 @@ ConditionWait Condition::wait(RecursiveMutex& m, Deadline d) noexcept {
         const Status s = m.word().mutex.lock(h, Deadline::never(), m.reg());
         if (s == Status::ok || s == Status::owner_died) {
           m.word().adopt(thread, depth);
-          m.m_->holder_pid.store(own_pid(), std::memory_order_relaxed);  // relaxed: display
+          m.m_->holder_pid.store(m.own_pid(), std::memory_order_relaxed);  // relaxed: display
         }
         return s;
       });

@@ -74,7 +74,15 @@ struct BarrierState {  // SyncType::barrier
 inline constexpr std::size_t kValuePayloadOffset = sizeof(MutexState);
 
 // The calling thread's id as the recursive mutex records it (gettid, cached per thread).
-std::uint32_t current_thread_id() noexcept;
+namespace detail {
+std::uint32_t gettid_now() noexcept;
+inline thread_local std::uint32_t t_thread_id = 0;
+}  // namespace detail
+inline std::uint32_t current_thread_id() noexcept {
+  if (detail::t_thread_id == 0) [[unlikely]]
+    detail::t_thread_id = detail::gettid_now();
+  return detail::t_thread_id;
+}
 
 namespace detail {
 
@@ -90,6 +98,10 @@ class SyncObject {
   // registry that knows the others: for bindings that drive the core algorithms themselves.
   std::uint32_t holder() const noexcept { return block_.arena()->current_holder(); }
   const core::HolderRegistry& reg() const noexcept { return *block_.arena(); }
+  // This process's pid as the arena knows it (valid after holder()).
+  std::uint32_t own_pid() const noexcept {
+    return block_.arena()->pid.load(std::memory_order_relaxed);  // relaxed: ours
+  }
 
  protected:
   SyncObject() = default;
@@ -124,10 +136,24 @@ class Mutex : public detail::SyncObject {
   // interrupted | corrupt | closed (this process could not join the arena). `spin`: pause
   // rounds before sleeping.
   Status lock(Deadline d = Deadline::never(),
-              std::uint32_t spin = core::Backoff::kDefaultBudget) noexcept;
+              std::uint32_t spin = core::Backoff::kDefaultBudget) noexcept {
+    if (lock_if_free()) [[likely]]
+      return Status::ok;
+    return lock_slow(d, spin);
+  }
   Status try_lock() noexcept { return lock(Deadline::now()); }  // one CAS; dead holder check if held
-  bool lock_if_free() noexcept;  // one CAS and nothing else (no dead holder check)
-  bool unlock() noexcept;      // false: this process does not hold it
+  bool lock_if_free() noexcept {  // one CAS and nothing else (no dead holder check)
+    const std::uint32_t h = holder();
+    if (h == kNoHolder || !m_->m.mutex.try_lock(h)) return false;
+    SHMQ_KILL_POINT(core::KillPoint::lock_acquired);
+    m_->holder_pid.store(own_pid(), std::memory_order_relaxed);  // relaxed: display
+    return true;
+  }
+  bool unlock() noexcept {  // false: this process does not hold it
+    if (!m_->m.mutex.held_by(holder())) return false;
+    m_->m.mutex.unlock();
+    return true;
+  }
   bool unlock_any() noexcept;  // releases it whoever holds it (multiprocessing.Lock); false if free
   bool locked_guess() const noexcept;
   bool held_by_this_process() const noexcept;
@@ -141,6 +167,7 @@ class Mutex : public detail::SyncObject {
   friend struct detail::SyncAccess;
   friend class Condition;
   Mutex(SyncBlock b, MutexState* m) noexcept : SyncObject(std::move(b)), m_(m) {}
+  Status lock_slow(Deadline d, std::uint32_t spin) noexcept;
   Status after_lock(Status s, std::uint32_t dead) noexcept;
   MutexState* m_ = nullptr;
 };
@@ -158,10 +185,32 @@ class RecursiveMutex : public detail::SyncObject {
 
   // As Mutex::lock; a thread that holds it counts one more level.
   Status lock(Deadline d = Deadline::never(),
-              std::uint32_t spin = core::Backoff::kDefaultBudget) noexcept;
+              std::uint32_t spin = core::Backoff::kDefaultBudget) noexcept {
+    if (lock_if_free()) [[likely]]
+      return Status::ok;
+    return lock_slow(d, spin);
+  }
   Status try_lock() noexcept { return lock(Deadline::now()); }
-  bool lock_if_free() noexcept;  // one more level, or one CAS (no dead holder check)
-  bool unlock() noexcept;  // false: the calling thread does not hold it
+  bool lock_if_free() noexcept {  // one more level, or one CAS (no dead holder check)
+    const std::uint32_t h = holder();
+    if (h == kNoHolder) return false;
+    core::RecursiveFutexMutex& r = m_->m;
+    const std::uint32_t thread = current_thread_id();
+    if (r.owned_by(h, thread)) {
+      const std::uint32_t n = r.depth.load(std::memory_order_relaxed);  // relaxed: holder only
+      if (n == 0 || n == UINT32_MAX) return false;  // corrupt: the slow path reports it
+      r.depth.store(n + 1, std::memory_order_relaxed);
+      return true;
+    }
+    if (!r.mutex.try_lock(h)) return false;
+    SHMQ_KILL_POINT(core::KillPoint::lock_acquired);
+    r.adopt(thread, 1);
+    m_->holder_pid.store(own_pid(), std::memory_order_relaxed);  // relaxed: display
+    return true;
+  }
+  bool unlock() noexcept {  // false: the calling thread does not hold it
+    return m_->m.unlock(holder(), current_thread_id());
+  }
   bool held_by_this_thread() const noexcept;
   std::uint32_t depth_guess() const noexcept;  // levels held by the calling thread (0: none)
   std::uint32_t holder_pid_guess() const noexcept;
@@ -172,6 +221,7 @@ class RecursiveMutex : public detail::SyncObject {
   friend struct detail::SyncAccess;
   friend class Condition;
   RecursiveMutex(SyncBlock b, MutexState* m) noexcept : SyncObject(std::move(b)), m_(m) {}
+  Status lock_slow(Deadline d, std::uint32_t spin) noexcept;
   MutexState* m_ = nullptr;
 };
 

@@ -79,6 +79,7 @@ struct ArenaShared final : core::HolderRegistry {
   Participant participant;
   std::atomic<std::uint32_t> holder{kNoHolder};
   std::atomic<std::uint32_t> epoch{0};
+  std::atomic<std::uint32_t> pid{0};  // the process that joined (display: a lock's holder pid)
   std::unordered_map<std::uint32_t, LocalRef> local_refs;  // block -> this process's handles
   bool left = false;  // leave_arenas_at_exit() ran
 };

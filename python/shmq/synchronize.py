@@ -137,8 +137,6 @@ class Semaphore:
         if value > _shmq.SEMAPHORE_MAX:
             raise ValueError(f"semaphore initial value must be <= {_shmq.SEMAPHORE_MAX}")
         bound = value if self._BOUNDED else _shmq.SEMAPHORE_MAX
-        if self._BOUNDED and value == 0:
-            raise ValueError("a BoundedSemaphore needs a value of at least 1")
         track = value > 0 if track_units is None else bool(track_units)
         self._setup(_shmq.sync_new_semaphore(value, bound, track))
 

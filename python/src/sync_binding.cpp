@@ -22,7 +22,8 @@ PyObject* g_broken_barrier = nullptr;  // threading.BrokenBarrierError
   if (s == Status::closed)
     throw_py(PyExc_OSError, std::string("shmq: this process cannot join the ") + what +
                                 "'s arena (every participant slot is taken)");
-  throw_py(PyExc_OSError, std::string("shmq: the ") + what + "'s shared state is " + std::string(shmq::status_name(s)));
+  throw_py(PyExc_OSError,
+           std::string("shmq: the ") + what + "'s shared state is " + std::string(shmq::status_name(s)));
 }
 
 template <class T>
@@ -63,14 +64,17 @@ shmq::SyncBlock share(const Block& b) {
   return b.block.share();
 }
 
-Block alloc(std::uint32_t kind, std::uint64_t nbytes) {
+shmq::SyncType checked_kind(std::uint32_t kind) {
   if (kind > static_cast<std::uint32_t>(shmq::SyncType::value)) throw_py(PyExc_ValueError, "unknown block kind");
-  return make_block(unwrap(shmq::Arena::allocate_anywhere(static_cast<shmq::SyncType>(kind), nbytes)));
+  return static_cast<shmq::SyncType>(kind);
+}
+
+Block alloc(std::uint32_t kind, std::uint64_t nbytes) {
+  return make_block(unwrap(shmq::Arena::allocate_anywhere(checked_kind(kind), nbytes)));
 }
 
 Block open_block(const std::string& arena, std::uint32_t index, std::uint32_t generation, std::uint32_t kind) {
-  if (kind > static_cast<std::uint32_t>(shmq::SyncType::value)) throw_py(PyExc_ValueError, "unknown block kind");
-  return make_block(unwrap(shmq::Arena::open_block({arena, index, generation}, static_cast<shmq::SyncType>(kind))));
+  return make_block(unwrap(shmq::Arena::open_block({arena, index, generation}, checked_kind(kind))));
 }
 
 // ---- Semaphore -----------------------------------------------------------------------------------
@@ -86,7 +90,8 @@ struct SemaphoreCore {
   bool acquire(bool block, std::optional<double> timeout) {
     const Deadline d = make_deadline(block, timeout);
     Status s = sem.acquire(Deadline::now());
-    if (s == Status::timeout && !is_poll(d)) s = block_in_slices([&](Deadline slice) { return sem.acquire(slice); }, d);
+    if (s == Status::timeout && !is_poll(d))
+      s = block_in_slices([&](Deadline slice) { return sem.acquire(slice); }, d);
     if (s == Status::ok) return true;
     if (s == Status::timeout || s == Status::interrupted) return false;
     raise_status("semaphore", s);
@@ -193,7 +198,9 @@ struct ConditionCore {
 
 // ---- Barrier -------------------------------------------------------------------------------------
 
-Block new_barrier(std::uint32_t parties) { return make_block(unwrap(shmq::Barrier::create(parties)).block().share()); }
+Block new_barrier(std::uint32_t parties) {
+  return make_block(unwrap(shmq::Barrier::create(parties)).block().share());
+}
 
 struct BarrierCore {
   explicit BarrierCore(const Block& b) : bar(unwrap(shmq::Barrier::from_block(share(b)))) {}
@@ -318,7 +325,8 @@ void bind_sync(nb::module_& m) {
 
   nb::class_<BarrierCore>(m, "BarrierCore")
       .def(nb::init<const Block&>(), nb::arg("block"))
-      .def("wait", &BarrierCore::wait, nb::arg("timeout").none() = nb::none(), nb::arg("action").none() = nb::none())
+      .def("wait", &BarrierCore::wait, nb::arg("timeout").none() = nb::none(),
+           nb::arg("action").none() = nb::none())
       .def("abort", [](BarrierCore& b) { b.bar.abort(); })
       .def("reset", [](BarrierCore& b) { b.bar.reset(); })
       .def_prop_ro("parties", [](const BarrierCore& b) { return b.bar.parties(); })

@@ -63,7 +63,8 @@ bool spin_acquire(LockObject* l) noexcept {
 
 [[noreturn]] void raise_status(Status s) {
   if (s == Status::closed)
-    throw_py(PyExc_OSError, "shmq: this process cannot join the lock's arena (every participant slot is taken)");
+    throw_py(PyExc_OSError,
+             "shmq: this process cannot join the lock's arena (every participant slot is taken)");
   throw_py(PyExc_OSError, std::string("shmq: the lock's shared word is ") + std::string(shmq::status_name(s)));
 }
 
@@ -119,7 +120,8 @@ bool lock_acquire(LockObject* l, bool block, std::optional<double> timeout) {
 
 void lock_release(LockObject* l) {
   if (l->recursive) {
-    if (!l->rmutex.unlock()) throw_py(PyExc_AssertionError, "attempt to release recursive lock not owned by thread");
+    if (!l->rmutex.unlock())
+      throw_py(PyExc_AssertionError, "attempt to release recursive lock not owned by thread");
     return;
   }
   if (!l->mutex.unlock_any()) throw_py(PyExc_ValueError, "semaphore or lock released too many times");
@@ -260,7 +262,8 @@ PyObject* lock_count_py(PyObject* o, PyObject*) {
 // The pid of the holder (0: free), for repr.
 PyObject* lock_holder_pid_py(PyObject* o, PyObject*) {
   auto* self = reinterpret_cast<LockObject*>(o);
-  return PyLong_FromUnsignedLong(self->recursive ? self->rmutex.holder_pid_guess() : self->mutex.holder_pid_guess());
+  const std::uint32_t pid = self->recursive ? self->rmutex.holder_pid_guess() : self->mutex.holder_pid_guess();
+  return PyLong_FromUnsignedLong(pid);
 }
 
 PyMethodDef lock_methods[] = {
@@ -268,7 +271,8 @@ PyMethodDef lock_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, "acquire(block=True, timeout=None) -> bool"},
     {"release", lock_release_py, METH_NOARGS, "release()"},
     {"__enter__", lock_enter, METH_NOARGS, nullptr},
-    {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(lock_exit)), METH_FASTCALL, nullptr},
+    {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(lock_exit)), METH_FASTCALL,
+     nullptr},
     {"_is_mine", lock_is_mine_py, METH_NOARGS, "whether the calling thread holds it"},
     {"_count", lock_count_py, METH_NOARGS, "levels the calling thread holds"},
     {"_holder_pid", lock_holder_pid_py, METH_NOARGS, "pid of the holder (0: free)"},
@@ -416,7 +420,8 @@ PyObject* with_lock(ValueObject* self, F&& f) {
 PyObject* value_get(PyObject* o, void*) {
   auto* self = reinterpret_cast<ValueObject*>(o);
   return with_lock(self, [&] {
-    return self->get != nullptr ? self->get(self->obj, self->closure) : PyObject_GetAttr(self->obj, g_str_value);
+    if (self->get != nullptr) return self->get(self->obj, self->closure);
+    return PyObject_GetAttr(self->obj, g_str_value);
   });
 }
 
@@ -469,7 +474,8 @@ PyMethodDef value_methods[] = {
     {"get_obj", value_get_obj, METH_NOARGS, "the ctypes object over shared memory"},
     {"get_lock", value_get_lock, METH_NOARGS, "the lock that guards it"},
     {"__enter__", value_enter, METH_NOARGS, nullptr},
-    {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(value_exit)), METH_FASTCALL, nullptr},
+    {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(value_exit)), METH_FASTCALL,
+     nullptr},
     {nullptr, nullptr, 0, nullptr}};
 
 PyGetSetDef value_getset[] = {

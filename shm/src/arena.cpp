@@ -348,7 +348,8 @@ Result<SyncBlock> ArenaShared::open(const std::shared_ptr<ArenaShared>& self, st
                                        " is a " + std::string(sync_type_name(t)) + ", not a " +
                                        std::string(sync_type_name(type)));
   const std::uint32_t bytes = e.bytes.load(std::memory_order_relaxed);
-  if (bytes > block_bytes) return Error(Errc::corrupt, quoted(segment.name()) + " has a corrupt entry " + std::to_string(i));
+  if (bytes > block_bytes)
+    return Error(Errc::corrupt, quoted(segment.name()) + " has a corrupt entry " + std::to_string(i));
   e.refs.store(refs | bit(), std::memory_order_relaxed);
   LocalRef& l = local_refs[i];
   l.count += 1;
@@ -408,7 +409,8 @@ Result<std::shared_ptr<ArenaShared>> ArenaShared::attach(Segment seg) {
   if (h.magic != kArenaBodyMagic) return Error(Errc::corrupt, who + " has a corrupt body (magic)");
   if (h.block_bytes < kMinArenaBlockBytes || h.block_bytes > kMaxArenaBlockBytes ||
       h.block_bytes % kMinArenaBlockBytes != 0)
-    return Error(Errc::corrupt, who + " has a corrupt body (block_bytes " + std::to_string(h.block_bytes) + ")");
+    return Error(Errc::corrupt,
+                 who + " has a corrupt body (block_bytes " + std::to_string(h.block_bytes) + ")");
   if (h.blocks == 0 || h.blocks > kMaxArenaBlocks)
     return Error(Errc::corrupt, who + " has a corrupt body (blocks " + std::to_string(h.blocks) + ")");
   const Layout l = layout_for(h.block_bytes, h.blocks);
@@ -480,7 +482,8 @@ Result<std::shared_ptr<ArenaShared>> ArenaShared::open_named(std::string_view na
 
 Result<SyncBlock> allocate_pooled(SyncType type, std::uint64_t bytes) {
   if (bytes > kPooledMaxBytes) {
-    auto a = ArenaShared::create({.name = "", .block_bytes = core::align_up(bytes == 0 ? 1 : bytes, kPage), .blocks = 1});
+    const std::uint64_t block = core::align_up(bytes == 0 ? 1 : bytes, kPage);
+    auto a = ArenaShared::create({.name = "", .block_bytes = block, .blocks = 1});
     if (!a) return std::move(a).error();
     return (*a)->allocate(*a, type, bytes, {});
   }

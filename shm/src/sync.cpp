@@ -76,10 +76,12 @@ void init_mutex(MutexState* m) noexcept {
 }  // namespace
 
 Result<Mutex> Mutex::create() {
-  return SyncAccess::wrap<Mutex, MutexState>(detail::SyncObject::make(SyncType::mutex, sizeof(MutexState), nullptr, {}), 0, init_mutex);
+  return SyncAccess::wrap<Mutex, MutexState>(make(SyncType::mutex, sizeof(MutexState), nullptr, {}), 0,
+                                             init_mutex);
 }
 Result<Mutex> Mutex::create(Arena& arena, std::string_view name) {
-  return SyncAccess::wrap<Mutex, MutexState>(make(SyncType::mutex, sizeof(MutexState), &arena, name), 0, init_mutex);
+  return SyncAccess::wrap<Mutex, MutexState>(make(SyncType::mutex, sizeof(MutexState), &arena, name), 0,
+                                             init_mutex);
 }
 Result<Mutex> Mutex::open(const SyncHandle& h, const OpenOptions& o) {
   return SyncAccess::wrap<Mutex, MutexState>(Arena::open_block(h, SyncType::mutex, o));
@@ -170,10 +172,10 @@ std::uint32_t RecursiveMutex::holder_pid_guess() const noexcept {
 
 namespace {
 Result<SemaphoreConfig> check_semaphore(const SemaphoreConfig& c) {
-  if (c.bound == 0 || c.bound > core::kSemaphoreMax || c.value > c.bound)
+  if (c.bound > core::kSemaphoreMax || c.value > c.bound)
     return Error(Errc::invalid_argument, "semaphore value " + std::to_string(c.value) + " and bound " +
                                              std::to_string(c.bound) + " must satisfy 0 <= value <= bound <= " +
-                                             std::to_string(core::kSemaphoreMax) + ", bound > 0");
+                                             std::to_string(core::kSemaphoreMax));
   return c;
 }
 auto init_semaphore(const SemaphoreConfig& c) {
@@ -223,10 +225,12 @@ void init_event(EventState* e) noexcept {
 }  // namespace
 
 Result<Event> Event::create() {
-  return SyncAccess::wrap<Event, EventState>(make(SyncType::event, sizeof(EventState), nullptr, {}), 0, init_event);
+  return SyncAccess::wrap<Event, EventState>(make(SyncType::event, sizeof(EventState), nullptr, {}), 0,
+                                             init_event);
 }
 Result<Event> Event::create(Arena& arena, std::string_view name) {
-  return SyncAccess::wrap<Event, EventState>(make(SyncType::event, sizeof(EventState), &arena, name), 0, init_event);
+  return SyncAccess::wrap<Event, EventState>(make(SyncType::event, sizeof(EventState), &arena, name), 0,
+                                             init_event);
 }
 Result<Event> Event::open(const SyncHandle& h, const OpenOptions& o) {
   return SyncAccess::wrap<Event, EventState>(Arena::open_block(h, SyncType::event, o));
@@ -296,7 +300,8 @@ ConditionWait Condition::wait(Mutex& m, Deadline d) noexcept {
       d, [&] { m.word().unlock(); },
       [&] {
         std::uint32_t dead = 0;
-        return m.after_lock(m.word().lock(h, Deadline::never(), m.reg(), core::Backoff::kDefaultBudget, &dead), dead);
+        const Status s = m.word().lock(h, Deadline::never(), m.reg(), core::Backoff::kDefaultBudget, &dead);
+        return m.after_lock(s, dead);
       });
 }
 

@@ -370,7 +370,9 @@ TEST_CASE("futex condition: notify(n) wakes exactly the n oldest sleepers, notif
   std::array<std::atomic<bool>, kWaiters> woken{};
   std::vector<std::thread> ts;
   for (int i = 0; i < kWaiters; ++i) {
-    ts.emplace_back([&, i] { woken[static_cast<std::size_t>(i)] = f.wait(holder(static_cast<std::uint32_t>(i)), Deadline::in(30s)); });
+    ts.emplace_back([&, i] {
+      woken[static_cast<std::size_t>(i)] = f.wait(holder(static_cast<std::uint32_t>(i)), Deadline::in(30s));
+    });
     while (f.c->waiting_guess() < static_cast<std::uint32_t>(i + 1)) std::this_thread::yield();  // in order
   }
   REQUIRE(f.m.lock(holder(40), Deadline::never(), f.reg) == Status::ok);
@@ -531,7 +533,9 @@ TEST_CASE("futex barrier: reset releases the current waiters as broken and works
   std::atomic<int> broken{0};
   std::vector<std::thread> ts;
   for (std::uint32_t i = 0; i < 2; ++i)
-    ts.emplace_back([&, i] { broken += sut->wait(holder(i), Deadline::in(10s), reg, no_action).status == Status::broken; });
+    ts.emplace_back([&, i] {
+      broken += sut->wait(holder(i), Deadline::in(10s), reg, no_action).status == Status::broken;
+    });
   while (sut->waiting_guess() != 2) std::this_thread::yield();
   sut->reset();
   for (auto& t : ts) t.join();
@@ -561,7 +565,9 @@ TEST_CASE("futex barrier: a registered party that dies breaks the barrier for th
   std::atomic<int> broken{0};
   std::vector<std::thread> ts;
   for (std::uint32_t i = 1; i <= 2; ++i)
-    ts.emplace_back([&, i] { broken += sut->wait(holder(i), Deadline::in(30s), reg, no_action).status == Status::broken; });
+    ts.emplace_back([&, i] {
+      broken += sut->wait(holder(i), Deadline::in(30s), reg, no_action).status == Status::broken;
+    });
   for (auto& t : ts) t.join();
   CHECK(broken.load() == 2);
   CHECK(sut->broken());

@@ -632,8 +632,8 @@ void run_cycle(Rig& g, Plan plan, std::uint64_t skip, int timer_us, bool defer_r
       while (r.status == Status::ok) r = g.bar.wait(Deadline::in(20s));
       partner_status = static_cast<int>(r.status);
     });
-  const auto deadline = std::chrono::steady_clock::now() +
-                        (plan == Plan::mutex_timer ? std::chrono::microseconds(timer_us) : std::chrono::microseconds(5'000'000));
+  const auto wait = plan == Plan::mutex_timer ? std::chrono::microseconds(timer_us) : std::chrono::microseconds(5'000'000);
+  const auto deadline = std::chrono::steady_clock::now() + wait;
   int status = 0;
   bool stopped = false;
   for (;;) {

@@ -134,8 +134,10 @@ struct FutexCondition {
 
  private:
   int free_record() const noexcept {
-    for (std::uint32_t i = 0; i < kConditionWaiters; ++i)
-      if (records[i].state.load(std::memory_order_relaxed) == kFree) return static_cast<int>(i);  // relaxed: [C1]
+    for (std::uint32_t i = 0; i < kConditionWaiters; ++i) {
+      // relaxed: [C1]
+      if (records[i].state.load(std::memory_order_relaxed) == kFree) return static_cast<int>(i);
+    }
     return -1;
   }
   // The stamped record that waited longest (stamps compare modulo 2^31 from next_seq).

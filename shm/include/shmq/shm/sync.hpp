@@ -272,7 +272,8 @@ class Event : public detail::SyncObject {
   void set() noexcept { e_->event.set(); }
   void clear() noexcept { e_->event.clear(); }
   bool is_set() const noexcept { return e_->event.is_set(); }
-  Status wait(Deadline d = Deadline::never()) noexcept { return e_->event.wait(d); }  // ok | timeout | interrupted
+  // ok | timeout | interrupted
+  Status wait(Deadline d = Deadline::never()) noexcept { return e_->event.wait(d); }
   core::FutexEvent& core() const noexcept { return e_->event; }
 
  private:

@@ -69,7 +69,9 @@ class HolderRegistry {
 };
 
 // How long a waiter sleeps before it asks whether the holder still lives: the bound on the time
-// a dead holder's lock stays blocked when its death was not seen before the sleep.
+// a dead holder's lock stays blocked when its death was not seen before the sleep. Shorter than
+// the channels' kSleepSlice (wait.hpp): a lock's promise is recovery within 50 ms of the death,
+// the waiter's own wake-up and scheduling included.
 inline constexpr auto kHolderCheckSlice = std::chrono::milliseconds(10);
 
 // ---- FutexMutex --------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ void after_fork_in_child() {
   ++g_fork_generation;
   codec_after_fork();
   for (ChannelState* s : channel_states()) s->after_fork();
-  sync_after_fork();
 }
 
 void close_all() {

@@ -270,7 +270,6 @@ struct BarrierCore {
 
 }  // namespace
 
-void sync_after_fork() { (void)shmq::rejoin_arenas_after_fork(); }
 void sync_close_all() { shmq::leave_arenas_at_exit(); }
 
 void bind_sync(nb::module_& m) {
@@ -290,7 +289,6 @@ void bind_sync(nb::module_& m) {
   m.def("sync_new_event", &new_event);
   m.def("sync_new_condition", &new_condition);
   m.def("sync_new_barrier", &new_barrier, nb::arg("parties"));
-  m.def("sync_after_fork", &sync_after_fork);
   m.def("sync_close_all", &sync_close_all);
   m.attr("SYNC_MUTEX") = static_cast<int>(shmq::SyncType::mutex);
   m.attr("SYNC_RECURSIVE_MUTEX") = static_cast<int>(shmq::SyncType::recursive_mutex);

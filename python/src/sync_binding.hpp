@@ -6,7 +6,9 @@
 // of this process to a block and exports the block's bytes through the buffer protocol, so a
 // ctypes object made with from_buffer() keeps it alive; locks and cores hold their Block too.
 // Threads: the GIL guards the Python objects; the shared words are the core algorithms' business.
-// Fork: the arena layer rejoins after a fork (sync_after_fork() does it eagerly).
+// Fork: the arena layer closes the parent's participant descriptors in a forked child and joins
+// each arena again, as the child, on its first use (so a child that never touches an object takes
+// no participant slot of its arena).
 #pragma once
 
 #include <nanobind/nanobind.h>
@@ -54,7 +56,6 @@ void warn_owner_died(LockObject* l, std::uint32_t pid);
 
 void bind_sync_locks(nb::module_& m);  // sync_lock.cpp
 void bind_sync(nb::module_& m);        // sync_binding.cpp
-void sync_after_fork();
 void sync_close_all();
 
 }  // namespace shmq::py

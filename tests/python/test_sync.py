@@ -80,6 +80,10 @@ def _child_view(lock, q):
     q.put((lock._is_mine(), lock.acquire(False)))
 
 
+def _wait_for(ev):
+    ev.wait(60)
+
+
 def _kill(p):
     os.kill(p.pid, signal.SIGKILL)
     p.join(30)
@@ -483,6 +487,34 @@ def _cli():
     p = os.environ.get("SHMQ_CLI")
     path = Path(p) if p else REPO / "build" / "tools" / "shmq"
     return path if path.is_absolute() else REPO / path
+
+
+def _arena_participants(arena):
+    listed = json.loads(subprocess.run([str(_cli()), "ls", "--json", arena], capture_output=True,
+                                       check=True, timeout=60).stdout)
+    return listed[0]["participants"]["alive"]
+
+
+def test_a_forked_child_joins_an_arena_only_when_it_uses_it():
+    ctx = mp.get_context("fork")
+    lock = shmq.Lock()
+    arena = lock._block.handle[0]
+    go = ctx.Event()
+    p = ctx.Process(target=_wait_for, args=(go,))
+    p.start()
+    idle = _arena_participants(arena)
+    go.set()
+    p.join(30)
+    q = shmq.SimpleQueue()
+    user = ctx.Process(target=_child_view, args=(lock, q))
+    user.start()
+    assert q.get() == (False, True)
+    user.join(30)
+    q.close()
+    assert idle == 1  # only this process: the idle child took no participant slot
+    with pytest.warns(shmq.OwnerDiedWarning):  # the child that used it exited holding it
+        assert lock.acquire(False) is True
+    lock.release()
 
 
 def test_the_cli_lists_an_arena_and_names_a_lock_holder():

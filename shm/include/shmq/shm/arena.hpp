@@ -35,8 +35,8 @@
 // Fork: a forked child must not act as its parent. pthread_atfork closes the child's copies of
 // its parent's participant descriptors (so the parent's death stays visible) and marks every
 // arena; the child's first use of an arena joins it as a new participant and takes a reference
-// on every block its inherited handles name (rejoin_after_fork(), which the Python package
-// calls eagerly from its own fork hook).
+// on every block its inherited handles name (rejoin_arenas_after_fork() does that at once for
+// every arena). Joining on first use keeps participant slots for the children that use the arena.
 #pragma once
 
 #include <atomic>

@@ -44,6 +44,8 @@ double seconds_since(const timespec& t) {
 // unlinked by its last mapping.
 Result<std::uint64_t> messages_held(std::string_view name, SegmentKind kind) {
   const OpenOptions observe{.allow_other_users = true, .initializing_wait_ms = 0};
+  if (kind == SegmentKind::arena)  // its objects are state, not messages: never "empty"
+    return Error(Errc::wrong_kind, "an arena holds synchronization objects and values, not messages");
   if (kind == SegmentKind::queue) {
     auto q = Queue::open(name, observe);
     if (!q) return std::move(q).error();

@@ -19,6 +19,7 @@
 #include "shmq/core/futex_event.hpp"
 #include "shmq/core/futex_mutex.hpp"
 #include "shmq/core/futex_semaphore.hpp"
+#include "test_util.hpp"
 
 // Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
 // measures speed. Orders that matter are those of the code under test.
@@ -26,22 +27,9 @@
 using namespace shmq;
 using namespace shmq::core;
 using namespace std::chrono_literals;
+using shmq::testing::scaled;
 
 namespace {
-
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr double kDefaultScale = 0.1;
-#else
-constexpr double kDefaultScale = 1.0;
-#endif
-
-// Test sizes scale with SHMQ_TEST_SCALE (tools/run_tests.sh sets it for sanitizer builds).
-int scaled(int full, int at_least) {
-  const char* env = std::getenv("SHMQ_TEST_SCALE");
-  const double scale = env != nullptr ? std::atof(env) : kDefaultScale;
-  const int n = static_cast<int>(full * (scale > 0 ? scale : kDefaultScale));
-  return n < at_least ? at_least : n;
-}
 
 // Holder i is make_holder(i, 1); dead[i] says whether it died; indices beyond the table are invalid.
 struct FakeRegistry final : HolderRegistry {

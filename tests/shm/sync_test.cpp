@@ -3,10 +3,8 @@
 // every sync kill point.
 #include "shmq/shm/sync.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,79 +21,22 @@
 #include <thread>
 #include <vector>
 
+#include "test_util.hpp"
+
 // Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
 // measures speed. Orders that matter are those of the code under test.
 
 using namespace shmq;
 using namespace std::chrono_literals;
+using testing::Cleanup;
+using testing::kill_and_reap;
+using testing::scaled;
+using testing::wait_exit;
 
 namespace {
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr double kDefaultScale = 0.1;
-#else
-constexpr double kDefaultScale = 1.0;
-#endif
-
-// Test sizes scale with SHMQ_TEST_SCALE (tools/run_tests.sh sets it for sanitizer builds).
-int scaled(int full, int at_least) {
-  const char* env = std::getenv("SHMQ_TEST_SCALE");
-  const double scale = env != nullptr ? std::atof(env) : kDefaultScale;
-  const int n = static_cast<int>(full * (scale > 0 ? scale : kDefaultScale));
-  return n < at_least ? at_least : n;
-}
-
-std::string prefix() { return "t-sync-" + std::to_string(::getpid()); }
-std::string unique_name() {
-  static int n = 0;
-  return prefix() + "-" + std::to_string(n++);
-}
-
-struct Cleanup {
-  explicit Cleanup(std::string n) : name(std::move(n)) {}
-  ~Cleanup() { (void)Arena::unlink(name); }
-  std::string name;
-};
-
-std::vector<std::string> leftovers() {
-  std::vector<std::string> out;
-  const std::string p = "shmq." + prefix();
-  if (DIR* d = ::opendir("/dev/shm")) {
-    while (const dirent* e = ::readdir(d))
-      if (std::string_view(e->d_name).substr(0, p.size()) == p) out.emplace_back(e->d_name);
-    ::closedir(d);
-  }
-  return out;
-}
-
-// Shared memory for what forked children report.
-template <class T>
-struct Shared {
-  explicit Shared(std::size_t n = 1) : size(n) {
-    void* p = ::mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    REQUIRE(p != MAP_FAILED);
-    data = static_cast<T*>(p);
-    for (std::size_t i = 0; i < n; ++i) new (&data[i]) T();
-  }
-  ~Shared() { ::munmap(data, size * sizeof(T)); }
-  T& operator[](std::size_t i) { return data[i]; }
-  T* operator->() { return data; }
-  T& operator*() { return *data; }
-  T* data;
-  std::size_t size;
-};
-
-int wait_exit(pid_t pid) {
-  int st = 0;
-  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-void kill_and_reap(pid_t pid) {
-  ::kill(pid, SIGKILL);
-  wait_exit(pid);
-}
+constexpr std::string_view kWhat = "sync";
+std::string unique_name() { return testing::unique_name(kWhat); }
 
 // Waits until `flag` reaches `value` (a child's progress), or fails after 10 s.
 void await(std::atomic<int>& flag, int value) {
@@ -370,13 +311,13 @@ TEST_CASE("mutex: processes incrementing under the lock lose no increment") {
   auto* value = reinterpret_cast<std::uint64_t*>(counter->data());
   const int kProcs = 3;
   const int per = scaled(20'000, 1'000);
-  Shared<std::atomic<int>> start;
+  testing::SharedArray<std::atomic<int>> start(1);
   std::vector<pid_t> pids;
   for (int p = 0; p < kProcs; ++p) {
     const pid_t pid = ::fork();
     if (pid == 0) {
-      start->fetch_add(1);
-      while (start->load() < kProcs) std::this_thread::yield();
+      start[0].fetch_add(1);
+      while (start[0].load() < kProcs) std::this_thread::yield();
       for (int i = 0; i < per; ++i) {
         if (m->lock() != Status::ok) ::_exit(2);
         *value += 1;
@@ -410,14 +351,14 @@ TEST_CASE("mutex: a holder killed with -9 passes the lock on with owner_died and
   auto m = Mutex::create();
   auto rm = RecursiveMutex::create();
   REQUIRE((m.has_value() && rm.has_value()));
-  Shared<std::atomic<int>> holding;
+  testing::SharedArray<std::atomic<int>> holding(1);
   const pid_t pid = ::fork();
   if (pid == 0) {
     if (m->lock() != Status::ok || rm->lock() != Status::ok || rm->lock() != Status::ok) ::_exit(2);
-    holding->store(1);
+    holding[0].store(1);
     for (;;) ::pause();
   }
-  await(*holding, 1);
+  await(holding[0], 1);
   CHECK(m->holder_pid_guess() == static_cast<std::uint32_t>(pid));
   CHECK(m->try_lock() == Status::timeout);  // alive: never robbed
   // A waiter asleep when the holder dies wakes within a slice.
@@ -445,15 +386,15 @@ TEST_CASE("semaphore: the units of a process killed with -9 come back") {
   auto sem = Semaphore::create({.value = 3, .bound = 3});
   auto signal = Semaphore::create({.value = 1, .bound = 1, .track_units = false});
   REQUIRE((sem.has_value() && signal.has_value()));
-  Shared<std::atomic<int>> holding;
+  testing::SharedArray<std::atomic<int>> holding(1);
   const pid_t pid = ::fork();
   if (pid == 0) {
     if (sem->acquire() != Status::ok || sem->acquire() != Status::ok) ::_exit(2);
     if (signal->acquire() != Status::ok) ::_exit(3);
-    holding->store(1);
+    holding[0].store(1);
     for (;;) ::pause();
   }
-  await(*holding, 1);
+  await(holding[0], 1);
   CHECK(sem->value_guess() == 1);
   CHECK(sem->units_held_guess() == 0);
   kill_and_reap(pid);
@@ -495,7 +436,7 @@ TEST_CASE("barrier: processes pass rounds together; a party killed with -9 break
   auto bar = Barrier::create(3);
   REQUIRE(bar.has_value());
   const int rounds = scaled(200, 20);
-  Shared<std::atomic<int>> passed(2);
+  testing::SharedArray<std::atomic<int>> passed(2);
   std::vector<pid_t> pids;
   for (int p = 0; p < 2; ++p) {
     const pid_t pid = ::fork();
@@ -555,7 +496,7 @@ struct Rig {
   Barrier bar;
   SyncBlock counter_block;
   std::uint64_t* counter = nullptr;  // protected by m
-  Shared<Ledger> ledger;
+  testing::SharedArray<Ledger> ledger{1};
   std::uint64_t parent_done = 0;
   int mutex_kills = 0;
   std::vector<double> recovery_ms;
@@ -771,4 +712,4 @@ TEST_CASE("sync: kill -9 at every sync kill point; counter exact, nobody hangs")
   CHECK(g.sem.value_guess() == 2);
 }
 
-TEST_CASE("sync: no test segment is left in /dev/shm") { CHECK(leftovers().empty()); }
+TEST_CASE("sync: no test segment is left in /dev/shm") { CHECK(testing::leftovers(kWhat).empty()); }

@@ -38,8 +38,11 @@ SCENARIOS = [f"sync/{impl}.{what}" for what in ("Lock/with", "Value/2proc", "Arr
              for impl in ("shmq", "mp")]
 
 
-def _with_lock(lib: Any, times: Any, index: int, barrier: Any) -> None:
-    lock = lib.Lock()
+# Objects are made by the parent, which holds them until its workers are done: a worker leaves
+# through os._exit, which skips the clean-up that unlinks the segments of the last user, and
+# Process.start() drops the parent's references to its arguments.
+
+def _with_lock(lock: Any, times: Any, index: int, barrier: Any) -> None:
     barrier.wait()
     t0 = time.perf_counter()
     for _ in range(kWithRounds):
@@ -60,8 +63,7 @@ def _bump(v: Any, times: Any, index: int, barrier: Any) -> None:
     os._exit(0)
 
 
-def _slice(lib: Any, times: Any, index: int, barrier: Any) -> None:
-    a = lib.Array("d", kArrayLength)
+def _slice(a: Any, times: Any, index: int, barrier: Any) -> None:
     barrier.wait()
     t0 = time.perf_counter()
     for _ in range(kSlices):
@@ -98,11 +100,13 @@ def run_sync(sid: str, timeout: float) -> Tuple[Optional[float], Optional[str]]:
     times = CTX.Array("d", 4, lock=False)
     if what == "with":
         barrier = CTX.Barrier(1)
-        err = _run([CTX.Process(target=_with_lock, args=(lib, times, 0, barrier))], timeout)
+        lock = lib.Lock()
+        err = _run([CTX.Process(target=_with_lock, args=(lock, times, 0, barrier))], timeout)
         return (None, err) if err else (kWithRounds / times[0], None)
     if what == "slice":
         barrier = CTX.Barrier(1)
-        err = _run([CTX.Process(target=_slice, args=(lib, times, 0, barrier))], timeout)
+        array = lib.Array("d", kArrayLength)
+        err = _run([CTX.Process(target=_slice, args=(array, times, 0, barrier))], timeout)
         return (None, err) if err else (kSlices / times[0], None)
     v = lib.Value("i", 0)
     barrier = CTX.Barrier(2)

@@ -150,16 +150,8 @@ void take_back_sleep(const QueueShared& q, std::atomic<std::uint64_t>& mark, std
   if (seen == 0) return;
   // acq_rel: one winner among racing takers; no data rides on it.
   if (!mark.compare_exchange_strong(seen, 0, std::memory_order_acq_rel, std::memory_order_relaxed)) return;
-  auto drop = [](core::WaitWord& w) {
-    // relaxed load + release CAS: as a leaving waiter's decrement; never below 0 (a hostile
-    // segment could hold any count).
-    std::uint32_t n = w.waiters.load(std::memory_order_relaxed);
-    while (n != 0 && !w.waiters.compare_exchange_weak(n, n - 1, std::memory_order_release,
-                                                     std::memory_order_relaxed)) {
-    }
-  };
-  if ((seen & core::kSleepOnData) != 0) drop(q.ring.header().data_ready);
-  if ((seen & core::kSleepOnSpace) != 0) drop(q.ring.header().space_free);
+  if ((seen & core::kSleepOnData) != 0) q.ring.header().data_ready.drop_dead_waiter();
+  if ((seen & core::kSleepOnSpace) != 0) q.ring.header().space_free.drop_dead_waiter();
 }
 
 void QueueRegistry::sweep_sleepers() noexcept {

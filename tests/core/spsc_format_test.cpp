@@ -11,17 +11,39 @@ using namespace shmq::core::spsc;
 namespace {
 constexpr std::uint64_t kCapacity = 256;
 constexpr std::uint64_t kMaxPayload = SpscRing::max_payload(kCapacity);  // 120
-constexpr std::uint32_t kWhole = make_tag(RecordKind::whole, 3);
-constexpr std::uint32_t kPadding = make_tag(RecordKind::padding, 0);
+constexpr unsigned kShift = SpscRing::capacity_shift(kCapacity);  // 8
+constexpr std::uint32_t kWhole = make_tag(RecordKind::whole, 3, kTagMagic);
+constexpr std::uint32_t kPadding = make_tag(RecordKind::padding, 0, kTagMagic);
 }  // namespace
 
-TEST_CASE("spsc format: a tag carries the record kind and the message kind, and rejects garbage") {
+TEST_CASE("spsc format: a tag carries the check byte, the record kind and the message kind") {
   CHECK(tag_valid(kWhole));
   CHECK(tag_record(kWhole) == RecordKind::whole);
-  CHECK(tag_kind(make_tag(RecordKind::last, 0xBEEF)) == 0xBEEF);
+  CHECK(tag_check(kWhole) == kTagMagic);
+  CHECK(tag_kind(make_tag(RecordKind::last, 0xBEEF, 1)) == 0xBEEF);
   CHECK_FALSE(tag_valid(0));
-  CHECK_FALSE(tag_valid(0x12345678));
-  CHECK_FALSE(tag_valid((kTagMagic << 24) | (7u << 16)));  // an unknown record kind
+  CHECK_FALSE(tag_valid(make_tag(RecordKind::whole, 0, kTagMagic) | (7u << 16)));  // unknown kind
+}
+
+TEST_CASE("spsc format: a header is committed only with its lap's check byte") {
+  CHECK(kShift == 8);
+  CHECK(lap_check(0, kShift) == kTagMagic);
+  CHECK(lap_check(kCapacity - 8, kShift) == kTagMagic);  // the same lap
+  CHECK(lap_check(kCapacity, kShift) == static_cast<std::uint8_t>(kTagMagic + 1));
+  CHECK(lap_check(300 * kCapacity, kShift) == static_cast<std::uint8_t>(kTagMagic + 300));
+  const std::uint64_t word = header_word(10, kWhole);
+  CHECK(word_length(word) == 10);
+  CHECK(word_tag(word) == kWhole);
+  CHECK(committed(word, lap_check(16, kShift)));
+  CHECK_FALSE(committed(word, lap_check(kCapacity + 16, kShift)));  // one lap later: not yet
+  CHECK_FALSE(committed(0, lap_check(16, kShift)));                  // the zeroed frontier
+  // A zero word is never committed, even in the lap whose check byte is 0.
+  const std::uint64_t lap_of_zero = (0x100u - kTagMagic) & 0xFF;
+  CHECK(lap_check(lap_of_zero * kCapacity, kShift) == 0);
+  CHECK_FALSE(committed(0, 0));
+  CHECK(later(8, 16) == 16);
+  CHECK(later(16, 8) == 16);
+  CHECK(later(std::uint64_t(-8), 8) == 8);  // across the wrap of the positions
 }
 
 TEST_CASE("spsc format: check_record accepts records that fit and names what is wrong otherwise") {
@@ -51,8 +73,8 @@ TEST_CASE("spsc format: chunks must announce, continue and finish a message exac
   CHECK_FALSE(first_chunk_ok(kMaxPayload - 8, 1000, kMaxPayload));  // not a full record
   CHECK_FALSE(first_chunk_ok(kMaxPayload, kMaxPayload, kMaxPayload));  // would fit one record
   CHECK_FALSE(first_chunk_ok(kMaxPayload, kMaxMessageBytes + 1, kMaxPayload));
-  const std::uint32_t middle = make_tag(RecordKind::middle, 5);
-  const std::uint32_t last = make_tag(RecordKind::last, 5);
+  const std::uint32_t middle = make_tag(RecordKind::middle, 5, kTagMagic);
+  const std::uint32_t last = make_tag(RecordKind::last, 5, kTagMagic);
   CHECK(next_chunk_ok(middle, kMaxPayload, 5, 500, kMaxPayload));
   CHECK_FALSE(next_chunk_ok(middle, kMaxPayload - 8, 5, 500, kMaxPayload));  // a short middle
   CHECK_FALSE(next_chunk_ok(middle, kMaxPayload, 6, 500, kMaxPayload));  // another message kind
@@ -66,12 +88,13 @@ TEST_CASE("spsc format: positions and the reader's recovery word") {
   CHECK_FALSE(SpscRing::valid_capacity(192));
   CHECK_FALSE(SpscRing::valid_capacity(64));
   CHECK(SpscRing::positions_ok(8, 64, kCapacity));
-  CHECK_FALSE(SpscRing::positions_ok(64, 8, kCapacity));  // head past tail
+  CHECK(SpscRing::positions_ok(64, 8, kCapacity));  // a reader ahead of a tail not yet stored
+  CHECK_FALSE(SpscRing::positions_ok(kCapacity + 16, 8, kCapacity));  // head a ring past tail
   CHECK_FALSE(SpscRing::positions_ok(0, kCapacity + 8, kCapacity));
   CHECK_FALSE(SpscRing::positions_ok(4, 64, kCapacity));  // misaligned
-  CHECK(SpscRing::read_end(8, 64, 32) == 32);
-  CHECK(SpscRing::read_end(8, 64, 0) == 8);    // stale: behind head
-  CHECK(SpscRing::read_end(8, 64, 72) == 8);   // beyond tail
-  CHECK(SpscRing::read_end(8, 64, 33) == 8);   // not on a record boundary
+  CHECK(SpscRing::read_end(8, 32, kCapacity) == 32);
+  CHECK(SpscRing::read_end(8, 0, kCapacity) == 8);                  // stale: behind head
+  CHECK(SpscRing::read_end(8, kCapacity + 16, kCapacity) == 8);     // more than a ring ahead
+  CHECK(SpscRing::read_end(8, 33, kCapacity) == 8);                 // not on a record boundary
   CHECK(SpscRing::head_batch(1 << 20) == SpscRing::kMaxHeadBatch);
 }

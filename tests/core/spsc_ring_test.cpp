@@ -238,8 +238,8 @@ TEST_CASE("spsc ring: send_many publishes the tail once and recv_many the head o
   for (std::uint64_t seq = 0; seq < 10; ++seq) msgs.push_back(make_msg(seq, 20 + seq));
   for (const auto& m : msgs) spans.push_back(bytes_of(m));
   // A registered waiter makes every notify a counted FUTEX_WAKE: wakes == publishes.
-  sut.control().data_wait.waiters.store(1, std::memory_order_seq_cst);
-  sut.control().space_wait.waiters.store(1, std::memory_order_seq_cst);
+  sut.control().data_wait.waiters.fetch_add(1, std::memory_order_seq_cst);
+  sut.control().space_wait.waiters.fetch_add(1, std::memory_order_seq_cst);
   CHECK(sut.writer.send_many(spans, Deadline::now(), 3, AlwaysAlive{}) == 10);
   CHECK(Stats::read(sut.stats.wakes) == 1);
   std::uint64_t seq = 0;
@@ -253,8 +253,8 @@ TEST_CASE("spsc ring: send_many publishes the tail once and recv_many the head o
   CHECK(n == 10);
   CHECK(all_ok);
   CHECK(Stats::read(sut.stats.wakes) == 2);
-  sut.control().data_wait.waiters.store(0, std::memory_order_seq_cst);
-  sut.control().space_wait.waiters.store(0, std::memory_order_seq_cst);
+  sut.control().data_wait.waiters.fetch_sub(1, std::memory_order_seq_cst);
+  sut.control().space_wait.waiters.fetch_sub(1, std::memory_order_seq_cst);
 }
 
 TEST_CASE("spsc ring: batches say why they stopped: ok when done, else the outcome") {
@@ -384,12 +384,12 @@ TEST_CASE("spsc ring: a sleeping reader is woken by a send") {
   CHECK(Stats::read(sut.stats.empty_waits) >= 1);
 }
 
-TEST_CASE("spsc ring: attach rejects head > tail, tail - head > capacity, misalignment, bad magic") {
+TEST_CASE("spsc ring: attach rejects positions a ring apart, misalignment, bad magic") {
   Ring sut(256);
   SpscReader reader;
   SpscWriter writer;
-  SUBCASE("head > tail") {
-    sut.control().head.store(64, std::memory_order_seq_cst);
+  SUBCASE("head more than a ring past tail") {
+    sut.control().head.store(256 + 64, std::memory_order_seq_cst);
   }
   SUBCASE("tail - head > capacity") {
     sut.control().tail.store(256 + 8, std::memory_order_seq_cst);
@@ -409,43 +409,67 @@ TEST_CASE("spsc ring: attach rejects head > tail, tail - head > capacity, misali
   CHECK(Stats::read(sut.stats.corrupt_events) >= 2);
 }
 
+// The record header at `pos` of `sut`, as the writer stores it (check byte of its lap).
+void put_header(const Ring& sut, std::uint64_t pos, std::uint32_t length, spsc::RecordKind rk) {
+  const std::uint8_t check = spsc::lap_check(pos, SpscRing::capacity_shift(sut.capacity));
+  const std::uint64_t word = spsc::header_word(length, spsc::make_tag(rk, 0, check));
+  std::memcpy(sut.data() + (pos & (sut.capacity - 1)), &word, sizeof word);
+}
+
+// try_recv until it stops reporting empty: a reader that finds no committed record asks tail
+// every SpscReader::kTailCheckEvery polls, so corruption behind an uncommitted header shows then.
+Status poll(SpscReader& r, RecvView& v) {
+  Status s = Status::empty;
+  for (std::uint32_t i = 0; i <= SpscReader::kTailCheckEvery && s == Status::empty; ++i) s = r.try_recv(v);
+  return s;
+}
+
 TEST_CASE("spsc ring: corrupt shared values seen while running are reported, not trusted") {
   Ring sut(256);
   REQUIRE(sut.writer.try_send(bytes_of(make_msg(0, 16)), 0) == Status::ok);
   RecvView v;
-  SUBCASE("tail beyond head + capacity") {
-    sut.control().tail.store(1000, std::memory_order_seq_cst);
-  }
-  SUBCASE("tail behind the reader") {
+  auto consume_first = [&] {
     REQUIRE(sut.reader.try_recv(v) == Status::ok);
     sut.reader.release(v.end);
-    sut.control().tail.store(0, std::memory_order_seq_cst);
-    sut.control().tail.store(std::uint64_t(-8), std::memory_order_seq_cst);
+  };
+  SUBCASE("tail beyond head + capacity") {
+    consume_first();
+    sut.control().tail.store(1000, std::memory_order_seq_cst);
+  }
+  SUBCASE("tail more than a ring behind the reader") {
+    consume_first();
+    sut.control().tail.store(std::uint64_t(-1024), std::memory_order_seq_cst);
+  }
+  SUBCASE("tail past a record that is not there") {
+    consume_first();
+    sut.control().tail.store(64, std::memory_order_seq_cst);
   }
   SUBCASE("record length above max_payload") {
-    const std::uint32_t len = 0x7FFFFFF0;
-    std::memcpy(sut.data(), &len, 4);
+    put_header(sut, 0, 0x7FFFFFF0, spsc::RecordKind::whole);
   }
-  SUBCASE("record length beyond the published tail") {
-    const std::uint32_t len = 100;
-    std::memcpy(sut.data(), &len, 4);
+  SUBCASE("record crossing the end of the data area") {
+    consume_first();
+    REQUIRE(sut.writer.try_send(bytes_of(make_msg(1, 104)), 0) == Status::ok);  // 24 .. 136
+    consume_first();
+    REQUIRE(sut.writer.try_send(bytes_of(make_msg(2, 16)), 0) == Status::ok);   // 136 .. 160
+    put_header(sut, 136, 120, spsc::RecordKind::whole);  // 128 bytes from 136: past 256
   }
-  SUBCASE("garbage tag") {
+  SUBCASE("garbage check byte under a published tail") {
     const std::uint32_t tag = 0x12345678;
     std::memcpy(sut.data() + 4, &tag, 4);
   }
+  SUBCASE("unknown record kind") {
+    put_header(sut, 0, 16, static_cast<spsc::RecordKind>(9));
+  }
   SUBCASE("padding that does not reach the end") {
-    const std::uint32_t tag = spsc::make_tag(spsc::RecordKind::padding, 0);
-    std::memcpy(sut.data() + 4, &tag, 4);
+    put_header(sut, 0, 16, spsc::RecordKind::padding);
   }
   SUBCASE("a middle chunk with no first chunk") {
-    REQUIRE(sut.reader.try_recv(v) == Status::ok);  // leaves the resync window of attach
-    sut.reader.release(v.end);
+    consume_first();  // leaves the resync window of attach
     REQUIRE(sut.writer.try_send(bytes_of(make_msg(0, 16)), 0) == Status::ok);
-    const std::uint32_t tag = spsc::make_tag(spsc::RecordKind::middle, 0);
-    std::memcpy(sut.data() + 24 + 4, &tag, 4);
+    put_header(sut, 24, 16, spsc::RecordKind::middle);
   }
-  CHECK(sut.reader.try_recv(v) == Status::corrupt);
+  CHECK(poll(sut.reader, v) == Status::corrupt);
   CHECK(sut.reader.recv(v, Deadline::in(10s), AlwaysAlive{}) == Status::corrupt);
   CHECK(Stats::read(sut.stats.corrupt_events) >= 1);
 }

@@ -422,15 +422,15 @@ TEST_CASE("pipe: the next holder of a role killed asleep clears its waiter count
     core::WaitWord& word = reader ? control_of(pipe).data_wait : control_of(pipe).space_wait;
     for (int i = 0; i < 30'000 && !word.has_waiters_guess(); ++i) std::this_thread::sleep_for(1ms);
     CHECK(testing::kill_and_reap(child) == 128 + SIGKILL);
-    REQUIRE(word.waiters.load(std::memory_order_seq_cst) == 1);  // left behind
+    REQUIRE(word.waiter_count() == 1);  // left behind
     if (reader) {
       auto r = pipe.reader();
       REQUIRE(r.has_value());
-      CHECK(word.waiters.load(std::memory_order_seq_cst) == 0);
+      CHECK(word.waiter_count() == 0);
     } else {
       auto w = pipe.writer();
       REQUIRE(w.has_value());
-      CHECK(word.waiters.load(std::memory_order_seq_cst) == 0);
+      CHECK(word.waiter_count() == 0);
     }
   }
 }
@@ -839,7 +839,9 @@ TEST_CASE("pipe: open rejects corrupt pipe segments with a named error") {
     REQUIRE(w->try_send(bytes_of(make_msg(0, 100)), 0) == Status::ok);
     core::SpscRingControl& c = control_of(pipe);
     ChannelParams& params = pipe.segment().header().params;
-    SUBCASE("head > tail") { c.head.store(c.tail.load(std::memory_order_seq_cst) + 8, std::memory_order_seq_cst); }
+    SUBCASE("head more than a ring past tail") {
+      c.head.store(c.tail.load(std::memory_order_seq_cst) + 4096 + 8, std::memory_order_seq_cst);
+    }
     SUBCASE("tail - head > capacity") { c.tail.store(c.head.load(std::memory_order_seq_cst) + 4096 + 8, std::memory_order_seq_cst); }
     SUBCASE("misaligned head") { c.head.store(4, std::memory_order_seq_cst); }
     SUBCASE("bad ring magic") { c.magic = 0; }
@@ -875,23 +877,30 @@ TEST_CASE("pipe: corrupt records are reported as corrupt, never delivered, never
   REQUIRE((w && sut));
   REQUIRE(w->try_send(bytes_of(make_msg(0, 100)), 0) == Status::ok);
   std::byte* record = pipe.segment().body() + core::SpscRing::kControlBytes;
+  Message m;
   SUBCASE("oversized record length") {
     const std::uint32_t len = 0xFFFFFFF0;
     std::memcpy(record, &len, 4);
   }
-  SUBCASE("record length beyond the tail") {
-    const std::uint32_t len = 2000;
-    std::memcpy(record, &len, 4);
+  SUBCASE("unknown record kind") {
+    std::byte kind{9};
+    std::memcpy(record + 6, &kind, 1);  // the tag's record-kind byte
   }
-  SUBCASE("garbage tag") {
+  SUBCASE("garbage tag under a published tail") {
     const std::uint32_t tag = 0xDEADBEEF;
     std::memcpy(record + 4, &tag, 4);
   }
   SUBCASE("tail moved beyond head + capacity while running") {
+    REQUIRE(sut->try_recv(m) == Status::ok);
+    m.release();
     control_of(pipe).tail.store(1 << 20, std::memory_order_seq_cst);
   }
-  Message m;
-  CHECK(sut->try_recv(m) == Status::corrupt);
+  // A reader that finds no committed record asks tail every kTailCheckEvery polls.
+  Status s = Status::empty;
+  for (std::uint32_t i = 0; i <= core::SpscReader::kTailCheckEvery && s == Status::empty; ++i) {
+    s = sut->try_recv(m);
+  }
+  CHECK(s == Status::corrupt);
   CHECK(sut->recv(m, Deadline::in(10s)) == Status::corrupt);
   CHECK_FALSE(m.valid());
   CHECK(core::Stats::read(pipe.segment().stats(0).corrupt_events) >= 1);

@@ -557,14 +557,14 @@ TEST_CASE("queue: a reader killed asleep does not leave every later send making 
     }
     while (!ring.data_ready.has_waiters_guess()) std::this_thread::sleep_for(1ms);
     CHECK(testing::kill_and_reap(child) == 128 + SIGKILL);
-    CHECK(ring.data_ready.waiters.load(std::memory_order_seq_cst) == 1);  // left behind
+    CHECK(ring.data_ready.waiter_count() == 1);  // left behind
     std::optional<QueueReader> late;
     if (rejoin) {
       // A new participant takes the dead reader's slot and, with it, its count back at once.
       auto r = sut->reader();
       REQUIRE(r.has_value());
       late = std::move(*r);
-      CHECK(ring.data_ready.waiters.load(std::memory_order_seq_cst) == 0);
+      CHECK(ring.data_ready.waiter_count() == 0);
     }
     // Otherwise only the sweep after kIdleWakesBeforeSweep wakes of nobody can help.
     const auto wakes = [&] { return sut->stats().wakes.load(std::memory_order_seq_cst); };
@@ -575,7 +575,7 @@ TEST_CASE("queue: a reader killed asleep does not leave every later send making 
       REQUIRE(rx->try_recv(m) == Status::ok);
       m.release();
     }
-    CHECK(ring.data_ready.waiters.load(std::memory_order_seq_cst) == 0);
+    CHECK(ring.data_ready.waiter_count() == 0);
     CHECK(wakes() - before <= core::kIdleWakesBeforeSweep);
     const std::uint64_t settled = wakes();
     for (int i = 0; i < 1000; ++i) {

@@ -310,6 +310,7 @@ TEST_CASE("segment: corrupt and foreign headers are each rejected with a named e
       {"bad magic", [](SegmentHeader& h) { h.magic ^= 1; }, Errc::bad_magic},
       {"zeroed header", [](SegmentHeader& h) { std::memset(static_cast<void*>(&h), 0, 64); }, Errc::bad_magic},
       {"future version", [](SegmentHeader& h) { h.layout_version = kLayoutVersion + 1; }, Errc::bad_version},
+      {"previous version", [](SegmentHeader& h) { h.layout_version = kLayoutVersion - 1; }, Errc::bad_version},
       {"version zero", [](SegmentHeader& h) { h.layout_version = 0; }, Errc::bad_version},
       {"unknown kind", [](SegmentHeader& h) { h.kind = 99; }, Errc::corrupt},
       {"wrong kind", [](SegmentHeader& h) { h.kind = static_cast<std::uint32_t>(SegmentKind::queue); }, Errc::wrong_kind},

@@ -54,7 +54,9 @@ struct PipeRing {
   std::uint32_t held = 0;
   bool writer_closed = false, reader_closed = false;
 
-  std::uint64_t read_end() const noexcept { return core::SpscRing::read_end(head, tail, read_pos); }
+  std::uint64_t read_end() const noexcept {
+    return core::SpscRing::read_end(head, read_pos, capacity);
+  }
 };
 
 // The rings of a pipe lie back to back after the header, one per direction
@@ -138,29 +140,33 @@ PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std:
     return {};
   };
 
-  while (pos != r.tail && out.messages.size() < count) {
+  const unsigned shift = core::SpscRing::capacity_shift(r.capacity);
+  // The records are those whose headers are committed, from pos on (tail follows them).
+  while (pos - r.head < r.capacity && out.messages.size() < count) {
     const std::uint64_t off = pos & mask;
     const std::uint64_t contiguous = r.capacity - off;
-    const std::uint64_t avail = r.tail - pos;
+    const std::uint64_t avail = r.head + r.capacity - pos;
     const std::uint64_t rec_off = r.data_offset + off;
-    auto length = read_value<std::uint32_t>(p, rec_off);
-    auto tag = read_value<std::uint32_t>(p, rec_off + 4);
-    if (!length || !tag) return fail(!length ? length.error().what : tag.error().what);
-    const spsc::RecordCheck check = spsc::check_record(*length, *tag, contiguous, avail, max_payload);
+    auto word = read_value<std::uint64_t>(p, rec_off);
+    if (!word) return fail(word.error().what);
+    if (!spsc::committed(*word, spsc::lap_check(pos, shift))) break;  // nothing more written
+    const std::uint32_t length = spsc::word_length(*word);
+    const std::uint32_t tag = spsc::word_tag(*word);
+    const spsc::RecordCheck check = spsc::check_record(length, tag, contiguous, avail, max_payload);
     if (check != spsc::RecordCheck::ok && !still_intact(pos)) break;  // overwritten under us
     switch (check) {
       case spsc::RecordCheck::ok: break;
       case spsc::RecordCheck::bad_tag:
-        return fail(fmt::format("corrupt record at position {}: invalid tag 0x{:08x}", pos, *tag));
+        return fail(fmt::format("corrupt record at position {}: invalid tag 0x{:08x}", pos, tag));
       case spsc::RecordCheck::bad_padding:
-        return fail(fmt::format("corrupt padding record at position {}: length {}", pos, *length));
+        return fail(fmt::format("corrupt padding record at position {}: length {}", pos, length));
       case spsc::RecordCheck::bad_length:
         return fail(fmt::format("corrupt record at position {}: length {} (at most {}, {} bytes "
-                                "waiting)", pos, *length, max_payload, avail));
+                                "within a ring of head)", pos, length, max_payload, avail));
     }
-    const RK rk = spsc::tag_record(*tag);
-    const std::uint16_t kind = spsc::tag_kind(*tag);
-    const std::uint64_t rec = spsc::record_bytes(*length);
+    const RK rk = spsc::tag_record(tag);
+    const std::uint16_t kind = spsc::tag_kind(tag);
+    const std::uint64_t rec = spsc::record_bytes(length);
     if (rk == RK::padding) {
       pos += rec;
       continue;
@@ -174,9 +180,9 @@ PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std:
         msg = PeekedMessage{};
         msg.position = pos;
         msg.kind = kind;
-        msg.size = *length;
+        msg.size = length;
         msg.held = holds && pos - r.head < held_end - r.head;
-        if (auto a = append(payload_off, *length); !a) return fail(a.error().what);
+        if (auto a = append(payload_off, length); !a) return fail(a.error().what);
         if (!still_intact(pos)) {
           out.stopped = "the reader consumed the rest while dump was reading";
           return out;
@@ -189,9 +195,9 @@ PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std:
                                                 "starts inside another", pos));
         auto total = read_value<std::uint64_t>(p, payload_off);
         if (!total) return fail(total.error().what);
-        if (!spsc::first_chunk_ok(*length, *total, max_payload)) {
+        if (!spsc::first_chunk_ok(length, *total, max_payload)) {
           return fail(fmt::format("corrupt first chunk at position {}: length {}, total {}", pos,
-                                  *length, *total));
+                                  length, *total));
         }
         seen_start = true;
         assembling = true;
@@ -201,7 +207,7 @@ PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std:
         msg.size = *total;
         msg.chunked = true;
         msg.held = false;  // chunked messages are copied out by the reader, never held
-        got = *length - spsc::kChunkTotalBytes;
+        got = length - spsc::kChunkTotalBytes;
         if (auto a = append(payload_off + spsc::kChunkTotalBytes, got); !a) return fail(a.error().what);
         break;
       }
@@ -211,10 +217,10 @@ PeekResult peek_pipe(const Probe& p, unsigned direction, std::size_t count, std:
           if (!seen_start) break;  // the rest of a message the reader already began
           return fail(fmt::format("corrupt record at position {}: a chunk with no first chunk", pos));
         }
-        if (!spsc::next_chunk_ok(*tag, *length, msg.kind, msg.size - got, max_payload))
-          return fail(fmt::format("corrupt chunk at position {}: length {}", pos, *length));
-        got += *length;
-        if (auto a = append(payload_off, *length); !a) return fail(a.error().what);
+        if (!spsc::next_chunk_ok(tag, length, msg.kind, msg.size - got, max_payload))
+          return fail(fmt::format("corrupt chunk at position {}: length {}", pos, length));
+        got += length;
+        if (auto a = append(payload_off, length); !a) return fail(a.error().what);
         if (rk == RK::last) {
           assembling = false;
           if (!still_intact(msg.position)) {
@@ -442,7 +448,9 @@ RingState read_ring_state(const Probe& p, unsigned direction) {
     s.head = r->head;
     s.tail = r->tail;
     s.read = r->read_end();
-    s.depth_bytes = r->tail - s.read;  // what the reader has not yet been handed
+    // What the reader has not yet been handed (tail follows the commits: never negative here).
+    const auto depth = static_cast<std::int64_t>(r->tail - s.read);
+    s.depth_bytes = depth > 0 ? static_cast<std::uint64_t>(depth) : 0;
     s.writer_closed = r->writer_closed;
     s.reader_closed = r->reader_closed;
     return s;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -62,6 +63,7 @@ class SpscEnd {
     stats_ = stats;
     capacity_ = capacity;
     mask_ = capacity - 1;
+    shift_ = SpscRing::capacity_shift(capacity);
     max_payload_ = SpscRing::max_payload(capacity);
     return Status::ok;
   }
@@ -85,8 +87,9 @@ class SpscEnd {
     unflushed_msgs_ = 0;
     unflushed_bytes_ = 0;
   }
+  // After a publish: wakes the peer if it sleeps on `w`, the word this end announced itself on.
   void notify(WaitWord& w) noexcept {
-    if (w.notify()) Stats::bump(stats_->wakes);
+    if (w.notify(INT_MAX, nullptr, fence_)) Stats::bump(stats_->wakes);
   }
 
   SpscRingControl* ctl_ = nullptr;
@@ -97,6 +100,8 @@ class SpscEnd {
   std::uint64_t capacity_ = 0;
   std::uint64_t mask_ = 0;
   std::uint64_t max_payload_ = 0;
+  unsigned shift_ = 0;                     // capacity = 2^shift_
+  WakeFence fence_ = WakeFence::full;      // how notify() orders the publish (wait.hpp)
   std::uint64_t unflushed_msgs_ = 0;
   std::uint64_t unflushed_bytes_ = 0;
   std::uint32_t spin_budget_ = Backoff::kDefaultBudget;

@@ -3,16 +3,25 @@
 // spsc_reader.hpp), the CLI's peek and the Pipe's validation all judge records with these names.
 //
 // Layout: a control block (SpscRingControl, kControlBytes) followed by 2^k data bytes. Positions
-// are 64-bit and monotonic; offset = position & (capacity - 1). Records are kRecordAlign-aligned:
-// {u32 length, u32 tag} + payload, never wrapping: a padding record fills the end of the data
-// area when the next record would not fit there. The tag carries a magic byte, the record kind
-// and the message kind (message_kind.hpp). A message of at most max_payload() bytes is one
-// `whole` record; a larger one is a `first` chunk ({u64 total} + data), `middle` chunks of
-// max_payload() bytes and a `last` chunk with the rest. An `abort` record discards the chunked
-// message in progress.
+// are 64-bit and monotonic; offset = position & (capacity - 1); lap = position >> k. Records are
+// kRecordAlign-aligned: an 8-byte header {u32 length, u32 tag} + payload, never wrapping: a
+// padding record fills the end of the data area when the next record would not fit there. The
+// tag carries a check byte (kTagMagic + lap, mod 256), the record kind and the message kind
+// (message_kind.hpp). A message of at most max_payload() bytes is one `whole` record; a larger one
+// is a `first` chunk ({u64 total} + data), `middle` chunks of max_payload() bytes and a `last`
+// chunk with the rest. An `abort` record discards the chunked message in progress.
+//
+// The header is the commit: the writer stores it last, as one 64-bit word, and a record exists
+// only when the header at its position is committed(): non-zero, with the check byte of the
+// position's lap. The 8 bytes at the end of the committed records (the frontier) never look
+// committed: the writer zeroes them before each commit when they are free, and when they are not
+// (the ring is exactly full) they hold the header of the record one lap back, whose check byte
+// is the previous lap's. So a reader polls one word, the next header, and never mistakes an old
+// lap's header or payload bytes for a record.
 #pragma once
 
 #include <atomic>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -30,22 +39,30 @@ namespace spsc {
 
 // Bumped with any change of the control block or the record format, so that a process of another
 // version refuses the ring (Pipe::open reports it as corrupt) instead of misreading it.
-inline constexpr std::uint64_t kRingMagic = 0x31474E4952435053ull;  // "SPSCRNG1" little-endian
+inline constexpr std::uint64_t kRingMagic = 0x32474E4952435053ull;  // "SPSCRNG2" little-endian
 inline constexpr std::uint64_t kHeaderBytes = 8;                   // {u32 length, u32 tag}
 inline constexpr std::uint64_t kMaxMessageBytes = 1ull << 40;      // any larger send is too_big
 inline constexpr std::uint64_t kChunkTotalBytes = 8;  // a first chunk opens with the u64 total
 
 enum class RecordKind : std::uint8_t { padding = 1, whole = 2, first = 3, middle = 4, last = 5, abort = 6 };
 
-// tag = kTagMagic << 24 | record kind << 16 | message kind. The magic byte catches garbage.
+// tag = check byte << 24 | record kind << 16 | message kind. The check byte is kTagMagic plus
+// the lap of the record's position: it tells this lap's records from older laps' bytes.
 inline constexpr std::uint32_t kTagMagic = 0xA7;
 
-constexpr std::uint32_t make_tag(RecordKind rk, std::uint16_t kind) noexcept {
-  return (kTagMagic << 24) | (static_cast<std::uint32_t>(rk) << 16) | kind;
+constexpr std::uint8_t lap_check(std::uint64_t pos, unsigned capacity_shift) noexcept {
+  return static_cast<std::uint8_t>(kTagMagic + (pos >> capacity_shift));
 }
+constexpr std::uint32_t make_tag(RecordKind rk, std::uint16_t kind, std::uint8_t check) noexcept {
+  return (static_cast<std::uint32_t>(check) << 24) | (static_cast<std::uint32_t>(rk) << 16) | kind;
+}
+constexpr std::uint8_t tag_check(std::uint32_t tag) noexcept {
+  return static_cast<std::uint8_t>(tag >> 24);
+}
+// A known record kind (the check byte is judged by committed()).
 constexpr bool tag_valid(std::uint32_t tag) noexcept {
   const std::uint32_t rk = (tag >> 16) & 0xFF;
-  return (tag >> 24) == kTagMagic && rk >= 1 && rk <= 6;
+  return rk >= 1 && rk <= 6;
 }
 constexpr RecordKind tag_record(std::uint32_t tag) noexcept {
   return static_cast<RecordKind>((tag >> 16) & 0xFF);
@@ -53,6 +70,28 @@ constexpr RecordKind tag_record(std::uint32_t tag) noexcept {
 constexpr std::uint16_t tag_kind(std::uint32_t tag) noexcept {
   return static_cast<std::uint16_t>(tag & 0xFFFF);
 }
+
+// The header as the one 64-bit word the writer stores (little-endian: length, then tag).
+constexpr std::uint64_t header_word(std::uint32_t length, std::uint32_t tag) noexcept {
+  return static_cast<std::uint64_t>(tag) << 32 | length;
+}
+constexpr std::uint32_t word_length(std::uint64_t word) noexcept {
+  return static_cast<std::uint32_t>(word);
+}
+constexpr std::uint32_t word_tag(std::uint64_t word) noexcept {
+  return static_cast<std::uint32_t>(word >> 32);
+}
+// True if `word`, found at a record position whose lap gives `check`, is a record of this lap.
+// False: the zeroed frontier, or an older lap's bytes (the record is not written yet).
+constexpr bool committed(std::uint64_t word, std::uint8_t check) noexcept {
+  return word != 0 && tag_check(word_tag(word)) == check;
+}
+
+// The later of two positions (modulo 2^64, as positions are compared everywhere).
+constexpr std::uint64_t later(std::uint64_t a, std::uint64_t b) noexcept {
+  return static_cast<std::int64_t>(b - a) > 0 ? b : a;
+}
+
 // Bytes a record with `payload` bytes occupies. For a padding record (payload = the rest of the
 // data area after its header) that is exactly the rest of the data area.
 constexpr std::uint64_t record_bytes(std::uint64_t payload) noexcept {
@@ -63,16 +102,17 @@ constexpr std::uint32_t padding_length(std::uint64_t contiguous) noexcept {
   return static_cast<std::uint32_t>(contiguous - kHeaderBytes);
 }
 
-// Why a record header is invalid where it was found.
+// Why a committed record header is invalid where it was found.
 enum class RecordCheck : std::uint8_t {
   ok,
-  bad_tag,      // no magic byte, or an unknown record kind
+  bad_tag,      // an unknown record kind
   bad_padding,  // a padding record that does not end exactly at the end of the data area
-  bad_length,   // longer than max_payload, crossing the end of the data area, or past the tail
+  bad_length,   // longer than max_payload, crossing the end of the data area, or out of reach
 };
 
-// Checks a record header {length, tag} read (once) at an offset with `contiguous` bytes left
-// before the end of the data area and `avail` bytes published from it (tail - position).
+// Checks a committed record header {length, tag} read (once) at an offset with `contiguous`
+// bytes left before the end of the data area and `avail` bytes the writer may have written from
+// it (head + capacity - position for the reader; what it published, for a reader of tail).
 constexpr RecordCheck check_record(std::uint32_t length, std::uint32_t tag,
                                    std::uint64_t contiguous, std::uint64_t avail,
                                    std::uint64_t max_payload) noexcept {
@@ -99,19 +139,25 @@ constexpr bool next_chunk_ok(std::uint32_t tag, std::uint32_t length, std::uint1
   return tag_record(tag) == RecordKind::last ? length == room : length == max_payload;
 }
 
-// Reads of shared bytes another process may be changing: one atomic load each, so the value
-// checked is the value used (no compiler re-load). relaxed: ordering comes from [P1].
-inline std::uint32_t load_u32(const std::byte* p) noexcept {
-  return __atomic_load_n(reinterpret_cast<const std::uint32_t*>(p), __ATOMIC_RELAXED);
+// Header words: one aligned 64-bit atomic access each, so the value checked is the value used (no
+// compiler re-load) and a header is never seen half stored. Tags: spsc_ring.hpp.
+inline std::uint64_t load_header(const std::byte* p) noexcept {
+  // [P1] acquire: pairs with the release in store_header_release(); the payload is complete.
+  return __atomic_load_n(reinterpret_cast<const std::uint64_t*>(p), __ATOMIC_ACQUIRE);
+}
+inline void store_header_release(std::byte* p, std::uint64_t word) noexcept {
+  // [P1] release: commits the record (and every record stored after it, see the writer's
+  // groups); pairs with the acquire in load_header().
+  __atomic_store_n(reinterpret_cast<std::uint64_t*>(p), word, __ATOMIC_RELEASE);
+}
+inline void store_header_relaxed(std::byte* p, std::uint64_t word) noexcept {
+  // relaxed: beyond the frontier; the release of the frontier's header publishes it.
+  __atomic_store_n(reinterpret_cast<std::uint64_t*>(p), word, __ATOMIC_RELAXED);
 }
 inline std::uint64_t load_u64(const std::byte* p) noexcept {
-  std::uint64_t v;  // a first chunk's total may sit at any 8-aligned offset; memcpy is enough
+  std::uint64_t v;  // a first chunk's total, ordered by [P1]; memcpy is enough
   std::memcpy(&v, p, sizeof v);
   return v;
-}
-inline void store_header(std::byte* p, std::uint32_t length, std::uint32_t tag) noexcept {
-  std::memcpy(p, &length, 4);
-  std::memcpy(p + 4, &tag, 4);
 }
 
 }  // namespace spsc
@@ -125,8 +171,9 @@ struct SpscRingControl {
   std::atomic<std::uint32_t> reader_closed;    // [P3]
   std::atomic<std::uint32_t> writer_attached;  // bumped by every writer attach (0: never had one)
   std::atomic<std::uint32_t> reader_attached;
-  // ---- line 1: the writer's position, read by the reader
-  alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // [P1]
+  // ---- line 1: the writer's position, published after the headers below it; read by a reader
+  // about to sleep, by guesses and on attach, never on the reader's polling path
+  alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // [P4]
   // ---- line 2: the reader's position, read by the writer
   alignas(kCacheLine) std::atomic<std::uint64_t> head;  // [P2]
   // ---- lines 3, 4: sleeping places
@@ -158,6 +205,10 @@ class SpscRing {
   static constexpr bool valid_capacity(std::uint64_t capacity) noexcept {
     return is_pow2(capacity) && capacity >= kMinCapacity && capacity <= kMaxCapacity;
   }
+  // k for a capacity of 2^k: lap = position >> k.
+  static constexpr unsigned capacity_shift(std::uint64_t capacity) noexcept {
+    return static_cast<unsigned>(std::countr_zero(capacity));
+  }
   // Bytes one ring occupies (control + data); a multiple of kCacheLine.
   static constexpr std::uint64_t required_bytes(std::uint64_t capacity) noexcept {
     return kControlBytes + capacity;
@@ -184,11 +235,13 @@ class SpscRing {
     c->head.store(0, std::memory_order_relaxed);
     c->data_wait.init();
     c->space_wait.init();
+    // The first frontier; the writer keeps every later one (see the format above).
+    spsc::store_header_relaxed(data(mem), 0);
     return true;
   }
 
-  // Validates a ring found in shared memory: magic, capacity, and the positions
-  // (aligned, head <= tail, tail - head <= capacity). ok or corrupt.
+  // Validates a ring found in shared memory: magic, capacity, and the positions (see
+  // positions_ok). ok or corrupt.
   static Status check(std::span<std::byte> mem, std::uint64_t capacity) noexcept {
     if (!valid_capacity(capacity) || mem.size() < required_bytes(capacity)) return Status::corrupt;
     const auto* c = control(mem);
@@ -199,17 +252,22 @@ class SpscRing {
     return positions_ok(head, tail, capacity) ? Status::ok : Status::corrupt;
   }
 
+  // Both positions aligned and within one ring of each other. The headers commit records and
+  // tail follows them, so a reader may run (and publish head) up to a ring's worth past a tail
+  // not yet stored, or left behind by a writer killed between its commit and its tail store.
   static constexpr bool positions_ok(std::uint64_t head, std::uint64_t tail,
                                      std::uint64_t capacity) noexcept {
-    // unsigned: head > tail wraps to a huge distance and fails the same test
-    return tail - head <= capacity && head % kRecordAlign == 0 && tail % kRecordAlign == 0;
+    // unsigned: whichever is ahead, the other difference wraps to a huge value
+    return (tail - head <= capacity || head - tail <= capacity) && head % kRecordAlign == 0 &&
+           tail % kRecordAlign == 0;
   }
-  // How far the reader has read, from its crash-recovery word read_pos: read_pos when it lies in
-  // [head, tail] on a record boundary (views it holds, or reads head batching has not returned
-  // yet), else head (a stale word, left behind by a later publish of head).
-  static constexpr std::uint64_t read_end(std::uint64_t head, std::uint64_t tail,
-                                          std::uint64_t read_pos) noexcept {
-    return read_pos - head <= tail - head && read_pos % kRecordAlign == 0 ? read_pos : head;
+  // How far the reader has read, from its crash-recovery word read_pos: read_pos when it lies
+  // within a ring past head on a record boundary (views it holds, or reads head batching has not
+  // returned yet), else head (a stale word, left behind by a later publish of head). The reader
+  // also checks that it lies on the record chain from head (SpscReader::attach).
+  static constexpr std::uint64_t read_end(std::uint64_t head, std::uint64_t read_pos,
+                                          std::uint64_t capacity) noexcept {
+    return read_pos - head <= capacity && read_pos % kRecordAlign == 0 ? read_pos : head;
   }
 
   static SpscRingControl* control(std::span<std::byte> mem) noexcept {

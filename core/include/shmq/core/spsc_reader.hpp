@@ -23,6 +23,10 @@ namespace shmq::core {
 // space until release(); the head advances only when no view is held.
 class SpscReader : public SpscEnd {
  public:
+  // A reader polls the next record's header, not tail; every kTailCheckEvery-th poll that finds
+  // no record also checks tail against it (corruption behind an uncommitted header).
+  static constexpr std::uint32_t kTailCheckEvery = 64;
+
   // Attaches to a ring placed by init_in. ok | corrupt. If the previous reader died holding
   // messages, they are skipped and counted in Stats::abandoned. Clears reader_closed.
   Status attach(std::span<std::byte> mem, std::uint64_t capacity, Stats* stats) noexcept {
@@ -33,12 +37,13 @@ class SpscReader : public SpscEnd {
     const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
     const std::uint64_t head = ctl_->head.load(std::memory_order_acquire);
     if (!SpscRing::positions_ok(head, tail, capacity)) return corrupt();
-    head_ = read_pos_ = cached_tail_ = head;
+    head_ = read_pos_ = head;
     head_batch_ = SpscRing::head_batch(capacity);
-    skip_abandoned(tail);
+    skip_abandoned();
     resync_ = true;  // we may start in the middle of a chunked message
-    // relaxed: as in SpscWriter::attach, for data_wait, where only the reader sleeps.
-    ctl_->data_wait.waiters.store(0, std::memory_order_relaxed);
+    // As in SpscWriter::attach, for data_wait, where only the reader sleeps.
+    ctl_->data_wait.clear_waiters();
+    fence_ = ctl_->space_wait.announce_light_waker();  // [D2] before our first notify
     // relaxed: a counter for liveness decisions, no data behind it.
     ctl_->reader_attached.fetch_add(1, std::memory_order_relaxed);
     // release: as in SpscWriter::attach.
@@ -134,16 +139,18 @@ class SpscReader : public SpscEnd {
     return std::exchange(assembly_, {});
   }
 
-  // Bytes waiting, headers included (a guess).
+  // Bytes waiting, headers included (a guess: from tail, which follows the commits).
   std::size_t size_guess() const noexcept {
     // relaxed: a guess.
-    const std::uint64_t d = ctl_->tail.load(std::memory_order_relaxed) - read_pos_;
-    return static_cast<std::size_t>(d > capacity_ ? 0 : d);
+    const std::int64_t d =
+        static_cast<std::int64_t>(ctl_->tail.load(std::memory_order_relaxed) - read_pos_);
+    return d <= 0 || static_cast<std::uint64_t>(d) > capacity_ ? 0 : static_cast<std::size_t>(d);
   }
-  // A record or a close is waiting (a guess; a dead writer is not seen here).
+  // A record or a close is waiting (a guess; a dead writer is not seen here). Also true when tail
+  // contradicts the record at read_pos, so that the next reads find the corruption.
   bool ready_guess() const noexcept {
-    // acquire: pairs with [P1]; also the re-check of the Dekker pair [D1].
-    return ctl_->tail.load(std::memory_order_acquire) != read_pos_ || writer_gone();
+    // The re-check of the Dekker pair [D1]: the commit [P1] first, then tail [P4].
+    return header_committed() || writer_gone() || tail_contradicts();
   }
   WaitWord* data_wait_word() const noexcept { return &ctl_->data_wait; }
   std::uint32_t held() const noexcept { return held_; }
@@ -170,19 +177,34 @@ class SpscReader : public SpscEnd {
   };
 
   // If the previous reader died holding views or with reads it had not yet published (head
-  // batching), its read_pos is ahead of head: skip to it.
-  void skip_abandoned(std::uint64_t tail) noexcept {
+  // batching), its read_pos is ahead of head: skip to it, if it lies on the record chain from
+  // head (else it is stale or corrupt, and we start at head).
+  void skip_abandoned() noexcept {
     // relaxed: crash-recovery words, written by the previous holder of the role.
     const std::uint64_t pos = ctl_->read_pos.load(std::memory_order_relaxed);
     const std::uint32_t held = ctl_->held.load(std::memory_order_relaxed);
-    if (SpscRing::read_end(head_, tail, pos) != head_) {
+    if (SpscRing::read_end(head_, pos, capacity_) != head_ && on_chain(pos)) {
       Stats::bump(stats_->abandoned, held);
       read_pos_ = pos;
-      cached_tail_ = tail;  // known published (acquire in attach) and >= pos: never read past it
     }
     ctl_->held.store(0, std::memory_order_relaxed);  // relaxed: as above
     ctl_->read_pos.store(read_pos_, std::memory_order_relaxed);
     publish_head(true);
+  }
+  // True if the committed records from head_ end exactly at `end`, none of them corrupt.
+  bool on_chain(std::uint64_t end) const noexcept {
+    std::uint64_t pos = head_;
+    while (pos != end && end - pos <= capacity_) {
+      const std::uint64_t word = spsc::load_header(at(pos));  // [P1]
+      if (!spsc::committed(word, spsc::lap_check(pos, shift_))) return false;
+      const std::uint32_t length = spsc::word_length(word);
+      if (spsc::check_record(length, spsc::word_tag(word), capacity_ - (pos & mask_),
+                             head_ + capacity_ - pos, max_payload_) != spsc::RecordCheck::ok) {
+        return false;
+      }
+      pos += spsc::record_bytes(length);
+    }
+    return pos == end;
   }
   void save_recovery() noexcept {
     if (held_ == 0) return;
@@ -207,39 +229,48 @@ class SpscReader : public SpscEnd {
     notify(ctl_->space_wait);  // [D2]
   }
 
-  Status poll_tail() noexcept {
-    // [P1] acquire: pairs with the release in SpscWriter::publish(); the records below are
-    // complete.
-    const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
-    if (tail - read_pos_ > capacity_ || tail % kRecordAlign != 0) return corrupt();
-    cached_tail_ = tail;
-    return Status::ok;
+  std::byte* at(std::uint64_t pos) const noexcept { return data_ + (pos & mask_); }
+
+  bool header_committed() const noexcept {
+    return spsc::committed(spsc::load_header(at(read_pos_)), spsc::lap_check(read_pos_, shift_));
   }
 
-  // Nothing cached: re-read tail; if still nothing, empty, or closed when the writer is gone.
-  Status poll_empty() noexcept {
-    if (poll_tail() != Status::ok) return Status::corrupt;
-    if (cached_tail_ != read_pos_) return Status::ok;
+  // The writer stores tail after the headers below it [P4]: a tail past read_pos with no
+  // committed record at read_pos, or a tail out of a ring's reach of head, is corrupt.
+  bool tail_contradicts() const noexcept {
+    // [P4] acquire: pairs with the release in SpscWriter::publish().
+    const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
+    if (!SpscRing::positions_ok(head_, tail, capacity_)) return true;
+    return static_cast<std::int64_t>(tail - read_pos_) > 0 && !header_committed();
+  }
+
+  // No committed record at read_pos_: empty, or closed when the writer is gone and nothing more
+  // comes, or corrupt when tail says a record should be there. Every kTailCheckEvery-th call (and
+  // always before closed) asks tail, so a reader that only polls the header still finds a
+  // corrupt ring; the others leave tail's line to the writer. ok: look again, a record came.
+  Status not_ready() noexcept {
+    if (++idle_polls_ % kTailCheckEvery == 0 && tail_contradicts()) return corrupt();
     if (!writer_gone()) return Status::empty;
-    // [P3]: the flag was read (acquire) after the writer's final tail; read tail once more.
-    if (poll_tail() != Status::ok) return Status::corrupt;
-    if (cached_tail_ != read_pos_) return Status::ok;
+    // [P3]: the flag was read (acquire) after the writer's last commit; look once more.
+    if (header_committed()) return Status::ok;
+    if (tail_contradicts()) return corrupt();
     discard_partial();  // a chunked message the writer never finished is never delivered
     return Status::closed;
   }
 
   // Reads and validates the header at read_pos_. ok | empty | closed | corrupt.
   Status next_header(Header& h) noexcept {
-    if (cached_tail_ == read_pos_) {
-      if (const Status s = poll_empty(); s != Status::ok) return s;
-    }
-    const std::uint64_t avail = cached_tail_ - read_pos_;
     h.offset = read_pos_ & mask_;
-    const std::byte* p = data_ + h.offset;
-    h.length = spsc::load_u32(p);
-    h.tag = spsc::load_u32(p + 4);
-    const spsc::RecordCheck c =
-        spsc::check_record(h.length, h.tag, capacity_ - h.offset, avail, max_payload_);
+    std::uint64_t word = spsc::load_header(data_ + h.offset);  // [P1]
+    const std::uint8_t check = spsc::lap_check(read_pos_, shift_);
+    if (!spsc::committed(word, check)) {
+      if (const Status s = not_ready(); s != Status::ok) return s;
+      word = spsc::load_header(data_ + h.offset);  // [P1]
+    }
+    h.length = spsc::word_length(word);
+    h.tag = spsc::word_tag(word);
+    const spsc::RecordCheck c = spsc::check_record(h.length, h.tag, capacity_ - h.offset,
+                                                   head_ + capacity_ - read_pos_, max_payload_);
     return c == spsc::RecordCheck::ok ? Status::ok : corrupt();
   }
 
@@ -356,10 +387,10 @@ class SpscReader : public SpscEnd {
   std::uint64_t read_pos_ = 0;     // records below are consumed (held views included)
   std::uint64_t head_ = 0;         // published head
   std::uint64_t head_batch_ = 0;   // publish head after reading this far past it
-  std::uint64_t cached_tail_ = 0;  // the writer's tail as last seen
   std::uint64_t expected_total_ = 0;
   std::vector<std::byte> assembly_;
   std::uint32_t held_ = 0;
+  std::uint32_t idle_polls_ = 0;   // not_ready() calls, for the tail check
   std::uint32_t writer_gone_epoch_ = 0;
   std::uint16_t assembly_kind_ = 0;
   bool assembling_ = false;

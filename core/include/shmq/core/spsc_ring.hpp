@@ -14,29 +14,42 @@
 // caller (the Pipe) makes the roles exclusive and tells the ring whether the peer is alive.
 //
 // Synchronization
-//   [P1] tail: the writer writes records, then stores tail (release); the reader loads tail
-//        (acquire) before reading any record below it.
+//   [P1] commit: the writer writes a record's payload, zeroes the header after it (the next
+//        frontier, when free), then stores its header (release); the reader polls the header at
+//        its read position (acquire) and reads the record once it is committed (spsc_format.hpp).
+//        A message crosses one cache line to a polling reader: the one its header shares with
+//        the start of its payload. Records written between two publishes form one commit
+//        group: the group's first header is stored last, so a batch (or all chunks of a
+//        try_send) appears at once.
 //   [P2] head: the reader finishes with the bytes below head, then stores head (release); the
 //        writer loads head (acquire) before overwriting them. The reader publishes head in
-//        batches (see "Head batching"), as the writer may publish tail once per batch.
-//   [P3] close flags: a side publishes its last position, then stores its *_closed flag
-//        (release); the peer loads the flag (acquire) and then re-reads the position.
+//        batches (see "Head batching").
+//   [P3] close flags: a side publishes its last records, then stores its *_closed flag
+//        (release); the peer loads the flag (acquire) and then looks at the records again.
+//   [P4] tail: after each group's commit the writer stores tail (release). The polling reader
+//        never reads it (its line stays with the writer); a reader about to sleep, a guess, and
+//        the reader's corruption check load it (acquire): a tail past the read position with no
+//        committed header there is corrupt. A reader may run up to a ring past a tail not yet
+//        stored; a writer killed between a commit and its tail store leaves such records, and
+//        the next writer finds the frontier by walking the committed headers from tail.
 //   [D1] data_wait / [D2] space_wait: the Dekker pairs of wait.hpp. The writer notifies
-//        data_wait after [P1]; the reader notifies space_wait after [P2]. FUTEX_WAKE is issued
-//        only when a waiter is registered.
+//        data_wait after [P1]/[P4]; the reader notifies space_wait after [P2]. FUTEX_WAKE is
+//        issued only when a waiter is registered. Both ends announce themselves as light wakers
+//        when their process can register for membarrier: then no fence runs per message, and a
+//        sleeping peer pays a global barrier instead (wait.hpp).
 //   Crash-recovery words (writer_streaming, read_pos, held, *_attached) are relaxed: they are
 //   read by a later holder of the role, after the kernel handed the role lock over.
 //
 // Head batching
-//   Publishing head costs the reader a store to a line the writer reads and, for [D2], a full
-//   fence per message; measured across processes it halved the Pipe's small-message rate. So the
-//   reader publishes head only when it has read head_batch() bytes past it (1/16 of the ring, at
-//   most 16 KiB), when it finds the ring empty (always before it sleeps), on close, and for every
-//   chunk of a streamed message. In between it stores its read position in the crash-recovery
-//   word read_pos (relaxed, a line only it writes), so a reader killed with unpublished reads
-//   never has them delivered again: the next reader skips to read_pos. The cost: a writer may
-//   find the ring full while up to head_batch() bytes are read but not yet returned; it gets
-//   them back as soon as the reader reads on or runs dry.
+//   Publishing head costs the reader a store to a line the writer reads; measured across
+//   processes it halved the Pipe's small-message rate. So the reader publishes head only when it
+//   has read head_batch() bytes past it (1/16 of the ring, at most 16 KiB), when it finds the
+//   ring empty (always before it sleeps), on close, and for every chunk of a streamed message.
+//   In between it stores its read position in the crash-recovery word read_pos (relaxed, a line
+//   only it writes), so a reader killed with unpublished reads never has them delivered again:
+//   the next reader skips to read_pos (if it lies on the chain of committed records from head).
+//   The cost: a writer may find the ring full while up to head_batch() bytes are read but not
+//   yet returned; it gets them back as soon as the reader reads on or runs dry.
 //   Contract seen by users: a send/commit is a release; a recv that returns the message is an
 //   acquire of everything the writer did before that send.
 //

@@ -30,13 +30,14 @@ class SpscWriter : public SpscEnd {
     const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
     const std::uint64_t head = ctl_->head.load(std::memory_order_acquire);
     if (!SpscRing::positions_ok(head, tail, capacity)) return corrupt();
-    tail_ = pending_ = tail;
     cached_head_ = head;
+    if (find_frontier(tail, head) != Status::ok) return corrupt();
     // relaxed: crash-recovery word of the previous writer (see the Synchronization block).
     pending_abort_ = ctl_->writer_streaming.load(std::memory_order_relaxed) != 0;
-    // relaxed: only the writer sleeps on space_wait and we are the writer now, so a count left
-    // there is a predecessor's killed asleep; without this every release would make a syscall.
-    ctl_->space_wait.waiters.store(0, std::memory_order_relaxed);
+    // Only the writer sleeps on space_wait and we are the writer now, so a count left there is a
+    // predecessor's killed asleep; without this every release would make a syscall.
+    ctl_->space_wait.clear_waiters();
+    fence_ = ctl_->data_wait.announce_light_waker();  // [D1] before our first notify
     // relaxed: a counter for liveness decisions, no data behind it.
     ctl_->writer_attached.fetch_add(1, std::memory_order_relaxed);
     // release: a reader that sees the flag cleared also sees our attach state.
@@ -68,7 +69,7 @@ class SpscWriter : public SpscEnd {
     if (msg.size() > max_payload_) return try_send_chunked(msg, kind);
     const std::uint64_t rec = spsc::record_bytes(msg.size());
     if (reserve(need_for(rec)) != Status::ok) return full_or_corrupt();
-    write_record(place(rec), spsc::RecordKind::whole, kind, msg);
+    write_record(place(rec), RK::whole, kind, msg);
     count(msg.size());
     publish();
     return last_ = Status::ok;
@@ -84,14 +85,14 @@ class SpscWriter : public SpscEnd {
     if (msg.size() > max_payload_) return send_chunked(msg, d, kind, alive);
     const std::uint64_t rec = spsc::record_bytes(msg.size());
     if ((s = wait_room(need_for(rec), d, alive)) != Status::ok) return last_ = s;
-    write_record(place(rec), spsc::RecordKind::whole, kind, msg);
+    write_record(place(rec), RK::whole, kind, msg);
     count(msg.size());
     publish();
     return last_ = Status::ok;
   }
 
-  // Writes as many of `msgs` as it can before the deadline, publishing the tail once per run of
-  // records that fit (a batch that fits is one publish). Returns how many were sent; *why (if
+  // Writes as many of `msgs` as it can before the deadline, committing and publishing once per
+  // run of records that fit (a batch that fits is one commit). Returns how many were sent; *why (if
   // given): ok if all were, else what stopped it (see "Batches" in status.hpp).
   template <class PeerAlive>
   std::size_t send_many(std::span<const std::span<const std::byte>> msgs, Deadline d,
@@ -107,7 +108,7 @@ class SpscWriter : public SpscEnd {
       }
       const std::uint64_t rec = spsc::record_bytes(msg.size());
       if ((s = wait_room(need_for(rec), d, alive)) != Status::ok) break;
-      write_record(place(rec), spsc::RecordKind::whole, kind, msg);
+      write_record(place(rec), RK::whole, kind, msg);
       count(msg.size());
     }
     publish();
@@ -145,16 +146,16 @@ class SpscWriter : public SpscEnd {
     assert(claim_open_ && used <= claim_size_);
     if (!claim_open_) return;
     if (used > claim_size_) used = claim_size_;
-    spsc::store_header(claim_ptr_, static_cast<std::uint32_t>(used),
-                       spsc::make_tag(spsc::RecordKind::whole, claim_kind_));
     pending_ = claim_pos_ + spsc::record_bytes(used);
+    put_header(claim_pos_, static_cast<std::uint32_t>(used), RK::whole, claim_kind_);
     claim_open_ = false;
     count(used);
     publish();
   }
   void abort_claim() noexcept {
     if (!claim_open_) return;
-    pending_ = claim_rollback_;  // the padding written for it, if any, was never published
+    pending_ = claim_rollback_;  // the padding placed for it, if any, is still held back
+    held_ = nullptr;
     claim_open_ = false;
   }
   bool claim_open() const noexcept { return claim_open_; }
@@ -165,8 +166,8 @@ class SpscWriter : public SpscEnd {
     abort_claim();
     publish();
     flush_counts();
-    // [P3] release: the final tail is visible to a reader that sees the flag; pairs with the
-    // acquire in SpscReader::poll_empty().
+    // [P3] release: the final commits are visible to a reader that sees the flag; pairs with
+    // the acquire in SpscReader::writer_gone().
     ctl_->writer_closed.store(1, std::memory_order_release);
     notify(ctl_->data_wait);
     ctl_ = nullptr;
@@ -179,6 +180,8 @@ class SpscWriter : public SpscEnd {
  private:
   using RK = spsc::RecordKind;
 
+  std::byte* at(std::uint64_t pos) const noexcept { return data_ + (pos & mask_); }
+
   // Bytes needed to place a record of `rec` bytes at pending_: the record, plus padding if it
   // would cross the end of the data area.
   std::uint64_t need_for(std::uint64_t rec) const noexcept {
@@ -190,41 +193,94 @@ class SpscWriter : public SpscEnd {
   // corrupt if the shared head violates cached_head <= head <= pending.
   Status reserve(std::uint64_t need) noexcept {
     if (capacity_ - (pending_ - cached_head_) >= need) return Status::ok;
+    if (!refresh_head()) return corrupt();
+    return capacity_ - (pending_ - cached_head_) >= need ? Status::ok : Status::full;
+  }
+  bool refresh_head() noexcept {
     // [P2] acquire: pairs with the release store of head in SpscReader::publish_head(); the
     // reader is done with the bytes below it before we overwrite them.
     const std::uint64_t head = ctl_->head.load(std::memory_order_acquire);
-    if (head - cached_head_ > pending_ - cached_head_) return corrupt();
+    if (head - cached_head_ > pending_ - cached_head_) return false;
     cached_head_ = head;
-    return capacity_ - (pending_ - cached_head_) >= need ? Status::ok : Status::full;
+    return true;
   }
 
   // Places a record of `rec` bytes at pending_ (after padding if needed); reserve() said yes.
-  std::byte* place(std::uint64_t rec) noexcept {
-    std::uint64_t offset = pending_ & mask_;
-    const std::uint64_t contiguous = capacity_ - offset;
+  // Returns its position.
+  std::uint64_t place(std::uint64_t rec) noexcept {
+    const std::uint64_t contiguous = capacity_ - (pending_ & mask_);
     if (contiguous < rec) {
-      spsc::store_header(data_ + offset, spsc::padding_length(contiguous),
-                         spsc::make_tag(RK::padding, 0));
+      put_header(pending_, spsc::padding_length(contiguous), RK::padding, 0);
       pending_ += contiguous;
-      offset = 0;
     }
     pending_ += rec;
-    return data_ + offset;
+    return pending_ - rec;
   }
 
-  void write_record(std::byte* p, RK rk, std::uint16_t kind,
+  void write_record(std::uint64_t pos, RK rk, std::uint16_t kind,
                     std::span<const std::byte> payload) noexcept {
-    spsc::store_header(p, static_cast<std::uint32_t>(payload.size()), spsc::make_tag(rk, kind));
-    if (!payload.empty()) std::memcpy(p + spsc::kHeaderBytes, payload.data(), payload.size());
+    if (!payload.empty()) std::memcpy(at(pos) + spsc::kHeaderBytes, payload.data(), payload.size());
+    put_header(pos, static_cast<std::uint32_t>(payload.size()), rk, kind);
+  }
+
+  // Commit groups. Everything written between two publishes becomes visible at once: the first
+  // header of the group (at the frontier) is held back and stored last, with release; the
+  // headers after it are stored as they come, where no reader looks before the frontier moves.
+  void put_header(std::uint64_t pos, std::uint32_t length, RK rk, std::uint16_t kind) noexcept {
+    const std::uint64_t word =
+        spsc::header_word(length, spsc::make_tag(rk, kind, spsc::lap_check(pos, shift_)));
+    if (held_ == nullptr) {
+      held_ = at(pos);
+      held_word_ = word;
+    } else {
+      spsc::store_header_relaxed(at(pos), word);
+    }
+  }
+  void commit_group() noexcept {
+    if (held_ == nullptr) return;
+    seal(pending_);
+    spsc::store_header_release(held_, held_word_);  // [P1]
+    held_ = nullptr;
+  }
+  // Keeps the new frontier from looking committed (see spsc_format.hpp): zeroes its header when
+  // the bytes there are free. When they are not, the ring is exactly full and they hold the
+  // header one lap back (the reader's head), which the check byte rejects.
+  void seal(std::uint64_t end) noexcept {
+    if (end + spsc::kHeaderBytes - cached_head_ > capacity_ && !(refresh_head() &&
+        end + spsc::kHeaderBytes - cached_head_ <= capacity_)) {
+      return;
+    }
+    spsc::store_header_relaxed(at(end), 0);  // relaxed: published by the release that follows
   }
 
   void publish() noexcept {
+    commit_group();
     if (pending_ == tail_) return;
     tail_ = pending_;
-    // [P1] release: publishes the records below tail; pairs with the acquire in
-    // SpscReader::poll_tail().
+    // [P4] release: the headers below tail are committed; pairs with the acquires of tail in
+    // SpscReader (the sleep re-check, guesses and the corruption check).
     ctl_->tail.store(tail_, std::memory_order_release);
     notify(ctl_->data_wait);  // [D1]
+  }
+
+  // On attach: the records a previous writer committed beyond the later of head and tail (one
+  // killed between its commit and its tail store) stay; we write after them.
+  Status find_frontier(std::uint64_t tail, std::uint64_t head) noexcept {
+    std::uint64_t pos = spsc::later(head, tail);
+    while (pos - head < capacity_) {
+      const std::uint64_t word = spsc::load_header(at(pos));  // [P1]
+      if (!spsc::committed(word, spsc::lap_check(pos, shift_))) break;
+      const std::uint32_t length = spsc::word_length(word);
+      if (spsc::check_record(length, spsc::word_tag(word), capacity_ - (pos & mask_),
+                             head + capacity_ - pos, max_payload_) != spsc::RecordCheck::ok) {
+        return Status::corrupt;
+      }
+      pos += spsc::record_bytes(length);
+    }
+    tail_ = pending_ = pos;
+    // [P4] release: as in publish(); a no-op store when nobody died mid-publish.
+    if (pos != tail) ctl_->tail.store(pos, std::memory_order_release);
+    return Status::ok;
   }
 
   Status full_or_corrupt() noexcept {
@@ -247,15 +303,14 @@ class SpscWriter : public SpscEnd {
 
   std::byte* open_claim(std::uint64_t rec, std::size_t n, std::uint16_t kind) noexcept {
     claim_rollback_ = pending_;
-    std::byte* p = place(rec);
-    claim_pos_ = pending_ - rec;
-    pending_ = claim_pos_;  // nothing of the claim counts as written until commit
-    claim_ptr_ = p;
+    claim_pos_ = place(rec);  // a padding it needs is held back until commit
+    pending_ = claim_pos_;    // nothing of the claim counts as written until commit
+    claim_ptr_ = at(claim_pos_);
     claim_size_ = n;
     claim_kind_ = kind;
     claim_open_ = true;
     last_ = Status::ok;
-    return p + spsc::kHeaderBytes;
+    return claim_ptr_ + spsc::kHeaderBytes;
   }
 
   // Before a blocking write: the reader must be there, and a half-sent message must be aborted.
@@ -295,15 +350,15 @@ class SpscWriter : public SpscEnd {
   }
   void write_chunk(const Chunk& c, std::span<const std::byte> msg, std::size_t done,
                    std::uint16_t kind) noexcept {
-    std::byte* p = place(spsc::record_bytes(c.payload));
-    spsc::store_header(p, static_cast<std::uint32_t>(c.payload), spsc::make_tag(c.rk, kind));
-    std::byte* out = p + spsc::kHeaderBytes;
+    const std::uint64_t pos = place(spsc::record_bytes(c.payload));
+    std::byte* out = at(pos) + spsc::kHeaderBytes;
     if (c.rk == RK::first) {
       const std::uint64_t total = msg.size();
       std::memcpy(out, &total, sizeof total);
       out += sizeof total;
     }
     std::memcpy(out, msg.data() + done, c.take);
+    put_header(pos, static_cast<std::uint32_t>(c.payload), c.rk, kind);
   }
   // Bytes the whole chunk sequence needs when placed from `pos`.
   std::uint64_t chunked_need(std::uint64_t pos, std::size_t total) const noexcept {
@@ -333,7 +388,7 @@ class SpscWriter : public SpscEnd {
       done += c.take;
     }
     count(msg.size());
-    publish();  // all chunks at once: never a partial message
+    publish();  // one commit group: all chunks at once, never a partial message
     return last_ = Status::ok;
   }
 
@@ -342,8 +397,7 @@ class SpscWriter : public SpscEnd {
   Status pad_to_end() noexcept {
     const std::uint64_t contiguous = capacity_ - (pending_ & mask_);
     if (reserve(contiguous) != Status::ok) return full_or_corrupt();
-    spsc::store_header(data_ + (pending_ & mask_), spsc::padding_length(contiguous),
-                       spsc::make_tag(RK::padding, 0));
+    put_header(pending_, spsc::padding_length(contiguous), RK::padding, 0);
     pending_ += contiguous;
     publish();
     return last_ = Status::full;
@@ -400,8 +454,10 @@ class SpscWriter : public SpscEnd {
   }
 
   std::uint64_t tail_ = 0;         // published tail
-  std::uint64_t pending_ = 0;      // end of what is written, published or not (>= tail_)
+  std::uint64_t pending_ = 0;      // end of what is written, committed or not (>= tail_)
   std::uint64_t cached_head_ = 0;  // the reader's head as last seen; never above the real one
+  std::byte* held_ = nullptr;      // where the open commit group's first header goes, or null
+  std::uint64_t held_word_ = 0;    // that header
   std::uint64_t claim_rollback_ = 0;
   std::uint64_t claim_pos_ = 0;
   std::byte* claim_ptr_ = nullptr;

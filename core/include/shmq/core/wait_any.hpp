@@ -4,13 +4,15 @@
 // Synchronization
 //   The same Dekker pair as WaitWord::wait() (see wait.hpp), once per word:
 //     waiter: read every epoch [V1, acquire]; waiters += 1 on every word [V2, seq_cst RMW];
-//             fence seq_cst [V3]; re-check readiness; futex_waitv on the epochs with the values
-//             read at V1; waiters -= 1 on every word.
-//     waker:  WaitWord::notify() unchanged: publish; fence [F2] (wait.hpp); read waiters; bump
-//             epoch; wake.
-//   A waker that publishes after our re-check sees our V2 (V3/F2 order the pair), so it bumps the
-//   epoch it guards; futex_waitv then either finds that epoch changed (EAGAIN) or is woken. A
-//   waker that published before the re-check is seen by the re-check. No wake-up is lost.
+//             fence seq_cst [V3], and the barrier [B1] of wait.hpp if any word has light
+//             wakers; re-check readiness; futex_waitv on the epochs with the values read at V1;
+//             waiters -= 1 on every word.
+//     waker:  WaitWord::notify() unchanged: publish; fence [F2] (wait.hpp; a light waker: a
+//             compiler barrier, paired with B1); read waiters; bump epoch; wake.
+//   A waker that publishes after our re-check sees our V2 (V3/F2, or B1, order the pair), so it
+//   bumps the epoch it guards; futex_waitv then either finds that epoch changed (EAGAIN) or is
+//   woken. A waker that published before the re-check is seen by the re-check. No wake-up is
+//   lost.
 //   Each epoch is read before its waiters count is raised, so a bump between the two is seen as
 //   a changed value, never slept through.
 //   The futexes are shared (no FUTEX2_PRIVATE): the wakers live in other processes.
@@ -106,15 +108,17 @@ FutexResult wait_any(std::span<WaitWord* const> words, Ready&& ready, Deadline d
     mark_of[n] = k < marks.size() ? marks[k] : SleepMark{};
     registered[n++] = w;
   }
+  std::uint32_t bits = 0;  // kLightWakers if any word has light wakers
   for (std::size_t i = 0; i < n; ++i) {
     // [V2] seq_cst: first half of each word's Dekker pair (as [W1] in wait.hpp).
-    registered[i]->waiters.fetch_add(1, std::memory_order_seq_cst);
+    bits |= registered[i]->waiters.fetch_add(1, std::memory_order_seq_cst);
     // relaxed: after V2, as after W1 in WaitWord::wait(); read only after its writer died.
     if (mark_of[i].word != nullptr)
       mark_of[i].word->store(mark_of[i].value, std::memory_order_relaxed);
   }
-  // [V3] seq_cst: orders every V2 before the re-check; pairs with [F2] in WaitWord::notify().
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // [V3] seq_cst (+ [B1] if a word has light wakers): orders every V2 before the re-check; pairs
+  // with [F2] in WaitWord::notify() or with its light wakers (wait.hpp).
+  if (!WaitWord::waiter_barrier(bits)) deadline = deadline.capped(kUnfencedSleepCap);
   FutexResult r = FutexResult::woken;
   if (n != 0 && !ready()) {
     bool unsupported = false;

@@ -40,7 +40,7 @@ enum SegmentFlags : std::uint32_t {
 enum class SegmentState : std::uint32_t { initializing = 0x494E4954, ready = 0x52454459, closed = 0x434C5344 };
 
 inline constexpr std::uint64_t kSegmentMagic = 0x31474553514D4853ull;  // "SHMQSEG1" little-endian
-inline constexpr std::uint32_t kLayoutVersion = 2;
+inline constexpr std::uint32_t kLayoutVersion = 3;
 inline constexpr std::size_t kMaxNameLength = 200;           // name without the "shmq." prefix
 inline constexpr std::uint32_t kMaxParticipants = 64;
 inline constexpr std::size_t kHeaderBytes = 16384;           // the header area; the body follows

@@ -69,11 +69,27 @@ class SpscReader : public SpscEnd {
   // ok | empty | closed | corrupt. Never blocks. On ok, `out` is zero copy (release() it) or a
   // view of the reassembly buffer, valid until the next call (or take it: take_assembled()).
   [[nodiscard]] Status try_recv(RecvView& out) noexcept {
-    drop_assembled();
-    const Status s = read_one(out, true);
-    publish_head(s != Status::ok);  // running dry: return the space at once
-    if (s == Status::empty) flush_counts();
-    return last_ = s;
+    // The common case in one piece: a committed whole record that passes read_one()'s checks,
+    // with no reassembly in progress or outstanding.
+    if (!assembling_ && !delivered_) {
+      const std::uint64_t pos = read_pos_;
+      const std::uint64_t offset = pos & mask_;
+      const std::byte* const record = data_ + offset;
+      const std::uint64_t word = spsc::load_header(record);  // [P1]
+      const std::uint32_t length = spsc::word_length(word);
+      const std::uint64_t rec = spsc::record_bytes(length);
+      if (spsc::word_tag(word) >> 16 == whole_tag_top(pos) && length <= max_payload_ &&
+          rec <= capacity_ - offset && pos + rec - head_ <= capacity_) {
+        resync_ = false;
+        read_pos_ = pos + rec;
+        out = {{record + spsc::kHeaderBytes, length}, spsc::tag_kind(spsc::word_tag(word)), true,
+               pos + rec};
+        count(length);
+        hold_one();
+        return last_ = Status::ok;
+      }
+    }
+    return try_recv_slow(out);
   }
 
   // ok | timeout | interrupted | closed | corrupt. Spins (spin_budget() rounds), then sleeps on
@@ -176,6 +192,14 @@ class SpscReader : public SpscEnd {
     std::uint32_t tag;
   };
 
+  [[gnu::noinline]] Status try_recv_slow(RecvView& out) noexcept {
+    drop_assembled();
+    const Status s = read_one(out, true);
+    publish_head(s != Status::ok);  // running dry: return the space at once
+    if (s == Status::empty) flush_counts();
+    return last_ = s;
+  }
+
   // If the previous reader died holding views or with reads it had not yet published (head
   // batching), its read_pos is ahead of head: skip to it, if it lies on the record chain from
   // head (else it is stale or corrupt, and we start at head).
@@ -189,6 +213,7 @@ class SpscReader : public SpscEnd {
     }
     ctl_->held.store(0, std::memory_order_relaxed);  // relaxed: as above
     ctl_->read_pos.store(read_pos_, std::memory_order_relaxed);
+    saved_pos_ = read_pos_;
     publish_head(true);
   }
   // True if the committed records from head_ end exactly at `end`, none of them corrupt.
@@ -208,9 +233,15 @@ class SpscReader : public SpscEnd {
   }
   void save_recovery() noexcept {
     if (held_ == 0) return;
-    // relaxed: crash-recovery words.
-    ctl_->read_pos.store(read_pos_, std::memory_order_relaxed);
+    save_read_pos();
+    // relaxed: crash-recovery word, read only by a later holder of the role.
     ctl_->held.store(held_, std::memory_order_relaxed);
+  }
+  void save_read_pos() noexcept {
+    if (saved_pos_ == read_pos_) return;
+    saved_pos_ = read_pos_;
+    // relaxed: crash-recovery word, read only by a later holder of the role.
+    ctl_->read_pos.store(read_pos_, std::memory_order_relaxed);
   }
 
   // Publishes head when forced or a batch is complete (see "Head batching"); otherwise records
@@ -218,8 +249,7 @@ class SpscReader : public SpscEnd {
   void publish_head(bool force) noexcept {
     if (read_pos_ == head_) return;
     if (held_ != 0 || (!force && read_pos_ - head_ < head_batch_)) {
-      // relaxed: crash-recovery word, read only by a later holder of the role.
-      ctl_->read_pos.store(read_pos_, std::memory_order_relaxed);
+      save_read_pos();
       return;
     }
     head_ = read_pos_;
@@ -230,6 +260,10 @@ class SpscReader : public SpscEnd {
   }
 
   std::byte* at(std::uint64_t pos) const noexcept { return data_ + (pos & mask_); }
+  // The top half of the tag of a whole record at `pos`: its lap's check byte and the kind.
+  std::uint32_t whole_tag_top(std::uint64_t pos) const noexcept {
+    return spsc::make_tag(RK::whole, 0, spsc::lap_check(pos, shift_)) >> 16;
+  }
 
   bool header_committed() const noexcept {
     return spsc::committed(spsc::load_header(at(read_pos_)), spsc::lap_check(read_pos_, shift_));
@@ -385,6 +419,7 @@ class SpscReader : public SpscEnd {
   static constexpr std::uint64_t kReserveCap = 16u << 20;
 
   std::uint64_t read_pos_ = 0;     // records below are consumed (held views included)
+  std::uint64_t saved_pos_ = 0;    // the value last stored in the crash-recovery word read_pos
   std::uint64_t head_ = 0;         // published head
   std::uint64_t head_batch_ = 0;   // publish head after reading this far past it
   std::uint64_t expected_total_ = 0;

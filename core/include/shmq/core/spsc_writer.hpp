@@ -64,6 +64,34 @@ class SpscWriter : public SpscEnd {
   // ok | full | too_big | closed | corrupt. Never blocks.
   [[nodiscard]] Status try_send(std::span<const std::byte> msg, std::uint16_t kind = 0) noexcept {
     assert(!claim_open_ && "commit or abort the claim first");
+    // The common case in one piece: a whole record before the end of the data area, with room
+    // for it and for the zeroed header after it by the cached head, and nothing to abort. Locals
+    // first: stores into the ring may alias any member, which the compiler would then reload.
+    const std::uint64_t pos = pending_;
+    const std::uint64_t rec = spsc::record_bytes(msg.size());
+    const std::uint64_t capacity = capacity_;
+    const std::uint64_t mask = mask_;
+    std::byte* const data = data_;
+    if (msg.size() <= max_payload_ && (pos & mask) + rec <= capacity &&
+        pos + rec + spsc::kHeaderBytes - cached_head_ <= capacity && !pending_abort_ &&
+        !reader_gone()) {
+      const std::uint64_t word = spsc::header_word(
+          static_cast<std::uint32_t>(msg.size()),
+          spsc::make_tag(RK::whole, kind, spsc::lap_check(pos, shift_)));
+      spsc::copy_payload(data + (pos & mask) + spsc::kHeaderBytes, msg.data(), msg.size());
+      spsc::store_header_relaxed(data + ((pos + rec) & mask), 0);  // seal(): free, tested above
+      spsc::store_header_release(data + (pos & mask), word);       // [P1]
+      pending_ = pos + rec;
+      count(msg.size());
+      publish();
+      return last_ = Status::ok;
+    }
+    return try_send_slow(msg, kind);
+  }
+
+ private:
+  [[gnu::noinline]] Status try_send_slow(std::span<const std::byte> msg,
+                                         std::uint16_t kind) noexcept {
     if (reader_gone()) return last_ = Status::closed;
     if (pending_abort_ && write_abort_now() != Status::ok) return last_;
     if (msg.size() > max_payload_) return try_send_chunked(msg, kind);
@@ -75,6 +103,7 @@ class SpscWriter : public SpscEnd {
     return last_ = Status::ok;
   }
 
+ public:
   // ok | timeout | interrupted | closed | too_big | corrupt. Any size up to kMaxMessageBytes.
   template <class PeerAlive>
   [[nodiscard]] Status send(std::span<const std::byte> msg, Deadline d, std::uint16_t kind,
@@ -219,7 +248,7 @@ class SpscWriter : public SpscEnd {
 
   void write_record(std::uint64_t pos, RK rk, std::uint16_t kind,
                     std::span<const std::byte> payload) noexcept {
-    if (!payload.empty()) std::memcpy(at(pos) + spsc::kHeaderBytes, payload.data(), payload.size());
+    spsc::copy_payload(at(pos) + spsc::kHeaderBytes, payload.data(), payload.size());
     put_header(pos, static_cast<std::uint32_t>(payload.size()), rk, kind);
   }
 

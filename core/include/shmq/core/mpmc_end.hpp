@@ -95,6 +95,12 @@ class MpmcEnd {
       if (mpmc::claim_op(words_[w].load(std::memory_order_relaxed)) != mpmc::ClaimOp::lease)
         words_[w].store(0, std::memory_order_relaxed);
     }
+    // [Q5] before our first notify: writers wake readers on data_ready, readers writers on
+    // space_free.
+    if (ring.valid()) {
+      WaitWord& wakes = writer ? ring.header().data_ready : ring.header().space_free;
+      recovery_.set_wake_fence(wakes.announce_light_waker());
+    }
   }
 
   bool inherited_lease() const noexcept {

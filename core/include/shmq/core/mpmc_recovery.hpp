@@ -88,11 +88,15 @@ class MpmcRecovery {
   MpmcRecovery(MpmcRing ring, ClaimRegistry* registry, Stats* stats) noexcept
       : ring_(ring), registry_(registry), stats_(stats) {}
 
+  // How this participant's notify() orders its publish: light once it announced itself on the
+  // word it wakes (WaitWord::announce_light_waker(), wait.hpp).
+  void set_wake_fence(WakeFence f) noexcept { fence_ = f; }
+
   // Wakes `w` for up to `n` sleepers; a wake syscall that woke nobody hints at a count left by a
   // dead sleeper, and every kIdleWakesBeforeSweep of them the host sweeps (slow path).
   void notify(WaitWord& w, int n) noexcept {
     int woken = 1;
-    if (!w.notify(n, &woken)) return;
+    if (!w.notify(n, &woken, fence_)) return;
     if (stats_ != nullptr) Stats::bump(stats_->wakes);
     if (woken != 0 || registry_ == nullptr) return;
     if (++idle_wakes_ < kIdleWakesBeforeSweep) return;
@@ -410,6 +414,7 @@ class MpmcRecovery {
   ClaimRegistry* registry_;
   Stats* stats_;
   std::uint32_t idle_wakes_ = 0;
+  WakeFence fence_ = WakeFence::full;
 };
 
 }  // namespace shmq::core

@@ -24,6 +24,9 @@
 //        space_free, readers notify it after Q2 (the Dekker pair of wait.hpp). A wake is issued
 //        only when someone is registered as a waiter. Sleeps are sliced (kSleepSlice) so that a
 //        waker that died between publish and wake strands nobody, and liveness is re-checked.
+//        Every participant announces itself as a light waker on the word it wakes when its
+//        process can register for membarrier: no fence per message; a sleeper pays a global
+//        barrier instead (wait.hpp).
 //   [Q6] closed: stored with release, loaded with acquire; then every sleeper is woken.
 //   [Q7] sealed writes: a writer fills its slots, marks them kSlotSealed, stores its host's seal
 //        word covering them (release), then commits. A survivor finding a dead writer's sealed

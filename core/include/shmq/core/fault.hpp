@@ -94,6 +94,12 @@ inline void arm(KillPoint kp, std::uint64_t skip, Handler handler) noexcept {
 
 inline void disarm() noexcept { g_armed.store(0, std::memory_order_relaxed); }  // relaxed: as arm
 
+// True if `kp` is armed: for code that does its work differently when a test will stop it there.
+inline bool armed(KillPoint kp) noexcept {
+  // relaxed: see the Synchronization block.
+  return g_armed.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(kp);
+}
+
 }  // namespace fault
 }  // namespace shmq::core
 

@@ -296,8 +296,13 @@ class MpmcRing {
   MpmcSlotHeader& slot(std::uint64_t pos) const noexcept {
     return *reinterpret_cast<MpmcSlotHeader*>(slot_base_ + (pos & mask_) * stride_);
   }
-  std::byte* payload(std::uint64_t pos) const noexcept {
-    return slot_base_ + (pos & mask_) * stride_ + sizeof(MpmcSlotHeader);
+  std::byte* payload(std::uint64_t pos) const noexcept { return payload_of(slot(pos)); }
+  static std::byte* payload_of(MpmcSlotHeader& s) noexcept {
+    return reinterpret_cast<std::byte*>(&s) + sizeof(MpmcSlotHeader);
+  }
+  static MpmcSlotHeader& header_of(const std::byte* payload) noexcept {
+    return *reinterpret_cast<MpmcSlotHeader*>(const_cast<std::byte*>(payload) -
+                                              sizeof(MpmcSlotHeader));
   }
 
   // Messages waiting (claimed-but-unfinished writes included); never negative, never above

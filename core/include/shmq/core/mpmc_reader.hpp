@@ -56,7 +56,7 @@ class MpmcReader : public MpmcEnd {
     if (w == 0) return Status::full;
     for (;;) {
       std::uint64_t pos = 0;
-      const Status st = claim(1, words_[w], pos);
+      const Status st = claim_one(words_[w], pos);
       if (st != Status::ok) return st;
       SHMQ_KILL_POINT(KillPoint::holding_read);
       const Status v = view(pos, w, out);
@@ -76,7 +76,7 @@ class MpmcReader : public MpmcEnd {
   // Gives a view's slot back to writers. Any thread; once per view.
   void release(MpmcView& v) noexcept {
     if (v.data == nullptr) return;
-    release_slot(v.pos, words_[v.word]);
+    release_slot(MpmcRing::header_of(v.data), v.pos, words_[v.word]);
     v.data = nullptr;
   }
 
@@ -222,7 +222,7 @@ class MpmcReader : public MpmcEnd {
 
   // Reads the slot header of a claimed position once into locals and validates it.
   Status view(std::uint64_t pos, std::uint32_t w, MpmcView& out) noexcept {
-    const MpmcSlotHeader& s = ring_.slot(pos);
+    MpmcSlotHeader& s = ring_.slot(pos);
     const std::uint32_t length = s.length;
     const std::uint16_t kind = s.kind;
     const std::uint8_t flags = s.flags;
@@ -234,7 +234,7 @@ class MpmcReader : public MpmcEnd {
         return Status::corrupt;
     }
     out.pos = pos;
-    out.data = ring_.payload(pos);
+    out.data = MpmcRing::payload_of(s);
     out.length = length;
     out.kind = kind;
     out.flags = flags;
@@ -243,16 +243,41 @@ class MpmcReader : public MpmcEnd {
   }
 
   void release_slot(std::uint64_t pos, std::atomic<std::uint64_t>& word) noexcept {
+    release_slot(ring_.slot(pos), pos, word);
+  }
+  void release_slot(MpmcSlotHeader& s, std::uint64_t pos, std::atomic<std::uint64_t>& word) noexcept {
     // release: [Q2] pairs with the acquire of seq by the writer of pos + slots.
-    ring_.slot(pos).seq.store(mpmc::seq_released(pos, ring_.slots()), std::memory_order_release);
+    s.seq.store(mpmc::seq_released(pos, ring_.slots()), std::memory_order_release);
     word.store(0, std::memory_order_release);  // [Q4]
     recovery_.notify(ring_.header().space_free, 1);  // [Q5]
   }
 
+  // claim(1, ...), with case 1 of its loop inline: the slot of dequeue_pos is committed and the
+  // CAS wins at the first try. Anything else takes the loop.
+  Status claim_one(std::atomic<std::uint64_t>& word, std::uint64_t& pos_out) noexcept {
+    auto& dequeue_pos = ring_.header().dequeue_pos;
+    // relaxed: a starting hint; the CAS validates it.
+    std::uint64_t pos = dequeue_pos.load(std::memory_order_relaxed);
+    // acquire: [Q1] pairs with the writer's commit.
+    if (ring_.slot(pos).seq.load(std::memory_order_acquire) == mpmc::seq_committed(pos)) {
+      // relaxed: [Q3] published by the release CAS below.
+      word.store(mpmc::encode_claim(pos, 1, mpmc::ClaimOp::dequeue), std::memory_order_relaxed);
+      // release: [Q3]; the data was acquired through seq above. relaxed on failure (the loop
+      // re-records or clears the word).
+      if (dequeue_pos.compare_exchange_strong(pos, pos + 1, std::memory_order_release,
+                                              std::memory_order_relaxed)) {
+        watch_.clear();
+        pos_out = pos;
+        return Status::ok;
+      }
+    }
+    return claim(1, word, pos_out);
+  }
+
   // Claims up to `want` consecutive committed slots; *got receives how many.
-  Status claim(std::uint64_t want, std::atomic<std::uint64_t>& word, std::uint64_t& pos_out,
-               std::uint64_t* got = nullptr,
-               mpmc::ClaimOp op = mpmc::ClaimOp::dequeue) noexcept {
+  [[gnu::noinline]] Status claim(std::uint64_t want, std::atomic<std::uint64_t>& word,
+                                 std::uint64_t& pos_out, std::uint64_t* got = nullptr,
+                                 mpmc::ClaimOp op = mpmc::ClaimOp::dequeue) noexcept {
     // relaxed: a starting hint; the CAS validates it.
     std::uint64_t pos = ring_.header().dequeue_pos.load(std::memory_order_relaxed);
     // Each round:

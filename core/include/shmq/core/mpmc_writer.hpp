@@ -9,6 +9,7 @@
 #include <cstring>
 #include <span>
 
+#include "shmq/core/detail/copy.hpp"
 #include "shmq/core/fault.hpp"
 #include "shmq/core/mpmc_end.hpp"
 #include "shmq/core/mpmc_format.hpp"
@@ -40,10 +41,11 @@ class MpmcWriter : public MpmcEnd {
   [[nodiscard]] Status try_send(std::span<const std::byte> msg, std::uint16_t kind = 0) noexcept {
     if (msg.size() > ring_.slot_size()) return Status::too_big;
     std::uint64_t pos = 0;
-    const Status st = claim(1, words_[0], pos);
+    const Status st = claim_one(words_[0], pos);
     if (st != Status::ok) return st;
-    fill(pos, msg, kind, 0);
-    commit_range(pos, 1, words_[0]);
+    MpmcSlotHeader& s = ring_.slot(pos);
+    fill(s, msg, kind, 0);
+    commit_one(s, pos, words_[0]);
     counters_.add(1, msg.size());
     return Status::ok;
   }
@@ -61,7 +63,7 @@ class MpmcWriter : public MpmcEnd {
     const std::uint32_t w = free_hold_word();
     if (w == 0) return c;
     std::uint64_t pos = 0;
-    c.status = claim(1, words_[w], pos);
+    c.status = claim_one(words_[w], pos);
     if (c.status != Status::ok) return c;
     c.pos = pos;
     c.data = ring_.payload(pos);
@@ -92,7 +94,7 @@ class MpmcWriter : public MpmcEnd {
     s.flags = flags;
     s.reserved = 0;
     SHMQ_KILL_POINT(KillPoint::before_commit);
-    commit_range(c.pos, 1, words_[c.word]);
+    commit_one(s, c.pos, words_[c.word]);
     if ((flags & kSlotSkip) == 0) counters_.add(1, used);
     c.word = 0;
     c.status = Status::closed;
@@ -115,7 +117,7 @@ class MpmcWriter : public MpmcEnd {
       if (st == Status::ok) {
         std::uint64_t bytes = 0;
         for (std::uint64_t i = 0; i < n; ++i) {
-          fill(pos + i, msgs[i], kind, 0);
+          fill(ring_.slot(pos + i), msgs[i], kind, 0);
           bytes += msgs[i].size();
         }
         commit_range(pos, n, words_[0]);
@@ -146,7 +148,7 @@ class MpmcWriter : public MpmcEnd {
       if (st == Status::ok) {
         std::uint64_t bytes = 0;
         for (std::uint64_t i = 0; i < n; ++i) {
-          fill(pos + i, msgs[i], kind, kSlotSealed);
+          fill(ring_.slot(pos + i), msgs[i], kind, kSlotSealed);
           ring_.slot(pos + i).reserved = tag;
           bytes += msgs[i].size();
         }
@@ -248,9 +250,34 @@ class MpmcWriter : public MpmcEnd {
     return mpmc::distance(deq, pos) < static_cast<std::int64_t>(ring_.maxsize());
   }
 
+  // claim(1, ...), with case 1 of its loop inline: the slot of enqueue_pos is free and the CAS
+  // wins at the first try. Anything else (and a queue bounded below its slots) takes the loop.
+  Status claim_one(std::atomic<std::uint64_t>& word, std::uint64_t& pos_out) noexcept {
+    if (!ring_.closed() && !ring_.bounded_below_slots()) {  // [Q6]
+      auto& enqueue_pos = ring_.header().enqueue_pos;
+      // relaxed: a starting hint; the CAS validates it.
+      std::uint64_t pos = enqueue_pos.load(std::memory_order_relaxed);
+      // acquire: [Q2] pairs with the release of the reader of the previous lap.
+      if (ring_.slot(pos).seq.load(std::memory_order_acquire) == mpmc::seq_free(pos)) {
+        // relaxed: [Q3] published by the release CAS below.
+        word.store(mpmc::encode_claim(pos, 1, mpmc::ClaimOp::enqueue), std::memory_order_relaxed);
+        SHMQ_KILL_POINT(KillPoint::mid_claim);
+        // release: [Q3] publishes the claim word with the new position. relaxed on failure
+        // (the loop re-records or clears the word).
+        if (enqueue_pos.compare_exchange_strong(pos, pos + 1, std::memory_order_release,
+                                                std::memory_order_relaxed)) {
+          watch_.clear();
+          pos_out = pos;
+          return Status::ok;
+        }
+      }
+    }
+    return claim(1, word, pos_out);
+  }
+
   // Claims up to `want` consecutive free slots; *got receives how many (1 when got == null).
-  Status claim(std::uint64_t want, std::atomic<std::uint64_t>& word, std::uint64_t& pos_out,
-               std::uint64_t* got = nullptr) noexcept {
+  [[gnu::noinline]] Status claim(std::uint64_t want, std::atomic<std::uint64_t>& word,
+                                 std::uint64_t& pos_out, std::uint64_t* got = nullptr) noexcept {
     // acquire: [Q6]
     if (ring_.closed()) return Status::closed;
     // relaxed: a starting hint; the CAS below validates it.
@@ -305,20 +332,33 @@ class MpmcWriter : public MpmcEnd {
     }
   }
 
-  void fill(std::uint64_t pos, std::span<const std::byte> msg, std::uint16_t kind,
+  // Writes a message into its claimed slot. A test armed at mid_write stops us with half of it
+  // written; otherwise it is one copy.
+  void fill(MpmcSlotHeader& s, std::span<const std::byte> msg, std::uint16_t kind,
             std::uint8_t flags) noexcept {
-    MpmcSlotHeader& s = ring_.slot(pos);
-    std::byte* dst = ring_.payload(pos);
-    const std::size_t half = msg.size() / 2;
-    if (half != 0) std::memcpy(dst, msg.data(), half);
-    SHMQ_KILL_POINT(KillPoint::mid_write);
-    if (msg.size() != half) std::memcpy(dst + half, msg.data() + half, msg.size() - half);
+    std::byte* dst = MpmcRing::payload_of(s);
+    if (fault::armed(KillPoint::mid_write)) [[unlikely]] {
+      const std::size_t half = msg.size() / 2;
+      detail::copy_bytes(dst, msg.data(), half);
+      SHMQ_KILL_POINT(KillPoint::mid_write);
+      detail::copy_bytes(dst + half, msg.data() + half, msg.size() - half);
+    } else {
+      detail::copy_bytes(dst, msg.data(), msg.size());
+    }
     s.length = static_cast<std::uint32_t>(msg.size());
     s.kind = kind;
     s.flags = flags;
     SHMQ_KILL_POINT(KillPoint::before_commit);
   }
 
+  void commit_one(MpmcSlotHeader& s, std::uint64_t pos, std::atomic<std::uint64_t>& word) noexcept {
+    // release: [Q1] pairs with the acquire of seq by the reader of pos.
+    s.seq.store(mpmc::seq_committed(pos), std::memory_order_release);
+    // release: [Q4] a survivor that reads 0 sees the commit above.
+    word.store(0, std::memory_order_release);
+    SHMQ_KILL_POINT(KillPoint::after_commit_before_wake);
+    recovery_.notify(ring_.header().data_ready, 1);  // [Q5]
+  }
   void commit_range(std::uint64_t pos, std::uint64_t n, std::atomic<std::uint64_t>& word) noexcept {
     for (std::uint64_t i = 0; i < n; ++i)
       // release: [Q1] pairs with the acquire of seq by the reader of pos + i.

@@ -29,6 +29,7 @@
 #include <span>
 #include <type_traits>
 
+#include "shmq/core/detail/copy.hpp"
 #include "shmq/core/layout.hpp"
 #include "shmq/core/status.hpp"
 #include "shmq/core/wait.hpp"
@@ -154,30 +155,6 @@ inline void store_header_relaxed(std::byte* p, std::uint64_t word) noexcept {
   // relaxed: beyond the frontier; the release of the frontier's header publishes it.
   __atomic_store_n(reinterpret_cast<std::uint64_t*>(p), word, __ATOMIC_RELAXED);
 }
-// Copies a payload into the ring. Small ones (the common case) with a few overlapping moves
-// instead of a call to memcpy, which costs more than the copy below 64 bytes.
-inline void copy_payload(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
-  auto move = [&]<std::size_t k>(std::size_t at) { std::memcpy(dst + at, src + at, k); };
-  if (n > 64) {
-    std::memcpy(dst, src, n);
-  } else if (n >= 16) {  // the first and last 16 bytes, and the two 16 inside them if needed
-    move.template operator()<16>(0);
-    move.template operator()<16>(n - 16);
-    if (n > 32) {
-      move.template operator()<16>(16);
-      move.template operator()<16>(n - 32);
-    }
-  } else if (n >= 8) {
-    move.template operator()<8>(0);
-    move.template operator()<8>(n - 8);
-  } else if (n >= 4) {
-    move.template operator()<4>(0);
-    move.template operator()<4>(n - 4);
-  } else {
-    for (std::size_t i = 0; i < n; ++i) dst[i] = src[i];
-  }
-}
-
 inline std::uint64_t load_u64(const std::byte* p) noexcept {
   std::uint64_t v;  // a first chunk's total, ordered by [P1]; memcpy is enough
   std::memcpy(&v, p, sizeof v);

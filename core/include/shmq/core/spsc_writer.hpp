@@ -78,7 +78,7 @@ class SpscWriter : public SpscEnd {
       const std::uint64_t word = spsc::header_word(
           static_cast<std::uint32_t>(msg.size()),
           spsc::make_tag(RK::whole, kind, spsc::lap_check(pos, shift_)));
-      spsc::copy_payload(data + (pos & mask) + spsc::kHeaderBytes, msg.data(), msg.size());
+      detail::copy_bytes(data + (pos & mask) + spsc::kHeaderBytes, msg.data(), msg.size());
       spsc::store_header_relaxed(data + ((pos + rec) & mask), 0);  // seal(): free, tested above
       spsc::store_header_release(data + (pos & mask), word);       // [P1]
       pending_ = pos + rec;
@@ -248,7 +248,7 @@ class SpscWriter : public SpscEnd {
 
   void write_record(std::uint64_t pos, RK rk, std::uint16_t kind,
                     std::span<const std::byte> payload) noexcept {
-    spsc::copy_payload(at(pos) + spsc::kHeaderBytes, payload.data(), payload.size());
+    detail::copy_bytes(at(pos) + spsc::kHeaderBytes, payload.data(), payload.size());
     put_header(pos, static_cast<std::uint32_t>(payload.size()), rk, kind);
   }
 

@@ -79,8 +79,8 @@ class SpscWriter : public SpscEnd {
           static_cast<std::uint32_t>(msg.size()),
           spsc::make_tag(RK::whole, kind, spsc::lap_check(pos, shift_)));
       detail::copy_bytes(data + (pos & mask) + spsc::kHeaderBytes, msg.data(), msg.size());
-      spsc::store_header_relaxed(data + ((pos + rec) & mask), 0);  // seal(): free, tested above
-      spsc::store_header_release(data + (pos & mask), word);       // [P1]
+      seal_free(data + ((pos + rec) & mask), pos + rec);     // free: tested above
+      spsc::store_header_release(data + (pos & mask), word);  // [P1]
       pending_ = pos + rec;
       count(msg.size());
       publish();
@@ -279,8 +279,20 @@ class SpscWriter : public SpscEnd {
         end + spsc::kHeaderBytes - cached_head_ <= capacity_)) {
       return;
     }
-    spsc::store_header_relaxed(at(end), 0);  // relaxed: published by the release that follows
+    seal_free(at(end), end);
   }
+  // The frontier `end` at `p` is free: zero it, unless it already does not look committed (the
+  // usual case: older bytes rarely carry this lap's check byte). Only the writer writes the data
+  // area, so the bytes cannot change after the look; a line we only read is not taken from a
+  // reader that polls it.
+  static void seal_free(std::byte* p, std::uint64_t end, unsigned shift) noexcept {
+    // relaxed: our own earlier stores, or bytes the reader finished with ([P2] ordered them).
+    const std::uint64_t old = __atomic_load_n(reinterpret_cast<const std::uint64_t*>(p), __ATOMIC_RELAXED);
+    if (spsc::committed(old, spsc::lap_check(end, shift))) {
+      spsc::store_header_relaxed(p, 0);  // relaxed: published by the release that follows
+    }
+  }
+  void seal_free(std::byte* p, std::uint64_t end) const noexcept { seal_free(p, end, shift_); }
 
   void publish() noexcept {
     commit_group();

@@ -47,8 +47,10 @@ class Message {
   // True if bytes() points into shared memory (and holds channel space until released).
   bool zero_copy() const noexcept { return valid_ && owned_.empty() && release_fn_ != nullptr; }
 
-  // Gives the channel space back (borrowed) and frees the buffer (owned). Idempotent.
+  // Gives the channel space back (borrowed) and frees the buffer (owned). Idempotent: an invalid
+  // Message holds nothing (no release function, no buffer).
   void release() noexcept {
+    if (!valid_) return;
     if (release_fn_ != nullptr) {
       const ReleaseFn fn = std::exchange(release_fn_, nullptr);
       fn(context_, token_);

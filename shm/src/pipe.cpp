@@ -58,7 +58,8 @@ Result<void> check_ring(const Segment& seg, std::span<std::byte> mem, std::uint6
                    " is invalid (magic " + (c->magic == core::spsc::kRingMagic ? "ok" : "bad") +
                    ", capacity " + std::to_string(c->capacity) + " of " + std::to_string(capacity) +
                    ", head " + std::to_string(head) + ", tail " + std::to_string(tail) +
-                   "; a pipe needs head <= tail <= head + capacity, both 8-byte aligned)");
+                   "; a pipe needs head and tail within one ring of each other, both 8-byte "
+                   "aligned)");
 }
 
 Error bad_direction(const Segment& seg, unsigned direction, unsigned directions) {
@@ -232,7 +233,8 @@ bool PipeReader::writer_alive() const noexcept {
   if (!st_) return false;
   const core::SpscRingControl* c = st_->ring.control();
   if (c == nullptr) return false;
-  // relaxed: a flag gating a decision; recv re-reads tail after it (see poll_empty()).
+  // relaxed: a flag gating a decision; recv looks at the records again after it (see
+  // SpscReader::not_ready()).
   if (c->writer_closed.load(std::memory_order_relaxed) != 0) return false;
   // relaxed: a counter; before the first writer attaches there is nobody to be dead.
   if (c->writer_attached.load(std::memory_order_relaxed) == 0) return true;

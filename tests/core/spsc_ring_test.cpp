@@ -420,7 +420,9 @@ void put_header(const Ring& sut, std::uint64_t pos, std::uint32_t length, spsc::
 // every SpscReader::kTailCheckEvery polls, so corruption behind an uncommitted header shows then.
 Status poll(SpscReader& r, RecvView& v) {
   Status s = Status::empty;
-  for (std::uint32_t i = 0; i <= SpscReader::kTailCheckEvery && s == Status::empty; ++i) s = r.try_recv(v);
+  for (std::uint32_t i = 0; i <= SpscReader::kTailCheckEvery && s == Status::empty; ++i) {
+    s = r.try_recv(v);
+  }
   return s;
 }
 

@@ -65,7 +65,8 @@ void post(Lane& lane, std::uint64_t v, WakeFence fence) {
 // `rounds` round trips between this process and a forked child, each side announcing itself as a
 // light waker on the word it wakes (or not). Returns the number of lost wake-ups.
 std::uint32_t ping_pong(long rounds, bool light) {
-  void* mem = ::mmap(nullptr, sizeof(Court), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  void* mem =
+      ::mmap(nullptr, sizeof(Court), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   REQUIRE(mem != MAP_FAILED);
   auto* c = new (mem) Court{};
   for (Lane& l : c->lanes) l.word.init();
@@ -115,7 +116,8 @@ void await_flag(const std::atomic<std::uint64_t>& flag, std::uint64_t r) {
 }
 
 long both_missed(long rounds, bool light) {
-  void* mem = ::mmap(nullptr, sizeof(Litmus), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  void* mem =
+      ::mmap(nullptr, sizeof(Litmus), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   REQUIRE(mem != MAP_FAILED);
   auto* t = new (mem) Litmus{};
   t->word.init();
@@ -128,9 +130,10 @@ long both_missed(long rounds, bool light) {
     if (child == 0) {  // the waiter
       t->ready.store(r, std::memory_order_seq_cst);
       await_flag(t->go, r);
-      const std::uint32_t before = t->word.waiters.fetch_add(1, std::memory_order_seq_cst);  // W1
-      (void)WaitWord::waiter_barrier(before);                                                 // F1, B1
-      const bool seen = t->value.load(std::memory_order_seq_cst) >= r;                       // re-check
+      // W1, then F1 (+ B1), then the re-check, as WaitWord::wait() does them.
+      const std::uint32_t before = t->word.waiters.fetch_add(1, std::memory_order_seq_cst);
+      (void)WaitWord::waiter_barrier(before);
+      const bool seen = t->value.load(std::memory_order_seq_cst) >= r;
       t->saw_publish.store(seen ? r : 0, std::memory_order_seq_cst);
       t->done.store(r, std::memory_order_seq_cst);
       // Registered until the waker's notify is over, as a sleeper would be.

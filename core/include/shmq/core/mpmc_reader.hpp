@@ -245,7 +245,8 @@ class MpmcReader : public MpmcEnd {
   void release_slot(std::uint64_t pos, std::atomic<std::uint64_t>& word) noexcept {
     release_slot(ring_.slot(pos), pos, word);
   }
-  void release_slot(MpmcSlotHeader& s, std::uint64_t pos, std::atomic<std::uint64_t>& word) noexcept {
+  void release_slot(MpmcSlotHeader& s, std::uint64_t pos,
+                    std::atomic<std::uint64_t>& word) noexcept {
     // release: [Q2] pairs with the acquire of seq by the writer of pos + slots.
     s.seq.store(mpmc::seq_released(pos, ring_.slots()), std::memory_order_release);
     word.store(0, std::memory_order_release);  // [Q4]

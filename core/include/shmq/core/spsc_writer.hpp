@@ -287,7 +287,8 @@ class SpscWriter : public SpscEnd {
   // reader that polls it.
   static void seal_free(std::byte* p, std::uint64_t end, unsigned shift) noexcept {
     // relaxed: our own earlier stores, or bytes the reader finished with ([P2] ordered them).
-    const std::uint64_t old = __atomic_load_n(reinterpret_cast<const std::uint64_t*>(p), __ATOMIC_RELAXED);
+    const std::uint64_t old =
+        __atomic_load_n(reinterpret_cast<const std::uint64_t*>(p), __ATOMIC_RELAXED);
     if (spsc::committed(old, spsc::lap_check(end, shift))) {
       spsc::store_header_relaxed(p, 0);  // relaxed: published by the release that follows
     }

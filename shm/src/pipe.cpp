@@ -159,19 +159,24 @@ std::uint64_t Pipe::waiting_guess(unsigned direction) const noexcept {
   const std::span<std::byte> mem = ring_memory(direction);
   const core::SpscRingControl* c = core::SpscRing::control(mem);
   const std::byte* data = core::SpscRing::data(mem);
-  // [P1] acquire: pairs with the writer's release of tail; the records below it are complete.
-  const std::uint64_t tail = c->tail.load(std::memory_order_acquire);
-  // relaxed (both): a guess; every record the walk reads is checked before it is used.
+  // relaxed (all): a guess; every header the walk reads is loaded with acquire [P1] and checked
+  // before it is used.
+  const std::uint64_t tail = c->tail.load(std::memory_order_relaxed);
   const std::uint64_t head = c->head.load(std::memory_order_relaxed);
   const std::uint64_t read_pos = c->read_pos.load(std::memory_order_relaxed);
   if (!core::SpscRing::positions_ok(head, tail, capacity_)) return 0;
   const std::uint64_t max_payload = core::SpscRing::max_payload(capacity_);
+  const unsigned shift = core::SpscRing::capacity_shift(capacity_);
   std::uint64_t n = 0;
-  for (std::uint64_t pos = core::SpscRing::read_end(head, tail, read_pos); pos != tail;) {
+  // The committed records the reader has not taken yet (tail follows the commits).
+  for (std::uint64_t pos = core::SpscRing::read_end(head, read_pos, capacity_);
+       pos - head < capacity_;) {
     const std::uint64_t offset = pos & (capacity_ - 1);
-    const std::uint32_t length = spsc::load_u32(data + offset);
-    const std::uint32_t tag = spsc::load_u32(data + offset + 4);
-    if (spsc::check_record(length, tag, capacity_ - offset, tail - pos, max_payload) !=
+    const std::uint64_t word = spsc::load_header(data + offset);  // [P1]
+    if (!spsc::committed(word, spsc::lap_check(pos, shift))) break;
+    const std::uint32_t length = spsc::word_length(word);
+    const std::uint32_t tag = spsc::word_tag(word);
+    if (spsc::check_record(length, tag, capacity_ - offset, head + capacity_ - pos, max_payload) !=
         spsc::RecordCheck::ok)
       break;  // the reader or writer moved on under us, or the ring is corrupt: stop counting
     const spsc::RecordKind rk = spsc::tag_record(tag);

@@ -1,18 +1,14 @@
 // WaitWord: the Dekker pair of wait.hpp, with full and light wakers.
 #include "shmq/core/wait.hpp"
 
-#include "shmq/core/backoff.hpp"
-
 #include <doctest/doctest.h>
-#include <sys/mman.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
-#include <cstdlib>
-#include <new>
 #include <thread>
+
+#include "shmq/core/backoff.hpp"
+#include "test_util.hpp"
 
 // Atomics the tests themselves use are seq_cst: the simplest order to reason about, and no test
 // measures speed. Orders that matter are those of the code under test.
@@ -20,22 +16,9 @@
 using namespace shmq;
 using namespace shmq::core;
 using namespace std::chrono_literals;
+using shmq::testing::scaled;
 
 namespace {
-
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr double kDefaultScale = 0.1;
-#else
-constexpr double kDefaultScale = 1.0;
-#endif
-
-// Test sizes scale with SHMQ_TEST_SCALE (tools/run_tests.sh sets it for sanitizer builds).
-long scaled(long full, long at_least) {
-  const char* env = std::getenv("SHMQ_TEST_SCALE");
-  const double scale = env != nullptr ? std::atof(env) : kDefaultScale;
-  const long n = static_cast<long>(static_cast<double>(full) * (scale > 0 ? scale : kDefaultScale));
-  return n < at_least ? at_least : n;
-}
 
 // One direction of a ping-pong: a counter published by the waker, a word the sleeper waits on.
 struct Lane {
@@ -65,34 +48,26 @@ void post(Lane& lane, std::uint64_t v, WakeFence fence) {
 // `rounds` round trips between this process and a forked child, each side announcing itself as a
 // light waker on the word it wakes (or not). Returns the number of lost wake-ups.
 std::uint32_t ping_pong(long rounds, bool light) {
-  void* mem =
-      ::mmap(nullptr, sizeof(Court), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  REQUIRE(mem != MAP_FAILED);
-  auto* c = new (mem) Court{};
-  for (Lane& l : c->lanes) l.word.init();
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  // lanes[0]: parent -> child; lanes[1]: child -> parent.
-  const int out = child == 0 ? 1 : 0;
-  const int in = 1 - out;
-  const WakeFence fence = light ? c->lanes[out].word.announce_light_waker() : WakeFence::full;
-  for (long i = 1; i <= rounds; ++i) {
-    const auto v = static_cast<std::uint64_t>(i);
-    if (child == 0) {
-      await(*c, c->lanes[in], v);
-      post(c->lanes[out], v, fence);
-    } else {
-      post(c->lanes[out], v, fence);
-      await(*c, c->lanes[in], v);
+  testing::SharedArray<Court> shared(1);
+  Court& c = shared.data[0];
+  for (Lane& l : c.lanes) l.word.init();
+  // lanes[0]: parent -> child; lanes[1]: child -> parent. Each side announces itself (or not)
+  // on the word it wakes.
+  const pid_t child = testing::spawn([&] {
+    const WakeFence fence = light ? c.lanes[1].word.announce_light_waker() : WakeFence::full;
+    for (long i = 1; i <= rounds; ++i) {
+      await(c, c.lanes[0], static_cast<std::uint64_t>(i));
+      post(c.lanes[1], static_cast<std::uint64_t>(i), fence);
     }
+    return 0;
+  });
+  const WakeFence fence = light ? c.lanes[0].word.announce_light_waker() : WakeFence::full;
+  for (long i = 1; i <= rounds; ++i) {
+    post(c.lanes[0], static_cast<std::uint64_t>(i), fence);
+    await(c, c.lanes[1], static_cast<std::uint64_t>(i));
   }
-  if (child == 0) ::_exit(0);
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  CHECK(WIFEXITED(status));
-  const std::uint32_t lost = c->lost.load(std::memory_order_seq_cst);
-  ::munmap(mem, sizeof(Court));
-  return lost;
+  CHECK(testing::wait_exit(child) == 0);
+  return c.lost.load(std::memory_order_seq_cst);
 }
 
 // The Dekker pair itself, as a store-buffer litmus test between two processes: in each round the
@@ -116,47 +91,42 @@ void await_flag(const std::atomic<std::uint64_t>& flag, std::uint64_t r) {
 }
 
 long both_missed(long rounds, bool light) {
-  void* mem =
-      ::mmap(nullptr, sizeof(Litmus), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  REQUIRE(mem != MAP_FAILED);
-  auto* t = new (mem) Litmus{};
-  t->word.init();
-  const WakeFence fence = light ? t->word.announce_light_waker() : WakeFence::full;
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  long missed = 0;
-  for (long i = 1; i <= rounds; ++i) {
-    const auto r = static_cast<std::uint64_t>(i);
-    if (child == 0) {  // the waiter
-      t->ready.store(r, std::memory_order_seq_cst);
-      await_flag(t->go, r);
+  testing::SharedArray<Litmus> shared(1);
+  Litmus& t = shared.data[0];
+  t.word.init();
+  const WakeFence fence = light ? t.word.announce_light_waker() : WakeFence::full;
+  const pid_t child = testing::spawn([&] {  // the waiter
+    for (long i = 1; i <= rounds; ++i) {
+      const auto r = static_cast<std::uint64_t>(i);
+      t.ready.store(r, std::memory_order_seq_cst);
+      await_flag(t.go, r);
       // W1, then F1 (+ B1), then the re-check, as WaitWord::wait() does them.
-      const std::uint32_t before = t->word.waiters.fetch_add(1, std::memory_order_seq_cst);
+      const std::uint32_t before = t.word.waiters.fetch_add(1, std::memory_order_seq_cst);
       (void)WaitWord::waiter_barrier(before);
-      const bool seen = t->value.load(std::memory_order_seq_cst) >= r;
-      t->saw_publish.store(seen ? r : 0, std::memory_order_seq_cst);
-      t->done.store(r, std::memory_order_seq_cst);
+      const bool seen = t.value.load(std::memory_order_seq_cst) >= r;
+      t.saw_publish.store(seen ? r : 0, std::memory_order_seq_cst);
+      t.done.store(r, std::memory_order_seq_cst);
       // Registered until the waker's notify is over, as a sleeper would be.
-      await_flag(t->notified, r);
-      t->word.waiters.fetch_sub(1, std::memory_order_seq_cst);
-    } else {  // the waker
-      await_flag(t->ready, r);
-      t->go.store(r, std::memory_order_seq_cst);
-      // A delay that varies by round, so some rounds overlap the waiter's W1 with the publish
-      // still in flight (the window is about one cache-line transfer).
-      for (std::uint64_t k = (r * 7919) % 97; k != 0; --k) cpu_relax();
-      t->value.store(r, std::memory_order_release);  // the publish
-      const bool saw_waiter = t->word.notify(INT_MAX, nullptr, fence);
-      await_flag(t->done, r);
-      if (!saw_waiter && t->saw_publish.load(std::memory_order_seq_cst) != r) ++missed;
-      t->notified.store(r, std::memory_order_seq_cst);
+      await_flag(t.notified, r);
+      t.word.waiters.fetch_sub(1, std::memory_order_seq_cst);
     }
+    return 0;
+  });
+  long missed = 0;
+  for (long i = 1; i <= rounds; ++i) {  // the waker
+    const auto r = static_cast<std::uint64_t>(i);
+    await_flag(t.ready, r);
+    t.go.store(r, std::memory_order_seq_cst);
+    // A delay that varies by round, so some rounds overlap the waiter's W1 with the publish
+    // still in flight (the window is about one cache-line transfer).
+    for (std::uint64_t k = (r * 7919) % 97; k != 0; --k) cpu_relax();
+    t.value.store(r, std::memory_order_release);  // the publish
+    const bool saw_waiter = t.word.notify(INT_MAX, nullptr, fence);
+    await_flag(t.done, r);
+    if (!saw_waiter && t.saw_publish.load(std::memory_order_seq_cst) != r) ++missed;
+    t.notified.store(r, std::memory_order_seq_cst);
   }
-  if (child == 0) ::_exit(0);
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  CHECK(WIFEXITED(status));
-  ::munmap(mem, sizeof(Litmus));
+  CHECK(testing::wait_exit(child) == 0);
   return missed;
 }
 

@@ -351,7 +351,8 @@ class MpmcWriter : public MpmcEnd {
     SHMQ_KILL_POINT(KillPoint::before_commit);
   }
 
-  void commit_one(MpmcSlotHeader& s, std::uint64_t pos, std::atomic<std::uint64_t>& word) noexcept {
+  void commit_one(MpmcSlotHeader& s, std::uint64_t pos,
+                  std::atomic<std::uint64_t>& word) noexcept {
     // release: [Q1] pairs with the acquire of seq by the reader of pos.
     s.seq.store(mpmc::seq_committed(pos), std::memory_order_release);
     // release: [Q4] a survivor that reads 0 sees the commit above.
@@ -359,6 +360,7 @@ class MpmcWriter : public MpmcEnd {
     SHMQ_KILL_POINT(KillPoint::after_commit_before_wake);
     recovery_.notify(ring_.header().data_ready, 1);  // [Q5]
   }
+
   void commit_range(std::uint64_t pos, std::uint64_t n, std::atomic<std::uint64_t>& word) noexcept {
     for (std::uint64_t i = 0; i < n; ++i)
       // release: [Q1] pairs with the acquire of seq by the reader of pos + i.

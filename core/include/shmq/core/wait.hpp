@@ -210,7 +210,8 @@ struct WaitWord {
   // if someone registered as a waiter. Returns true if a wake syscall was issued; *woken (if
   // given) receives how many it woke (0 with a count left by a dead waiter). `fence`: light only
   // after announce_light_waker() said so.
-  bool notify(int count = INT_MAX, int* woken = nullptr, WakeFence fence = WakeFence::full) noexcept {
+  bool notify(int count = INT_MAX, int* woken = nullptr,
+              WakeFence fence = WakeFence::full) noexcept {
     if (fence == WakeFence::full) {
       // [F2] seq_cst: orders the caller's publish before R2; pairs with [F1] in wait().
       std::atomic_thread_fence(std::memory_order_seq_cst);

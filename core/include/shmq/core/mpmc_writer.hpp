@@ -343,7 +343,7 @@ class MpmcWriter : public MpmcEnd {
       SHMQ_KILL_POINT(KillPoint::mid_write);
       detail::copy_bytes(dst + half, msg.data() + half, msg.size() - half);
     } else {
-      detail::copy_bytes(dst, msg.data(), msg.size());
+      detail::copy_polled_last(dst, msg.data(), msg.size());
     }
     s.length = static_cast<std::uint32_t>(msg.size());
     s.kind = kind;

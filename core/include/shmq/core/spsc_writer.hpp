@@ -78,7 +78,7 @@ class SpscWriter : public SpscEnd {
       const std::uint64_t word = spsc::header_word(
           static_cast<std::uint32_t>(msg.size()),
           spsc::make_tag(RK::whole, kind, spsc::lap_check(pos, shift_)));
-      detail::copy_bytes(data + (pos & mask) + spsc::kHeaderBytes, msg.data(), msg.size());
+      detail::copy_polled_last(data + (pos & mask) + spsc::kHeaderBytes, msg.data(), msg.size());
       seal_free(data + ((pos + rec) & mask), pos + rec);     // free: tested above
       spsc::store_header_release(data + (pos & mask), word);  // [P1]
       pending_ = pos + rec;
@@ -248,7 +248,7 @@ class SpscWriter : public SpscEnd {
 
   void write_record(std::uint64_t pos, RK rk, std::uint16_t kind,
                     std::span<const std::byte> payload) noexcept {
-    detail::copy_bytes(at(pos) + spsc::kHeaderBytes, payload.data(), payload.size());
+    detail::copy_polled_last(at(pos) + spsc::kHeaderBytes, payload.data(), payload.size());
     put_header(pos, static_cast<std::uint32_t>(payload.size()), rk, kind);
   }
 

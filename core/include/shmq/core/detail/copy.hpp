@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 
 namespace shmq::core::detail {
@@ -32,6 +33,21 @@ inline void copy_bytes(std::byte* dst, const std::byte* src, std::size_t n) noex
   } else {
     for (std::size_t i = 0; i < n; ++i) dst[i] = src[i];
   }
+}
+
+// copy_bytes, ordered for a reader that polls the line `dst` starts in (a record's header or a
+// slot's sequence number sits there): the bytes past that line first, the bytes in it last, so
+// the writer takes that line from the polling reader once, just before its commit, instead of
+// losing it again to the reader's next poll in the middle of the copy.
+inline void copy_polled_last(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
+  constexpr std::uintptr_t kLine = 64;
+  const std::size_t in_line = kLine - (reinterpret_cast<std::uintptr_t>(dst) & (kLine - 1));
+  if (n <= in_line) {
+    copy_bytes(dst, src, n);
+    return;
+  }
+  copy_bytes(dst + in_line, src + in_line, n - in_line);
+  copy_bytes(dst, src, in_line);
 }
 
 }  // namespace shmq::core::detail

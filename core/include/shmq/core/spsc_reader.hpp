@@ -25,7 +25,7 @@ class SpscReader : public SpscEnd {
  public:
   // A reader polls the next record's header, not tail; every kTailCheckEvery-th poll that finds
   // no record also checks tail against it (corruption behind an uncommitted header).
-  static constexpr std::uint32_t kTailCheckEvery = 64;
+  static constexpr std::uint32_t kTailCheckEvery = 1024;
 
   // Attaches to a ring placed by init_in. ok | corrupt. If the previous reader died holding
   // messages, they are skipped and counted in Stats::abandoned. Clears reader_closed.

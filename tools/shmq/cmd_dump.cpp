@@ -1,24 +1,23 @@
 // shmq dump: peek at waiting messages, decoded by kind, without consuming them.
 //   kind 0 (bytes): hex and text; kind 1 (pickle): described (protocol, size), never unpickled;
 //   kind 2 (FlatBuffers): the serialize prefix, and with --schema the buffer verified against the
-//   schema (flatbuffers reflection) and printed as JSON; any other kind: hex and text.
-#include <flatbuffers/idl.h>
-#include <flatbuffers/reflection.h>
+//   schema (serialize's run-time schema loader and reflection verifier, the ones the Python
+//   package uses) and printed as JSON; any other kind: hex and text.
 #include <fmt/core.h>
 
-#include <filesystem>
-#include <fstream>
+#include <cstring>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "commands.hpp"
 #include "inspect.hpp"
 #include "peek.hpp"
 #include "shmq/core/message_kind.hpp"
+#include "shmq/serialize/dyn_read.hpp"
 #include "shmq/serialize/prefix.hpp"
 #include "shmq/serialize/read_error.hpp"
+#include "shmq/serialize/schema.hpp"
 
 namespace shmq::cli {
 
@@ -55,52 +54,31 @@ std::string id_text(std::uint32_t id) {
   return s;
 }
 
-// A schema loaded for decoding: the parser (for text generation) and its reflection schema (for
-// verification of untrusted buffers before the generator touches them).
+// A schema loaded for decoding (serialize's loader, shared with the Python package) and the
+// type its messages are decoded as.
 struct SchemaDecoder {
-  flatbuffers::Parser parser;
-  std::vector<std::uint8_t> bfbs;
-  const reflection::Schema* schema = nullptr;
-  const reflection::Object* root = nullptr;
-  std::string identifier;  // the schema's file_identifier ("" if none)
+  fb::Schema schema;
+  const fb::TypeInfo* type = nullptr;
 };
 
 Result<std::unique_ptr<SchemaDecoder>> load_schema(const DumpOptions& o) {
-  std::ifstream in(o.schema, std::ios::binary);
-  if (!in) return Error(Errc::not_found, "cannot read the schema file '" + o.schema + "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string source = ss.str();
-  auto d = std::make_unique<SchemaDecoder>();
-  d->parser.opts.strict_json = true;
-  d->parser.opts.indent_step = -1;  // one line per message
-  std::vector<std::string> dirs = o.include_dirs;
-  dirs.push_back(std::filesystem::path(o.schema).parent_path().string());
-  std::vector<const char*> inc;
-  for (const auto& dir : dirs) inc.push_back(dir.c_str());
-  inc.push_back(nullptr);
-  if (!d->parser.Parse(source.c_str(), inc.data(), o.schema.c_str())) {
-    return Error(Errc::invalid_argument, "the schema '" + o.schema + "' does not parse: " + d->parser.error_);
-  }
+  auto s = fb::Schema::load_file(o.schema, {.include_dirs = o.include_dirs});
+  if (!s) return std::move(s).error();
+  const fb::TypeInfo* type = nullptr;
   if (o.root_type.empty()) {
-    if (d->parser.root_struct_def_ == nullptr) {
+    type = s->root();
+    if (type == nullptr) {
       return Error(Errc::invalid_argument, "the schema '" + o.schema +
                                                "' declares no root_type: pass --root-type");
     }
-  } else if (!d->parser.SetRootType(o.root_type.c_str())) {
-    return Error(Errc::invalid_argument,
-                 "the schema '" + o.schema + "' has no table named '" + o.root_type + "'");
+  } else {
+    type = s->find(o.root_type);
+    if (type == nullptr || type->is_struct) {
+      return Error(Errc::invalid_argument,
+                   "the schema '" + o.schema + "' has no table named '" + o.root_type + "'");
+    }
   }
-  d->parser.Serialize();
-  d->bfbs.assign(d->parser.builder_.GetBufferPointer(),
-                 d->parser.builder_.GetBufferPointer() + d->parser.builder_.GetSize());
-  d->schema = reflection::GetSchema(d->bfbs.data());
-  d->root = d->schema != nullptr ? d->schema->root_table() : nullptr;
-  if (d->root == nullptr) {
-    return Error(Errc::invalid_argument, "the schema '" + o.schema + "' has no root table");
-  }
-  d->identifier = d->parser.file_identifier_;
-  return d;
+  return std::make_unique<SchemaDecoder>(SchemaDecoder{std::move(*s), type});
 }
 
 json describe_pickle(const PeekedMessage& m) {
@@ -131,9 +109,9 @@ json describe_flatbuffers(const PeekedMessage& m, const SchemaDecoder* dec) {
   }
   j["buffer_bytes"] = size - pre.start;
   if (dec == nullptr) return j;
-  if (!dec->identifier.empty() && pre.type_id != fb::type_id_of(dec->identifier.c_str())) {
-    j["error"] = fmt::format("type '{}' is not the schema root's type '{}'", id_text(pre.type_id),
-                             dec->identifier);
+  if (pre.type_id != dec->type->type_id) {
+    j["error"] = fmt::format("type '{}' is not the type of {} ('{}')", id_text(pre.type_id),
+                             dec->type->name, id_text(dec->type->type_id));
     return j;
   }
   if (m.bytes.size() < size) {
@@ -145,12 +123,12 @@ json describe_flatbuffers(const PeekedMessage& m, const SchemaDecoder* dec) {
   std::vector<std::uint64_t> aligned((n + 7) / 8);
   std::memcpy(aligned.data(), m.bytes.data() + pre.start, n);
   const auto* buf = reinterpret_cast<const std::uint8_t*>(aligned.data());
-  if (!flatbuffers::Verify(*dec->schema, *dec->root, buf, n)) {
+  if (!fb::verify_dyn(*dec->type, std::as_bytes(std::span(buf, n)))) {
     j["error"] = "rejected by the FlatBuffers verifier (does not match the schema)";
     return j;
   }
   std::string text;
-  if (!flatbuffers::GenerateText(dec->parser, buf, &text)) {
+  if (!dec->schema.to_json(*dec->type, buf, &text)) {
     j["error"] = "the FlatBuffers text generator failed";
     return j;
   }

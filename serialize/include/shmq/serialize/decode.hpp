@@ -50,8 +50,9 @@ struct Parsed {
   std::span<const std::byte> buffer;
 };
 
-template <RootType T>
-Parsed parse_payload(std::span<const std::byte> payload, std::uint16_t kind) noexcept {
+// `want` is the type id the reader accepts (type_id<T>(), or a run-time TypeInfo::type_id).
+inline Parsed parse_payload(std::span<const std::byte> payload, std::uint16_t kind,
+                            std::uint32_t want) noexcept {
   Parsed out;
   if (kind != kFlatBuffersKind) {
     out.code = ReadErrc::wrong_kind;
@@ -63,7 +64,7 @@ Parsed parse_payload(std::span<const std::byte> payload, std::uint16_t kind) noe
   }
   const Prefix p = load_prefix(payload);  // read once; only the local is used below
   out.got_type = p.type_id;
-  if (p.type_id != type_id<T>()) {
+  if (p.type_id != want) {
     out.code = ReadErrc::wrong_type;
     return out;
   }
@@ -75,6 +76,11 @@ Parsed parse_payload(std::span<const std::byte> payload, std::uint16_t kind) noe
   }
   out.buffer = payload.subspan(start);
   return out;
+}
+
+template <RootType T>
+Parsed parse_payload(std::span<const std::byte> payload, std::uint16_t kind) noexcept {
+  return parse_payload(payload, kind, type_id<T>());
 }
 
 // Whether `buffer` starts on the boundary FlatBuffers' scalar loads need. Records of our writers

@@ -123,11 +123,109 @@ constexpr ReadErrc errc_of(Status s) noexcept {
 
 }  // namespace detail
 
+// The root type a reader accepts, known at compile time (Reader<T>) or at run time (a schema
+// loaded with Schema::load_*, see dyn_read.hpp): its identity and how to check a buffer of it.
+struct Expected {
+  std::uint32_t type_id = 0;
+  const char* name = "";  // for error messages; static or owned by the caller's schema
+  // Full verification, and the trusted mode's cheap identity check (the buffer's identifier).
+  bool (*verify)(const void* ctx, std::span<const std::byte> buffer, VerifyLimits limits) noexcept = nullptr;
+  bool (*identity)(const void* ctx, std::span<const std::byte> buffer) noexcept = nullptr;
+  const void* ctx = nullptr;
+};
+
+template <RootType T>
+Expected expected_of() noexcept {
+  return {type_id<T>(), RootTraits<T>::name(),
+          [](const void*, std::span<const std::byte> b, VerifyLimits l) noexcept {
+            return verify_buffer<T>(b, l);
+          },
+          [](const void*, std::span<const std::byte> b) noexcept { return identifier_matches<T>(b); },
+          nullptr};
+}
+
+// A received message after the checks: the buffer to read, or why there is none.
+struct Checked {
+  std::span<const std::byte> buffer;  // empty unless error.code == ok
+  bool zero_copy = false;             // buffer points into shared memory
+};
+
+// The checks every typed reader makes on a received message (Reader<T>, DynReader, the Python
+// binding): prefix, alignment (an unaligned buffer is copied), the mode's verification, and the
+// accounting of a rejected message (consumed: released at once, counted). Used by one thread.
+class ReadChecks {
+ public:
+  ReadChecks(ReaderOptions options, core::Stats* stats) noexcept : options_(options), stats_(stats) {}
+
+  // `s` is the channel's outcome for `msg`. On return `err` says what happened; on ok the
+  // buffer stays valid while `msg` holds the message.
+  Checked check(Message& msg, Status s, const Expected& want, ReadError& err) {
+    Checked out;
+    err = ReadError{};
+    err.expected_type = want.type_id;
+    err.expected_name = want.name;
+    err.code = detail::errc_of(s);
+    if (s != Status::ok) return out;
+    const ReadErrc e = decode(msg, want, err, out);
+    if (e == ReadErrc::ok) return out;
+    err.code = e;
+    err.kind = msg.kind();
+    err.size = msg.size();
+    out = Checked{};
+    msg.release();  // consumed: the space goes back at once
+    ++rejected_;
+    if (e == ReadErrc::verify_failed) {
+      ++verify_failures_;
+      if (stats_ != nullptr) core::Stats::bump(stats_->verify_failures);
+    }
+    return out;
+  }
+
+  const ReaderOptions& options() const noexcept { return options_; }
+  void set_mode(VerifyMode mode) noexcept { options_.mode = mode; }
+  std::uint64_t rejected() const noexcept { return rejected_; }
+  std::uint64_t verify_failures() const noexcept { return verify_failures_; }
+
+ private:
+  ReadErrc decode(Message& msg, const Expected& want, ReadError& err, Checked& out) {
+    const Parsed p = parse_payload(msg.bytes(), msg.kind(), want.type_id);
+    err.got_type = p.got_type;
+    if (p.code != ReadErrc::ok) return p.code;
+    std::span<const std::byte> buf = p.buffer;
+    bool in_shared = msg.zero_copy();
+    if (options_.mode == VerifyMode::copy_then_verify || !buffer_aligned(buf)) {
+      buf = copy_out(msg, buf);
+      in_shared = false;
+    }
+    const bool good = options_.mode == VerifyMode::trusted
+                          ? want.identity(want.ctx, buf)
+                          : want.verify(want.ctx, buf, options_.limits);
+    if (!good) return ReadErrc::verify_failed;
+    out.buffer = buf;
+    out.zero_copy = in_shared;
+    return ReadErrc::ok;
+  }
+
+  // Replaces the message by an owned, aligned copy of its buffer (releasing the channel space).
+  static std::span<const std::byte> copy_out(Message& msg, std::span<const std::byte> buf) {
+    const std::uint16_t kind = msg.kind();
+    std::vector<std::byte> copy(buf.begin(), buf.end());  // operator new: 16-byte aligned
+    msg.set_owned(std::move(copy), kind);                 // releases the borrowed space first
+    return msg.bytes();
+  }
+
+  ReaderOptions options_;
+  core::Stats* stats_;
+  std::uint64_t rejected_ = 0;
+  std::uint64_t verify_failures_ = 0;
+};
+
 template <RootType T, class R = PipeReader>
 class Reader {
  public:
   explicit Reader(R& reader, ReaderOptions options = {}) noexcept
-      : r_(&reader), options_(options), stats_(detail::reader_stats(reader, options.stats)) {
+      : r_(&reader), checks_(options, detail::reader_stats(reader, options.stats)),
+        want_(expected_of<T>()) {
     // Odr-use the registration so the type's name is known to other readers' error messages.
     if constexpr (requires { RootTraits<T>::registered_; }) (void)RootTraits<T>::registered_;
   }
@@ -150,64 +248,21 @@ class Reader {
   }
 
   // Messages this Reader consumed and rejected, and those among them the verifier rejected.
-  std::uint64_t rejected() const noexcept { return rejected_; }
-  std::uint64_t verify_failures() const noexcept { return verify_failures_; }
+  std::uint64_t rejected() const noexcept { return checks_.rejected(); }
+  std::uint64_t verify_failures() const noexcept { return checks_.verify_failures(); }
 
  private:
   void finish(Received<T>& out, Status s) {
-    out.error_.expected_type = type_id<T>();
-    out.error_.expected_name = RootTraits<T>::name();
-    out.error_.code = detail::errc_of(s);
-    if (s != Status::ok) return;
-    const ReadErrc e = decode(out);
-    if (e == ReadErrc::ok) return;
-    out.error_.code = e;
-    out.error_.kind = out.msg_.kind();
-    out.error_.size = out.msg_.size();
-    out.root_ = nullptr;
-    out.buffer_ = {};
-    out.zero_copy_ = false;
-    out.msg_.release();  // consumed: the space goes back at once
-    ++rejected_;
-    if (e == ReadErrc::verify_failed) {
-      ++verify_failures_;
-      if (stats_ != nullptr) core::Stats::bump(stats_->verify_failures);
-    }
-  }
-
-  ReadErrc decode(Received<T>& out) {
-    const Parsed p = parse_payload<T>(out.msg_.bytes(), out.msg_.kind());
-    out.error_.got_type = p.got_type;
-    if (p.code != ReadErrc::ok) return p.code;
-    std::span<const std::byte> buf = p.buffer;
-    bool in_shared = out.msg_.zero_copy();
-    if (options_.mode == VerifyMode::copy_then_verify || !buffer_aligned(buf)) {
-      buf = copy_out(out.msg_, buf);
-      in_shared = false;
-    }
-    const bool good = options_.mode == VerifyMode::trusted
-                          ? identifier_matches<T>(buf)
-                          : verify_buffer<T>(buf, options_.limits);
-    if (!good) return ReadErrc::verify_failed;
-    out.buffer_ = buf;
-    out.root_ = root_of<T>(buf);
-    out.zero_copy_ = in_shared;
-    return ReadErrc::ok;
-  }
-
-  // Replaces the message by an owned, aligned copy of its buffer (releasing the channel space).
-  static std::span<const std::byte> copy_out(Message& msg, std::span<const std::byte> buf) {
-    const std::uint16_t kind = msg.kind();
-    std::vector<std::byte> copy(buf.begin(), buf.end());  // operator new: 16-byte aligned
-    msg.set_owned(std::move(copy), kind);                 // releases the borrowed space first
-    return msg.bytes();
+    const Checked c = checks_.check(out.msg_, s, want_, out.error_);
+    if (out.error_.code != ReadErrc::ok) return;
+    out.buffer_ = c.buffer;
+    out.root_ = root_of<T>(c.buffer);
+    out.zero_copy_ = c.zero_copy;
   }
 
   R* r_;
-  ReaderOptions options_;
-  core::Stats* stats_;
-  std::uint64_t rejected_ = 0;
-  std::uint64_t verify_failures_ = 0;
+  ReadChecks checks_;
+  Expected want_;
 };
 
 template <RootType T, class R>

@@ -108,51 +108,69 @@ inline Region region_of(std::span<std::byte> claim) noexcept {
 
 }  // namespace detail
 
-template <RootType T, class W = PipeWriter>
-class Writer {
+// The identity a message is sent under: the prefix's type id and the file_identifier Finish()
+// writes into the buffer (nullptr: none).
+struct RootId {
+  std::uint32_t type_id = 0;
+  const char* identifier = nullptr;
+};
+
+template <RootType T>
+RootId root_id_of() noexcept {
+  return {type_id<T>(), RootTraits<T>::identifier()};
+}
+
+// The in-place machinery for a root type known at run time (a schema loaded with Schema::load_*):
+// Writer<T> is this with T's identity. `build(b)` returns the root table's offset (uoffset_t or
+// any flatbuffers::Offset). If build throws, nothing is sent: the claim is aborted (the claim's
+// destructor) and the exception propagates.
+template <class W = PipeWriter>
+class AnyWriter {
  public:
   // While a table is open the builder also keeps 8 bytes per field in the free space below the
   // data (its scratch pad), so a claim needs headroom beyond the finished size.
   static constexpr std::size_t kInitialClaim = 1024;
   static constexpr std::size_t kMinClaim = 256;
 
-  explicit Writer(W& writer, WriterOptions options = {}) noexcept
+  explicit AnyWriter(W& writer, WriterOptions options = {}) noexcept
       : w_(&writer), options_(options), stats_(detail::writer_stats(writer, options.stats)) {}
 
-  // Builds with `build(flatbuffers::FlatBufferBuilder&) -> flatbuffers::Offset<T>` and sends
-  // without blocking: ok | full | too_big | closed. On `full` nothing was sent; call again.
+  // Builds and sends without blocking: ok | full | too_big | closed. On `full` nothing was sent.
+  // `size_hint`: the expected message size if the caller knows better than the recent sizes
+  // (a slot-based channel then claims beyond one slot, so a large message is built in place).
   template <class Build>
-  Status try_send(Build&& build) {
-    return send_impl(build, [this](std::size_t n) { return w_->try_claim(n, kFlatBuffersKind); },
-                     [this](std::span<const std::byte> m) {
-                       return w_->try_send(m, kFlatBuffersKind);
-                     });
+  Status try_send(RootId id, Build&& build, std::size_t size_hint = 0) {
+    return send_impl(
+        id, build, size_hint, [this](std::size_t n) { return w_->try_claim(n, kFlatBuffersKind); },
+        [this](std::span<const std::byte> m) { return w_->try_send(m, kFlatBuffersKind); });
   }
 
   // As try_send, waiting for space until `deadline`: ok | timeout | interrupted | closed | too_big.
   template <class Build>
-  Status send(Build&& build, Deadline deadline) {
+  Status send(RootId id, Build&& build, Deadline deadline, std::size_t size_hint = 0) {
     return send_impl(
-        build, [this, deadline](std::size_t n) { return w_->claim(n, deadline, kFlatBuffersKind); },
+        id, build, size_hint,
+        [this, deadline](std::size_t n) { return w_->claim(n, deadline, kFlatBuffersKind); },
         [this, deadline](std::span<const std::byte> m) {
           return w_->send(m, deadline, kFlatBuffersKind);
         });
   }
 
   // ---- observation (tests, benchmarks)
-  // Fallback copies made by this Writer (the shared counter is in the channel's Stats).
+  // Fallback copies made by this writer (the shared counter is in the channel's Stats).
   std::uint64_t fallback_copies() const noexcept { return fallbacks_; }
   // Where the last sent buffer was built: in the claim (shared memory) or on the heap.
   bool last_in_place() const noexcept { return last_in_place_; }
   const void* last_buffer() const noexcept { return last_buffer_; }
   std::size_t last_buffer_size() const noexcept { return last_size_; }
-  // The number of bytes the next message will claim.
-  std::size_t next_claim() const noexcept { return claim_size(); }
+  // The number of bytes the next message will claim (without a size hint).
+  std::size_t next_claim() const noexcept { return claim_size(0); }
 
  private:
   template <class Build, class ClaimFn, class SendFn>
-  Status send_impl(Build& build, ClaimFn&& claim_fn, SendFn&& send_fn) {
-    auto claim = claim_fn(claim_size());
+  Status send_impl(RootId id, Build& build, std::size_t size_hint, ClaimFn&& claim_fn,
+                   SendFn&& send_fn) {
+    auto claim = claim_fn(claim_size(size_hint));
     // too_big: the channel cannot claim that much at once, but its send() may still carry the
     // message (a Pipe streams it in chunks): build on the heap and take the copy path.
     const bool have_claim = claim.valid();
@@ -165,9 +183,8 @@ class Writer {
     ClaimAllocator alloc(r.begin, r.size);
     flatbuffers::FlatBufferBuilder b(r.size != 0 ? r.size : kInitialClaim, &alloc, false,
                                      kBufferAlign);
-    static_assert(std::is_convertible_v<decltype(build(b)), flatbuffers::Offset<T>>,
-                  "build(builder) must return the flatbuffers::Offset<T> of the root table");
-    b.Finish(build(b), RootTraits<T>::identifier());
+    const flatbuffers::uoffset_t root = root_offset(build(b));
+    b.Finish(flatbuffers::Offset<void>(root), id.identifier);
     std::uint8_t* buf = b.GetBufferPointer();
     const std::size_t size = b.GetSize();
     note_size(kPrefixBytes + size);
@@ -176,24 +193,28 @@ class Writer {
     if (alloc.in_region(buf)) {
       last_in_place_ = true;
       const auto start = static_cast<std::uint32_t>(reinterpret_cast<std::byte*>(buf) - bytes.data());
-      store_prefix(bytes.data(), {type_id<T>(), start});
+      store_prefix(bytes.data(), {id.type_id, start});
       claim.commit(r.end_offset);
       return Status::ok;
     }
     if (have_claim) claim.abort();
     last_in_place_ = false;
-    return send_copy(alloc, buf, size, send_fn);
+    return send_copy(id, alloc, buf, size, send_fn);
   }
+
+  static flatbuffers::uoffset_t root_offset(flatbuffers::uoffset_t o) noexcept { return o; }
+  template <class U>
+  static flatbuffers::uoffset_t root_offset(flatbuffers::Offset<U> o) noexcept { return o.o; }
 
   // The fallback: the finished buffer lies in the builder's heap block; the channel's send()
   // copies it (once) into the ring. The prefix goes into the free space below the buffer when
   // there is room (there almost always is: blocks grow by halves), so it costs no extra copy.
   template <class SendFn>
-  Status send_copy(const ClaimAllocator& alloc, std::uint8_t* buf, std::size_t size,
+  Status send_copy(RootId id, const ClaimAllocator& alloc, std::uint8_t* buf, std::size_t size,
                    SendFn& send_fn) {
     ++fallbacks_;
     if (stats_ != nullptr) core::Stats::bump(stats_->fallback_copies);
-    const Prefix p{type_id<T>(), static_cast<std::uint32_t>(kPrefixBytes)};
+    const Prefix p{id.type_id, static_cast<std::uint32_t>(kPrefixBytes)};
     const std::uint8_t* block = alloc.heap_block();
     if (block != nullptr && buf - block >= static_cast<std::ptrdiff_t>(kPrefixBytes)) {
       auto* msg = reinterpret_cast<std::byte*>(buf) - kPrefixBytes;
@@ -207,15 +228,17 @@ class Writer {
     return send_fn(std::span<const std::byte>(heap_scratch_.data(), heap_scratch_.size()));
   }
 
-  std::size_t claim_size() const noexcept {
+  std::size_t claim_size(std::size_t size_hint) const noexcept {
     std::size_t n = options_.claim_bytes;
     if constexpr (detail::HasSlotSize<W>) {
       // A slot-based channel (Queue): a claim up to the slot size is a slot; a larger one is a
-      // side allocation (a file created and mapped per message). Claim the slot: messages that
-      // do not fit it take the copy path, which spills them once.
+      // side allocation (an arena chunk or a file). Claim the slot unless the caller expects a
+      // larger message: messages that do not fit it take the copy path, which spills them once.
       if (n == 0) n = static_cast<std::size_t>(w_->slot_size());
     }
-    if (n == 0) {
+    if (size_hint != 0) {
+      n = std::max(n, core::align_up(size_hint + size_hint / 8 + 256, 64));
+    } else if (n == 0) {
       n = high_water_ == 0 ? kInitialClaim
                            : std::max<std::size_t>(
                                  kMinClaim, core::align_up(high_water_ + high_water_ / 2 + 128, 64));
@@ -239,6 +262,47 @@ class Writer {
   std::size_t last_size_ = 0;
   bool last_in_place_ = false;
   std::vector<std::byte> heap_scratch_;
+};
+
+template <RootType T, class W = PipeWriter>
+class Writer {
+ public:
+  static constexpr std::size_t kInitialClaim = AnyWriter<W>::kInitialClaim;
+  static constexpr std::size_t kMinClaim = AnyWriter<W>::kMinClaim;
+
+  explicit Writer(W& writer, WriterOptions options = {}) noexcept : w_(writer, options) {}
+
+  // Builds with `build(flatbuffers::FlatBufferBuilder&) -> flatbuffers::Offset<T>` and sends
+  // without blocking: ok | full | too_big | closed. On `full` nothing was sent; call again.
+  template <class Build>
+  Status try_send(Build&& build) {
+    check_build<Build>();
+    return w_.try_send(root_id_of<T>(), build);
+  }
+
+  // As try_send, waiting for space until `deadline`: ok | timeout | interrupted | closed | too_big.
+  template <class Build>
+  Status send(Build&& build, Deadline deadline) {
+    check_build<Build>();
+    return w_.send(root_id_of<T>(), build, deadline);
+  }
+
+  // ---- observation (tests, benchmarks): see AnyWriter.
+  std::uint64_t fallback_copies() const noexcept { return w_.fallback_copies(); }
+  bool last_in_place() const noexcept { return w_.last_in_place(); }
+  const void* last_buffer() const noexcept { return w_.last_buffer(); }
+  std::size_t last_buffer_size() const noexcept { return w_.last_buffer_size(); }
+  std::size_t next_claim() const noexcept { return w_.next_claim(); }
+
+ private:
+  template <class Build>
+  static constexpr void check_build() {
+    static_assert(std::is_convertible_v<std::invoke_result_t<Build&, flatbuffers::FlatBufferBuilder&>,
+                                        flatbuffers::Offset<T>>,
+                  "build(builder) must return the flatbuffers::Offset<T> of the root table");
+  }
+
+  AnyWriter<W> w_;
 };
 
 // Deduces the writer type: auto w = shmq::fb::make_writer<Order>(queue_writer);

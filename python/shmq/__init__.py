@@ -24,12 +24,13 @@ from ._queues import JoinableQueue, Lease, MessageView, Queue, SimpleQueue
 from .sharedctypes import Array, RawArray, RawValue, Value
 from .synchronize import (Barrier, BoundedSemaphore, BrokenBarrierError, Condition, Event, Lock,
                           OwnerDiedWarning, RLock, Semaphore)
+from . import fb  # shmq.fb: FlatBuffers built from dicts, read lazily (put_fb / get_fb)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Connection", "wait", "MessageView", "Lease",
-    "Empty", "Full", "BufferTooShort", "gc", "unlink",
+    "Empty", "Full", "BufferTooShort", "gc", "unlink", "fb",
     "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier",
     "Value", "Array", "RawValue", "RawArray", "OwnerDiedWarning", "BrokenBarrierError",
 ]

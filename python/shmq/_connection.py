@@ -68,6 +68,17 @@ class Connection:
         end returns the buffer as bytes."""
         self._h.send_flatbuffer(_common.flatbuffer_bytes(builder))
 
+    def send_fb(self, fb_type: Any, mapping: Any = None, /, **fields: Any) -> None:
+        """Sends a FlatBuffers message of ``fb_type`` (a ``shmq.fb`` Type) built from
+        ``mapping`` and/or ``fields`` in place in the pipe, as ``Queue.put_fb`` does."""
+        self._h.send_fb(fb_type, mapping, **fields)
+
+    def recv_fb(self, fb_type: Any, verify: bool = True) -> Any:
+        """Receives the next message as a ``shmq.fb.View`` of ``fb_type``, as ``Queue.get_fb``
+        does (verified unless ``verify=False``; ``shmq.fb.VerifyError`` for a message of another
+        type or a corrupt one, which is dropped). Blocks like ``recv``."""
+        return self._h.recv_fb(fb_type, verify)
+
     def recv(self) -> Any:
         """Returns the next object sent with ``send`` (or ``send_bytes``, as bytes). Blocks until
         there is one; ``EOFError`` if the other end closed and nothing is left."""

@@ -31,7 +31,7 @@ DEFAULT_ARENA_CHUNK_BYTES = 2 << 20
 # Methods served straight by the native handle: Queue.__init__ binds them on the instance, so a
 # call costs one native call and no Python frame. (A subclass that overrides one keeps its own.)
 _FAST = ("put", "get", "put_nowait", "get_nowait", "put_many", "get_many", "qsize", "empty",
-         "full")
+         "full", "put_fb", "get_fb")
 
 
 class MessageView:
@@ -267,6 +267,24 @@ class Queue:
         ``queue.Empty`` if none came. A handle holds at most 3 leases and views at a time."""
         return Lease(self._h.get_lease(max_items, block, timeout))
 
+    def put_fb(self, fb_type: Any, mapping: Any = None, /, block: bool = True,
+               timeout: Optional[float] = None, **fields: Any) -> None:
+        """Puts a FlatBuffers message of ``fb_type`` (a table of a schema loaded with
+        ``shmq.fb.load``), built in C++ from ``mapping`` and ``fields`` straight into shared
+        memory (see ``shmq.fb``). A bad value raises TypeError/ValueError naming the field's path
+        and nothing is put. A finished buffer (bytes-like) instead of a mapping is checked by the
+        verifier and copied. Blocks and raises ``queue.Full`` as ``put`` does."""
+        return self._h.put_fb(fb_type, mapping, block, timeout, **fields)
+
+    def get_fb(self, fb_type: Any, block: bool = True, timeout: Optional[float] = None,
+               verify: bool = True) -> Any:
+        """Receives the next message as a ``shmq.fb.View`` of ``fb_type`` in shared memory; use
+        as ``with q.get_fb(T) as m: m.field``. The message is verified against the schema first;
+        one of another type, or a corrupt one, is dropped and raises ``shmq.fb.VerifyError``.
+        ``verify=False`` checks only the type identity: for trusted peers. Raises
+        ``queue.Empty`` as ``get`` does."""
+        return self._h.get_fb(fb_type, block, timeout, verify)
+
     def qsize(self) -> int:
         """The number of messages in the queue (exact at the instant of the call; other
         processes may change it at once)."""
@@ -365,6 +383,8 @@ class SimpleQueue:
         if type(self) is SimpleQueue:
             self.put = handle.put_always
             self.get = handle.get_always
+            self.put_fb = handle.put_fb
+            self.get_fb = handle.get_fb
 
     @classmethod
     def open(cls, name: str, *, serializer: str = "pickle") -> "SimpleQueue":
@@ -390,6 +410,16 @@ class SimpleQueue:
     def get(self) -> Any:
         """Removes and returns the oldest item, waiting for one."""
         return self._h.get_always()
+
+    def put_fb(self, fb_type: Any, mapping: Any = None, /, block: bool = True,
+               timeout: Optional[float] = None, **fields: Any) -> None:
+        """As ``Queue.put_fb``: a FlatBuffers message built in place from a mapping."""
+        return self._h.put_fb(fb_type, mapping, block, timeout, **fields)
+
+    def get_fb(self, fb_type: Any, block: bool = True, timeout: Optional[float] = None,
+               verify: bool = True) -> Any:
+        """As ``Queue.get_fb``: the next message as a verified ``shmq.fb.View``."""
+        return self._h.get_fb(fb_type, block, timeout, verify)
 
     def empty(self) -> bool:
         """True if the queue is empty at the instant of the call."""

@@ -6,10 +6,12 @@ namespace shmq::py {
 
 void View::release_now() noexcept {
   if (!owner) return;
-  if (fork_generation == g_fork_generation) {
+  if (fork_generation == g_fork_generation && owner->reader_attached()) {
     msg.release();
   } else {
-    new (&msg) shmq::Message();  // a parent's message: never hand its space back from here
+    // A parent's message (never hand its space back from here), or one whose reader was closed
+    // (its release hook would touch the reader's freed state): forget it.
+    new (&msg) shmq::Message();
   }
   owner->views_ -= 1;
   owner.reset();

@@ -2,7 +2,8 @@
 // object (codec.cpp), claims room in the channel with the GIL held, and releases the GIL only when
 // it has to sleep (support.hpp). This file is the module's glue: it registers the bindings of each
 // job (message_view.cpp, queue_binding.cpp, pipe_binding.cpp, wait_binding.cpp, batch_binding.cpp,
-// sync_*.cpp) and the process-wide functions (fork, exit, gc, unlink).
+// sync_*.cpp, fb_binding.cpp with fb_view.cpp) and the process-wide functions (fork, exit, gc,
+// unlink).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -23,6 +24,7 @@ void bind_queue(nb::module_& m);
 void bind_pipe(nb::module_& m);
 void bind_wait(nb::module_& m);
 void bind_batch(nb::module_& m);
+void bind_fb(nb::module_& m);
 
 namespace {
 
@@ -79,6 +81,7 @@ NB_MODULE(_shmq, m) {
   bind_wait(m);
   bind_batch(m);
   bind_sync(m);
+  bind_fb(m);
   m.def("after_fork_in_child", &after_fork_in_child);
   m.def("close_all", &close_all);
   m.def("gc_scan", &gc_scan, nb::arg("patterns"), nb::arg("include_named"), nb::arg("force"),

@@ -201,14 +201,11 @@ shmq::PipeReader& PipeEnd::reader(PipeState& st) {
 }
 
 void PipeEnd::send_payload(const Payload& p) {
-  PipeState& st = state();
-  if (!writable_) throw_py(PyExc_OSError, "connection is read-only");
-  if (gone_) throw_py(PyExc_BrokenPipeError, "the other end of the pipe is closed");
-  if (!st.wmu_.lock(Deadline::never())) throw_py(PyExc_OSError, "cannot lock the connection");
-  Locked guard(st.wmu_);
-  const Status s = put_payload(writer(st), p, Deadline::never());
+  send_with([&](shmq::PipeWriter& w, Deadline d) { return put_payload(w, p, d); });
+}
+
+void PipeEnd::raise_send(Status s) {
   switch (s) {
-    case Status::ok: return;
     case Status::closed: throw_py(PyExc_BrokenPipeError, "the other end of the pipe is closed");
     case Status::too_big: throw_py(PyExc_ValueError, "message too big for this pipe");
     default: throw_py(PyExc_OSError, std::string("shmq: send failed: ") +
@@ -229,6 +226,12 @@ void PipeEnd::recv_into(shmq::Message& m) {
     default: throw_py(PyExc_OSError, std::string("shmq: recv failed: ") +
                                          std::string(shmq::status_name(s)));
   }
+}
+
+std::shared_ptr<ChannelState> PipeEnd::recv_held(shmq::Message& m) {
+  recv_into(m);
+  st_->views_ += 1;
+  return st_;
 }
 
 void bind_pipe(nb::module_& m) {

@@ -22,6 +22,7 @@ struct PipeState final : ChannelState {
 
   void after_fork() override;
   void drop_all() override;
+  bool reader_attached() const override { return reader.has_value(); }
   ~PipeState() override;
 };
 
@@ -48,6 +49,13 @@ class PipeEnd {
 
   // Sends an encoded payload; raises BrokenPipeError when the reader is gone.
   void send_payload(const Payload& p);
+  // For bindings of other encodings (fb_binding.cpp): runs `send(PipeWriter&, Deadline) -> Status`
+  // with the writer role and its lock, raising as send_payload does.
+  template <class Send>
+  void send_with(Send&& send);
+  // Receives one message into `m` as recv_into does; returns the state that a view of `m` keeps
+  // alive (its views_ already counted).
+  std::shared_ptr<ChannelState> recv_held(shmq::Message& m);
   // Receives one message into `m`; raises EOFError at end of stream.
   void recv_into(shmq::Message& m);
 
@@ -60,6 +68,7 @@ class PipeEnd {
   }
 
  private:
+  [[noreturn]] static void raise_send(Status s);
   PipeState& state();
   shmq::PipeWriter& writer(PipeState& st);
   shmq::PipeReader& reader(PipeState& st);
@@ -73,6 +82,17 @@ class PipeEnd {
   bool closed_ = false;
   bool gone_ = false;
 };
+
+template <class Send>
+void PipeEnd::send_with(Send&& send) {
+  PipeState& st = state();
+  if (!writable_) throw_py(PyExc_OSError, "connection is read-only");
+  if (gone_) throw_py(PyExc_BrokenPipeError, "the other end of the pipe is closed");
+  if (!st.wmu_.lock(Deadline::never())) throw_py(PyExc_OSError, "cannot lock the connection");
+  Locked guard(st.wmu_);
+  const Status s = send(writer(st), Deadline::never());
+  if (s != Status::ok) raise_send(s);
+}
 
 void bind_pipe(nb::module_& m);
 

@@ -86,16 +86,7 @@ void QueueHandle::put_flatbuffer(nb::handle buffer, bool block, std::optional<do
 }
 
 void QueueHandle::put_encoded(const Payload& p, bool block, std::optional<double> timeout) {
-  const Deadline d = make_deadline(block, timeout);
-  QueueState& st = state();
-  if (!st.wmu_.lock(d)) throw_py(g.full, "");
-  Locked guard(st.wmu_);
-  shmq::QueueWriter& w = writer(st);
-  if (joinable_) st.queue->tasks_added(1);
-  const Status s = put_payload(w, p, d);
-  if (s == Status::ok) return;
-  if (joinable_) st.queue->tasks_added(-1);
-  raise_put(s);
+  put_with(block, timeout, [&](shmq::QueueWriter& w, Deadline d) { return put_payload(w, p, d); });
 }
 
 nb::object QueueHandle::get(bool block, std::optional<double> timeout) {
@@ -187,17 +178,22 @@ nb::list QueueHandle::get_many(std::size_t max_items, bool block, std::optional<
 }
 
 nb::object QueueHandle::get_view(bool block, std::optional<double> timeout) {
+  auto view = std::make_unique<View>();
+  view->owner = recv_held(view->msg, block, timeout);
+  return nb::cast(view.release(), nb::rv_policy::take_ownership);
+}
+
+std::shared_ptr<ChannelState> QueueHandle::recv_held(shmq::Message& m, bool block,
+                                                     std::optional<double> timeout) {
   const Deadline d = make_deadline(block, timeout);
   QueueState& st = state();
   if (!st.rmu_.lock(d)) throw_py(g.empty, "");
   Locked guard(st.rmu_);
   shmq::QueueReader& r = reader(st);
-  auto view = std::make_unique<View>();
-  const Status s = recv_message(r, view->msg, d);
+  const Status s = recv_message(r, m, d);
   if (s != Status::ok) raise_get(s);
-  view->owner = st_;
   st.views_ += 1;
-  return nb::cast(view.release(), nb::rv_policy::take_ownership);
+  return st_;
 }
 
 nb::list QueueHandle::get_batches(std::size_t max_items, std::size_t max_bytes, bool block,

@@ -25,6 +25,7 @@ struct QueueState final : ChannelState {
 
   void after_fork() override;
   void drop_all() override;
+  bool reader_attached() const override { return reader.has_value(); }
   ~QueueState() override;
 };
 
@@ -68,6 +69,15 @@ class QueueHandle {
                                   bool block, std::optional<double> timeout);
   // Tells this queue apart from an earlier one of the same name: "<name>.<creation ns>".
   std::string identity();
+
+  // For bindings of other encodings (fb_binding.cpp). put_with runs `send(QueueWriter&, Deadline)
+  // -> Status` with the writer role and its lock, as put does (a JoinableQueue counts the task;
+  // a failure, or an exception out of `send`, takes it back; statuses raise as put's do).
+  template <class Send>
+  void put_with(bool block, std::optional<double> timeout, Send&& send);
+  // Receives one message into `m` as get_view does; returns the state that a view of `m` keeps
+  // alive (its views_ already counted).
+  std::shared_ptr<ChannelState> recv_held(shmq::Message& m, bool block, std::optional<double> timeout);
 
   std::size_t qsize() { return state().queue->size_guess(); }
   bool empty() { return qsize() == 0; }
@@ -123,6 +133,26 @@ struct LeaseHandle {
  private:
   void check();
 };
+
+template <class Send>
+void QueueHandle::put_with(bool block, std::optional<double> timeout, Send&& send) {
+  const Deadline d = make_deadline(block, timeout);
+  QueueState& st = state();
+  if (!st.wmu_.lock(d)) throw_py(g.full, "");
+  Locked guard(st.wmu_);
+  shmq::QueueWriter& w = writer(st);
+  if (joinable_) st.queue->tasks_added(1);
+  Status s = Status::ok;
+  try {
+    s = send(w, d);
+  } catch (...) {
+    if (joinable_) st.queue->tasks_added(-1);
+    throw;
+  }
+  if (s == Status::ok) return;
+  if (joinable_) st.queue->tasks_added(-1);
+  raise_put(s);
+}
 
 void bind_queue(nb::module_& m);
 

@@ -113,6 +113,9 @@ class ChannelState {
   virtual void after_fork() = 0;
   // Drops roles and the mapping (exit). Views keep nothing valid after this.
   virtual void drop_all() = 0;
+  // Whether the reader role that handed out held messages still exists: a held message may be
+  // released only through a live reader (its release hook points into the reader's state).
+  virtual bool reader_attached() const { return true; }
 
   std::uint64_t fork_generation_;
   int views_ = 0;  // MessageViews alive that point into this state's mapping

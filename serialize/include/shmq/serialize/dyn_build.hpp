@@ -40,7 +40,7 @@
 #pragma once
 
 #include <flatbuffers/flatbuffers.h>
-#include <flatbuffers/reflection_generated.h>
+#include <flatbuffers/reflection.h>
 
 #include <algorithm>
 #include <cstddef>

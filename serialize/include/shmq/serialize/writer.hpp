@@ -140,7 +140,7 @@ class AnyWriter {
   // (a slot-based channel then claims beyond one slot, so a large message is built in place).
   template <class Build>
   Status try_send(RootId id, Build&& build, std::size_t size_hint = 0) {
-    return send_impl(
+    return send_with(
         id, build, size_hint, [this](std::size_t n) { return w_->try_claim(n, kFlatBuffersKind); },
         [this](std::span<const std::byte> m) { return w_->try_send(m, kFlatBuffersKind); });
   }
@@ -148,7 +148,7 @@ class AnyWriter {
   // As try_send, waiting for space until `deadline`: ok | timeout | interrupted | closed | too_big.
   template <class Build>
   Status send(RootId id, Build&& build, Deadline deadline, std::size_t size_hint = 0) {
-    return send_impl(
+    return send_with(
         id, build, size_hint,
         [this, deadline](std::size_t n) { return w_->claim(n, deadline, kFlatBuffersKind); },
         [this, deadline](std::span<const std::byte> m) {
@@ -166,9 +166,11 @@ class AnyWriter {
   // The number of bytes the next message will claim (without a size hint).
   std::size_t next_claim() const noexcept { return claim_size(0); }
 
- private:
+  // The general form of try_send/send, for callers with their own way to wait: `claim_fn(n)`
+  // returns a claim of the channel's type (or an invalid one whose status() says why);
+  // `send_fn(span)` sends the finished buffer when it did not fit the claim (the copy path).
   template <class Build, class ClaimFn, class SendFn>
-  Status send_impl(RootId id, Build& build, std::size_t size_hint, ClaimFn&& claim_fn,
+  Status send_with(RootId id, Build&& build, std::size_t size_hint, ClaimFn&& claim_fn,
                    SendFn&& send_fn) {
     auto claim = claim_fn(claim_size(size_hint));
     // too_big: the channel cannot claim that much at once, but its send() may still carry the
@@ -178,7 +180,10 @@ class AnyWriter {
       return claim.status() == Status::ok ? Status::full : claim.status();
     }
     const std::span<std::byte> bytes = have_claim ? claim.bytes() : std::span<std::byte>{};
-    const detail::Region r = detail::region_of(bytes);
+    // With a size hint, the builder gets only the front of a larger claim (a Queue slot): the
+    // buffer and the builder's scratch then share a few cache lines instead of spanning the slot.
+    const std::size_t want = size_hint != 0 ? hinted_bytes(size_hint) : bytes.size();
+    const detail::Region r = detail::region_of(bytes.first(std::min(want, bytes.size())));
     // Declared before the builder: the builder's destructor returns its block to the allocator.
     ClaimAllocator alloc(r.begin, r.size);
     flatbuffers::FlatBufferBuilder b(r.size != 0 ? r.size : kInitialClaim, &alloc, false,
@@ -201,6 +206,8 @@ class AnyWriter {
     last_in_place_ = false;
     return send_copy(id, alloc, buf, size, send_fn);
   }
+
+ private:
 
   static flatbuffers::uoffset_t root_offset(flatbuffers::uoffset_t o) noexcept { return o; }
   template <class U>
@@ -237,7 +244,7 @@ class AnyWriter {
       if (n == 0) n = static_cast<std::size_t>(w_->slot_size());
     }
     if (size_hint != 0) {
-      n = std::max(n, core::align_up(size_hint + size_hint / 8 + 256, 64));
+      n = std::max(n, hinted_bytes(size_hint));
     } else if (n == 0) {
       n = high_water_ == 0 ? kInitialClaim
                            : std::max<std::size_t>(
@@ -245,6 +252,12 @@ class AnyWriter {
     }
     if constexpr (detail::HasMaxClaim<W>) n = std::min(n, w_->max_claim());
     return n;
+  }
+
+  // Room for a message expected to take `size_hint` bytes: the finished buffer plus the builder's
+  // scratch (vtables, field locations) and alignment.
+  static std::size_t hinted_bytes(std::size_t size_hint) noexcept {
+    return core::align_up(size_hint + size_hint / 8 + 256, 64);
   }
 
   // A high-water mark that decays by 1/16 per message, so one large message raises the claim at

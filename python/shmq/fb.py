@@ -137,8 +137,8 @@ class Schema:
         if t is None:
             t = self._native.type(name)
             if t is not None:
+                t = self._types.setdefault(t.name, t)  # one Type object per type
                 self._types[name] = t
-                self._types[t.name] = t
         return t
 
     def _resolve(self, name: str) -> Any:

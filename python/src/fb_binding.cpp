@@ -180,9 +180,6 @@ bool is_finished_buffer(PyObject* o) {
   return !PyDict_Check(o) && !PyUnicode_Check(o) && PyObject_CheckBuffer(o);
 }
 
-void note_size(TypeCache& c, std::size_t total) {
-  c.recent_size = std::max(total, c.recent_size - c.recent_size / 16);
-}
 
 template <class W>
 auto claim_waiting(W& w, std::size_t n, Deadline d) {
@@ -247,7 +244,10 @@ Status send_fb(W& w, Deadline d, const FbArgs& a) {
         [&](std::span<const std::byte> m) { return send_waiting(w, m, d); });
   });
   if (!sent.error.ok()) raise_build(sent.error);
-  if (sent.status == Status::ok) note_size(cache, fb::kPrefixBytes + dw.any().last_buffer_size());
+  // The next message of this type is expected to be about as large as this one: that sizes its
+  // claim (a large one gets a side allocation of its size and is built in place) and the part
+  // of a slot the builder uses.
+  if (sent.status == Status::ok) cache.recent_size = fb::kPrefixBytes + dw.any().last_buffer_size();
   return sent.status;
 }
 

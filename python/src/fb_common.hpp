@@ -22,7 +22,7 @@ namespace shmq::py {
 struct TypeCache {
   std::vector<PyObject*> keys;  // interned field names, by field index (what the builder looks up)
   PyObject* attrs = nullptr;    // dict: field name -> field index (what a View's attributes read)
-  std::size_t recent_size = 0;  // a decaying high-water mark of the messages built: the claim hint
+  std::size_t recent_size = 0;  // the size of the last message built: the next one's claim hint
 };
 
 struct SchemaObj {

@@ -428,6 +428,34 @@ TEST_CASE("dyn verify: rejects other types, truncations and corrupted offsets") 
   CHECK_FALSE(shmq::fb::verify_dyn(*ticks.find("Level"), bytes_of(tick.buf)));
 }
 
+TEST_CASE("dyn verify: a missing required field is rejected, at the root and in nested tables") {
+  Schema orders = load("order.fbs");
+  const TypeInfo& order = *orders.find("Order");
+  CHECK(order.reaches_required);
+  CHECK(order.field("legs")->type->reaches_required);
+  CHECK_FALSE(order.field("type")->enum_info->find("LimitOrder")->member->reaches_required);
+  // Built with the raw builder calls (flatc's builders assert on a missing required field).
+  auto built = [](bool root_ok, bool leg_ok) {
+    flatbuffers::FlatBufferBuilder b;
+    auto sym = b.CreateString("L");
+    const auto leg_start = b.StartTable();
+    if (leg_ok) b.AddOffset(s::Leg::VT_SYMBOL, sym);
+    const flatbuffers::Offset<s::Leg> leg(b.EndTable(leg_start));
+    auto legs = b.CreateVector(&leg, 1);
+    auto acc = b.CreateString("A");
+    auto sy = b.CreateString("S");
+    const auto start = b.StartTable();
+    b.AddOffset(s::Order::VT_ACCOUNT, acc);
+    if (root_ok) b.AddOffset(s::Order::VT_SYMBOL, sy);
+    b.AddOffset(s::Order::VT_LEGS, legs);
+    b.Finish(flatbuffers::Offset<s::Order>(b.EndTable(start)), "ORDR");
+    return std::vector<std::uint8_t>(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());
+  };
+  CHECK(shmq::fb::verify_dyn(order, bytes_of(built(true, true))));
+  CHECK_FALSE(shmq::fb::verify_dyn(order, bytes_of(built(false, true))));
+  CHECK_FALSE(shmq::fb::verify_dyn(order, bytes_of(built(true, false))));
+}
+
 TEST_CASE("dyn writer: a build error aborts the claim and the channel carries on") {
   Schema ticks = load("tick.fbs");
   const TypeInfo& tick = *ticks.find("Tick");

@@ -28,8 +28,9 @@
 
 namespace shmq::fb {
 
-// Structural verification of a buffer whose root is a table of `type`, including its
-// file_identifier when the type has one.
+// Structural verification of a buffer whose root is a table of `type` (FlatBuffers' reflection
+// verifier), its file_identifier when the type has one, and its required fields, which the
+// reflection verifier of FlatBuffers 2.0.8 leaves unchecked.
 bool verify_dyn(const TypeInfo& type, std::span<const std::byte> buffer, VerifyLimits limits = {}) noexcept;
 // The trusted mode's check: the identifier only (types without one: nothing to check).
 bool identity_dyn(const TypeInfo& type, std::span<const std::byte> buffer) noexcept;

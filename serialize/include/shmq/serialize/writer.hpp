@@ -254,10 +254,10 @@ class AnyWriter {
     return n;
   }
 
-  // Room for a message expected to take `size_hint` bytes: the finished buffer plus the builder's
-  // scratch (vtables, field locations) and alignment.
+  // Room for a message expected to take about `size_hint` bytes: the finished buffer, some
+  // growth, the builder's scratch (vtables, field locations) and alignment.
   static std::size_t hinted_bytes(std::size_t size_hint) noexcept {
-    return core::align_up(size_hint + size_hint / 8 + 256, 64);
+    return core::align_up(size_hint + size_hint / 2 + 256, 64);
   }
 
   // A high-water mark that decays by 1/16 per message, so one large message raises the claim at

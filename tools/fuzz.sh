@@ -21,7 +21,7 @@ if [ ! -f "$BUILD/build.ninja" ]; then
     -Dtests=disabled -Dbench=disabled -Dtools=disabled -Dpython=disabled -Dinstall_lib=false \
     -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
 fi
-if ! out=$("$MESON" compile -C "$BUILD" fb_verify_fuzz fb_fuzz_seeds segment_open_fuzz segment_fuzz_seeds 2>&1); then
+if ! out=$("$MESON" compile -C "$BUILD" fb_verify_fuzz fb_dyn_fuzz fb_fuzz_seeds segment_open_fuzz segment_fuzz_seeds 2>&1); then
   echo "fuzz: building the targets in $BUILD failed (remove $BUILD if it was set up by an older checkout):" >&2
   echo "$out" | tail -30 >&2
   exit 1
@@ -37,6 +37,8 @@ run_target() {  # name, binary, max_len, seed command...
   local corpus="$BUILD/fuzz-corpus/$name"
   mkdir -p "$corpus"
   "$@" "$corpus"
+  # Inputs that once found a bug (serialize/fuzz/regressions/<target>/) run every time.
+  if [ -d "serialize/fuzz/regressions/$name" ]; then cp serialize/fuzz/regressions/"$name"/* "$corpus"/; fi
   echo "fuzz: $name for ${SECS}s (corpus $corpus)"
   local log="$BUILD/fuzz-artifacts/$name.log" rc=0
   "$bin" -max_total_time="$SECS" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 \
@@ -51,5 +53,6 @@ run_target() {  # name, binary, max_len, seed command...
 }
 
 run_target fb_verify "$BUILD/serialize/fuzz/fb_verify_fuzz" 8192 "$BUILD/serialize/fuzz/fb_fuzz_seeds"
+run_target fb_dyn "$BUILD/serialize/fuzz/fb_dyn_fuzz" 8192 "$BUILD/serialize/fuzz/fb_fuzz_seeds"
 run_target segment_open "$BUILD/shm/fuzz/segment_open_fuzz" 65536 "$BUILD/shm/fuzz/segment_fuzz_seeds"
 echo "fuzz: ok"

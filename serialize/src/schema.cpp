@@ -174,31 +174,6 @@ void build_types(Schema::Impl& s) {
   }
 }
 
-// reaches_required: a fixpoint over the type graph (schemas may be recursive).
-void mark_required(Schema::Impl& s) {
-  for (TypeInfo& t : s.types) {
-    for (const FieldInfo& f : t.fields) t.reaches_required = t.reaches_required || (f.required && !f.deprecated);
-  }
-  for (bool changed = true; changed;) {
-    changed = false;
-    for (TypeInfo& t : s.types) {
-      if (t.reaches_required || t.is_struct) continue;
-      for (const FieldInfo& f : t.fields) {
-        bool reaches = false;
-        if (f.type != nullptr && !f.type->is_struct) reaches = f.type->reaches_required;
-        if (f.base == reflection::Union) {
-          for (const EnumValueInfo& v : f.enum_info->values) reaches = reaches || (v.member != nullptr && v.member->reaches_required);
-        }
-        if (reaches) {
-          t.reaches_required = true;
-          changed = true;
-          break;
-        }
-      }
-    }
-  }
-}
-
 }  // namespace
 
 std::uint32_t hashed_type_id(std::string_view name) noexcept {
@@ -284,7 +259,6 @@ Result<Schema> Schema::finish(std::unique_ptr<Impl> impl) {
   s.identifier = s.parser.file_identifier_;
   s.types.resize(s.schema->objects()->size());
   build_types(s);
-  mark_required(s);
   const reflection::Object* root = s.schema->root_table();
   for (TypeInfo& t : s.types) {
     t.is_root = root != nullptr && t.object == root;

@@ -28,9 +28,10 @@
 
 namespace shmq::fb {
 
-// Structural verification of a buffer whose root is a table of `type` (FlatBuffers' reflection
-// verifier), its file_identifier when the type has one, and its required fields, which the
-// reflection verifier of FlatBuffers 2.0.8 leaves unchecked.
+// Verification of a buffer whose root is a table of `type`: flatbuffers::Verifier's checks
+// (bounds, alignment, offsets, vtables, string terminators, max_depth and max_tables) for every
+// field the schema declares, required fields present, and the file_identifier when the type has
+// one (dyn_read.cpp says why this is not libflatbuffers' reflection verifier).
 bool verify_dyn(const TypeInfo& type, std::span<const std::byte> buffer, VerifyLimits limits = {}) noexcept;
 // The trusted mode's check: the identifier only (types without one: nothing to check).
 bool identity_dyn(const TypeInfo& type, std::span<const std::byte> buffer) noexcept;
@@ -130,7 +131,8 @@ class TableRef {
   }
   // A struct field: its bytes in the table (nullptr if absent).
   const std::uint8_t* structure(const FieldInfo& f) const noexcept { return address(f); }
-  // A union field: the member's table (not present for NONE or an unknown member).
+  // A union field: the member's table, or its bytes for a struct member (type().is_struct); not
+  // present for NONE or an unknown member.
   TableRef union_member(const FieldInfo& f) const noexcept {
     if (f.union_type == nullptr) return {};
     const EnumValueInfo* m = f.enum_info->find(integer(*f.union_type));

@@ -94,9 +94,6 @@ struct TypeInfo {
   std::vector<std::uint16_t> add_order;
   const reflection::Object* object = nullptr;
   const reflection::Schema* schema = nullptr;  // the reflection data it belongs to
-  // Whether a table of this type, or one it reaches, has required fields: FlatBuffers 2.0.8's
-  // reflection verifier does not check them, so verify_dyn does when this is set.
-  bool reaches_required = false;
   bool is_root = false;           // the schema's root_type
   std::uint32_t type_id = 0;      // identity in the shmq prefix (see the header comment)
   std::string identifier;         // file_identifier written into its buffers ("": none)

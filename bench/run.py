@@ -442,7 +442,23 @@ def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict
                       ">=", 0.5, "shmq 1p1c"))
     rows.append(ratio("Y6", "Python 1 MiB messages", Y("bytes/shmq.Queue/1048576/1p1c"),
                       Y("bytes/mp.Queue/1048576/1p1c"), ">=", 3, "mp.Queue"))
-    fb = ratio("FB", "Python FlatBuffers tick vs pickled dict (info)",
+    # F1-F3: shmq.fb (dicts built in C++ into the ring, read lazily in place) against pickling.
+    rows.append(ratio("F1", "Python FlatBuffers tick: put_fb dict, get_fb every field",
+                      Y("flatbuffers/shmq.Queue/put_fb"), Y("flatbuffers/shmq.Queue/pickle"),
+                      ">=", 1.3, "shmq.Queue pickle"))
+    rows.append(ratio("F1 mp", "Python FlatBuffers tick: put_fb dict, get_fb every field",
+                      Y("flatbuffers/shmq.Queue/put_fb"), Y("flatbuffers/mp.Queue/pickle"),
+                      ">=", 6, "mp.Queue pickle"))
+    rows.append(ratio("F2", "Python FlatBuffers order, 1 M int64 from numpy, summed as numpy",
+                      Y("fb_large/shmq.Queue/put_fb"), Y("fb_large/mp.Queue/pickle"),
+                      ">=", 3, "mp.Queue"))
+    rows.append(ratio("F2 shmq", "Python FlatBuffers order, 1 M int64 from numpy, summed as numpy",
+                      Y("fb_large/shmq.Queue/put_fb"), Y("fb_large/shmq.Queue/pickle"),
+                      ">=", 1.5, "shmq.Queue pickle"))
+    rows.append(ratio("F3", "Python get_fb one field of order_7k vs unpickling it (reads only)",
+                      Y("fb_read/shmq.Queue/get_fb"), Y("fb_read/shmq.Queue/pickle"),
+                      ">=", 5, "unpickling"))
+    fb = ratio("FB py", "Python FlatBuffers tick, pure-Python builder + flatc classes (info)",
                Y("flatbuffers/shmq.Queue/flatbuffers"), Y("flatbuffers/shmq.Queue/pickle"),
                ">=", 0, "pickle")
     if fb["verdict"] != "not run":
@@ -458,12 +474,6 @@ def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict
         if row["verdict"] != "not run":
             row["verdict"], row["target"] = "info", "ratio vs copied"
         rows.append(row)
-    fb_mp = ratio("FB mp", "Python FlatBuffers tick via shmq vs pickled dict via mp.Queue (info)",
-                  Y("flatbuffers/shmq.Queue/flatbuffers"), Y("flatbuffers/mp.Queue/pickle"),
-                  ">=", 0, "mp.Queue pickle")
-    if fb_mp["verdict"] != "not run":
-        fb_mp["verdict"], fb_mp["target"] = "info", "ratio vs mp.Queue pickle"
-    rows.append(fb_mp)
     # Locks and shared values (the synchronization issue): C++ S1-S2, Python S3-S5.
     rows.append(ratio("S1 std", "C++ lock+unlock, uncontended", C("lock/shmq/uncontended"),
                       C("lock/std_mutex/uncontended"), ">=", 0.8, "std::mutex", "ops/s"))

@@ -148,7 +148,7 @@ def make_payload(spec: Tuple[str, int]) -> Any:
 
 
 def payload_size(spec: Tuple[str, int]) -> int:
-    return spec[1] if spec[0] in ("bytes", "numpy") else 256
+    return spec[1] if spec[0] in ("bytes", "numpy") or spec[1] > 256 else 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def _run_children(procs: List[Any], timeout: float) -> Optional[str]:
 @dataclass
 class Scenario:
     sid: str
-    group: str            # bytes | topology | objects | batch | pingpong | flatbuffers
+    group: str            # bytes | topology | objects | batch | pingpong | flatbuffers | fb_large | fb_read
     impl: str
     producers: int = 1
     consumers: int = 1
@@ -365,7 +365,41 @@ def run_pingpong(s: Scenario, n: int, timeout: float) -> Tuple[Optional[Dict[str
             "mean_ns": float(sum(samples) / len(samples))}, None
 
 
-# --- FlatBuffers vs pickle: a market-data tick through shmq.Queue ----------------------------
+# --- FlatBuffers from Python (F1-F3) -----------------------------------------------------------
+# Every contender builds the same dict in Python first, so the codec is the difference:
+#   put_fb       shmq.fb: the dict walked in C++ into the ring, read lazily in place (get_fb)
+#   pickle       the dict pickled through shmq.Queue or multiprocessing.Queue
+#   flatbuffers  the pure-Python `flatbuffers` Builder and flatc --python classes (info only)
+# F1: a tick, every field read. F2: an order with a 1 M-element int64 price_ladder from a numpy
+# array, read as a numpy array and summed. F3 (one process, reads only): one field of order_7k.
+
+SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "serialize", "schemas")
+LADDER = 1 << 20
+
+
+def _fb_type(schema: str, name: str) -> Any:
+    import shmq.fb
+    return getattr(shmq.fb.load(os.path.join(SCHEMA_DIR, schema)), name)
+
+
+def _tick_dict(i: int) -> Dict[str, Any]:
+    return {"instrument_id": 7, "sequence": i, "exchange_ns": 1_700_000_000_000_000_000 + i,
+            "receive_ns": 1_700_000_000_000_001_000 + i,
+            "bid": {"price": 101.25, "size": 300, "orders": 4},
+            "ask": {"price": 101.5, "size": 200, "orders": 3},
+            "last_price": 101.25, "last_size": 100, "last_side": 1, "flags": 3}
+
+
+def _order_7k(i: int) -> Dict[str, Any]:
+    """bench/serialize/fb_bench.cpp's order_7k: 16 legs, 16 tags, 256 ladder steps, a 4 KiB note."""
+    return {"order_id": i, "client_order_id": f"cl-{i}", "account": "ACC-0042", "symbol": "ESZ5",
+            "side": 0, "quantity": 10, "time_in_force": 1,
+            "type": ("LimitOrder", {"price": 4500.25}),
+            "legs": [{"symbol": f"LEG{k}", "side": k % 2, "ratio": k + 1} for k in range(16)],
+            "tags": [{"key": str(k), "value": f"LEG{k}"} for k in range(16)],
+            "price_ladder": [i + k for k in range(256)], "created_ns": i, "note": "n" * 4096}
+
 
 def _tick_module() -> Any:
     """shmq.schema.Tick if the package ships it, else flatc --python into a temporary dir."""
@@ -374,75 +408,173 @@ def _tick_module() -> Any:
         return Tick
     except Exception:
         pass
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    schema = os.path.join(root, "serialize", "schemas", "tick.fbs")
     out = tempfile.mkdtemp(prefix="shmq-bench-fb-")
-    subprocess.run(["flatc", "--python", "-o", out, schema], check=True, capture_output=True)
+    subprocess.run(["flatc", "--python", "-o", out, os.path.join(SCHEMA_DIR, "tick.fbs")], check=True,
+                   capture_output=True)
     sys.path.insert(0, out)
     from shmq.schema import Tick  # type: ignore  # noqa: F811  (namespace from the schema)
     return Tick
 
 
-def _build_tick(Tick: Any, level_mod: Any, seq: int) -> Any:
+def _py_builder_put(q: Any) -> Callable[[Dict[str, Any]], None]:
+    import importlib
+
     import flatbuffers
-    builder = flatbuffers.Builder(256)  # flatbuffers 2.0.7's Python Builder has no Clear()
-    Tick.TickStart(builder)
-    Tick.TickAddInstrumentId(builder, 7)
-    Tick.TickAddSequence(builder, seq)
-    Tick.TickAddExchangeNs(builder, 1)
-    Tick.TickAddReceiveNs(builder, 2)
-    Tick.TickAddBid(builder, level_mod.CreateLevel(builder, 101.25, 300, 4, 0))
-    Tick.TickAddAsk(builder, level_mod.CreateLevel(builder, 101.5, 200, 3, 0))
-    Tick.TickAddLastPrice(builder, 101.25)
-    Tick.TickAddLastSize(builder, 100)
-    builder.Finish(Tick.TickEnd(builder), file_identifier=b"TICK")
-    return builder
+    Tick = _tick_module()
+    Level = importlib.import_module(Tick.__name__.rsplit(".", 1)[0] + ".Level")
+
+    def put(d: Dict[str, Any]) -> None:
+        b = flatbuffers.Builder(256)  # flatbuffers 2.0.7's Python Builder has no Clear()
+        Tick.TickStart(b)
+        Tick.TickAddInstrumentId(b, d["instrument_id"])
+        Tick.TickAddSequence(b, d["sequence"])
+        Tick.TickAddExchangeNs(b, d["exchange_ns"])
+        Tick.TickAddReceiveNs(b, d["receive_ns"])
+        bid, ask = d["bid"], d["ask"]
+        Tick.TickAddBid(b, Level.CreateLevel(b, bid["price"], bid["size"], bid["orders"], 0))
+        Tick.TickAddAsk(b, Level.CreateLevel(b, ask["price"], ask["size"], ask["orders"], 0))
+        Tick.TickAddLastPrice(b, d["last_price"])
+        Tick.TickAddLastSize(b, d["last_size"])
+        Tick.TickAddLastSide(b, d["last_side"])
+        Tick.TickAddFlags(b, d["flags"])
+        b.Finish(Tick.TickEnd(b), file_identifier=b"TICK")
+        q.put_flatbuffer(b)
+    return put
 
 
-def _fb_producer(q: Any, n: int, use_fb: bool, barrier: Any, times: Any) -> None:
-    if use_fb:
-        import importlib
-        Tick = _tick_module()
-        level_mod = importlib.import_module(Tick.__name__.rsplit(".", 1)[0] + ".Level")
+# Messages sent and read before the timed run, so that every contender starts warm (the queue's
+# arena chunks and the allocator's large blocks touched once).
+def _fb_warmup(large: bool) -> int:
+    return 16 if large else 200
+
+
+def _fb_producer(q: Any, n: int, mode: str, large: bool, barrier: Any, times: Any) -> None:
+    if large:
+        import numpy as np
+        ladder = np.arange(LADDER, dtype=np.int64)
+        make = lambda i: {"order_id": i, "account": "ACC-0042", "symbol": "ESZ5",  # noqa: E731
+                          "price_ladder": ladder}
+    else:
+        make = _tick_dict
+    if mode == "put_fb":
+        T = _fb_type("order.fbs", "Order") if large else _fb_type("tick.fbs", "Tick")
+        put_fb = q.put_fb
+        put = lambda d: put_fb(T, d)  # noqa: E731
+    elif mode == "flatbuffers":
+        put = _py_builder_put(q)
+    else:
+        put = q.put
+    for i in range(_fb_warmup(large)):
+        put(make(i))
     barrier.wait()
     times[0] = time.perf_counter()
     for i in range(n):
-        if use_fb:  # a FlatBuffers record, copied once from the builder into shared memory
-            q.put_flatbuffer(_build_tick(Tick, level_mod, i))
-        else:
-            q.put({"instrument_id": 7, "sequence": i, "exchange_ns": 1, "receive_ns": 2,
-                   "bid": (101.25, 300, 4), "ask": (101.5, 200, 3), "last_price": 101.25,
-                   "last_size": 100})
+        put(make(i))
+    if mode == "pickle" and not hasattr(q, "get_fb"):  # multiprocessing: flush the feeder
+        q.close()
+        q.join_thread()
 
 
-def _fb_consumer(q: Any, n: int, use_fb: bool, barrier: Any, times: Any) -> None:
-    if use_fb:
-        Tick = _tick_module()
-    barrier.wait()
+def _fb_consumer(q: Any, n: int, mode: str, large: bool, barrier: Any, times: Any) -> None:
     total = 0
-    for _ in range(n):
-        if use_fb:
+    if mode == "put_fb":
+        T = _fb_type("order.fbs", "Order") if large else _fb_type("tick.fbs", "Tick")
+        get_fb = q.get_fb
+    elif mode == "flatbuffers":
+        Tick = _tick_module().Tick
+    get = q.get
+
+    def read() -> int:
+        if large:
+            if mode == "put_fb":
+                with get_fb(T) as o:
+                    return int(o.price_ladder.sum())
+            return int(get()["price_ladder"].sum())
+        if mode == "put_fb":
+            with get_fb(T) as t:
+                b, a = t.bid, t.ask
+                return (t.instrument_id + t.sequence + t.exchange_ns + t.receive_ns + b.price + b.size
+                        + b.orders + a.price + a.size + a.orders + t.last_price + t.last_size
+                        + t.last_side + t.flags)
+        if mode == "flatbuffers":
             with q.get_view() as mv:
-                t = Tick.Tick.GetRootAs(mv, 0)
-                total += t.Sequence() + int(t.Bid().Price())
-        else:
-            d = q.get()
-            total += d["sequence"] + int(d["bid"][0])
+                t = Tick.GetRootAs(mv, 0)
+                b, a = t.Bid(), t.Ask()
+                v = (t.InstrumentId() + t.Sequence() + t.ExchangeNs() + t.ReceiveNs() + b.Price()
+                     + b.Size() + b.Orders() + a.Price() + a.Size() + a.Orders() + t.LastPrice()
+                     + t.LastSize() + t.LastSide() + t.Flags())
+                del t, b, a
+                return v
+        d = get()
+        b, a = d["bid"], d["ask"]
+        return (d["instrument_id"] + d["sequence"] + d["exchange_ns"] + d["receive_ns"]
+                + b["price"] + b["size"] + b["orders"] + a["price"] + a["size"] + a["orders"]
+                + d["last_price"] + d["last_size"] + d["last_side"] + d["flags"])
+
+    for _ in range(_fb_warmup(large)):
+        read()
+    barrier.wait()
+    for _ in range(n):
+        total += read()
     times[1] = time.perf_counter()
 
 
 def run_flatbuffers(s: Scenario, n: int, timeout: float) -> Tuple[Optional[float], Optional[str]]:
-    q = IMPLS[s.impl].make(0)
+    mode, large = s.spec[0], s.group == "fb_large"
+    if large and s.impl == "shmq.Queue":
+        # 8 MB messages: arena chunks that hold one (16 MiB) for every shmq contender, as a user
+        # sending such messages would configure; with the default 2 MiB chunks each message goes
+        # through a shared-memory file of its own and page faults dominate both codecs.
+        import shmq
+        q = shmq.Queue(arena_chunk_bytes=16 << 20)
+    else:
+        q = IMPLS[s.impl].make(0)
     barrier = CTX.Barrier(2)
     times = CTX.Array("d", 2, lock=False)
-    use_fb = s.spec[0] == "flatbuffers"
-    procs = [CTX.Process(target=_fb_producer, args=(q, n, use_fb, barrier, times)),
-             CTX.Process(target=_fb_consumer, args=(q, n, use_fb, barrier, times))]
+    procs = [CTX.Process(target=_fb_producer, args=(q, n, mode, large, barrier, times)),
+             CTX.Process(target=_fb_consumer, args=(q, n, mode, large, barrier, times))]
     err = _run_children(procs, timeout)
-    q.close()
+    IMPLS[s.impl].close(q)
     if err:
         return None, err
     return n / (times[1] - times[0]), None
+
+
+def _fb_reader(n: int, mode: str, times: Any) -> None:
+    """F3: fills a queue with order_7k messages (untimed), then times reading them back."""
+    import shmq
+    T = _fb_type("order.fbs", "Order")
+    q = shmq.Queue(slots=256, slot_size=16384)
+    msgs = [_order_7k(i) for i in range(256)]
+    spent, done = 0.0, 0
+    try:
+        while done < n:
+            k = min(256, n - done)
+            for i in range(k):
+                q.put_fb(T, msgs[i]) if mode == "get_fb" else q.put(msgs[i])
+            t0 = time.perf_counter()
+            if mode == "get_fb":
+                get_fb = q.get_fb
+                for _ in range(k):
+                    with get_fb(T) as o:
+                        o.symbol
+            else:
+                get = q.get
+                for _ in range(k):
+                    get()["symbol"]
+            spent += time.perf_counter() - t0
+            done += k
+    finally:
+        q.close()
+    times[0] = spent
+
+
+def run_fb_read(s: Scenario, n: int, timeout: float) -> Tuple[Optional[float], Optional[str]]:
+    times = CTX.Array("d", 1, lock=False)
+    err = _run_children([CTX.Process(target=_fb_reader, args=(n, s.spec[0], times))], timeout)
+    if err:
+        return None, err
+    return n / times[0], None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,12 +599,16 @@ def build_scenarios(full: bool) -> List[Scenario]:
                                 batch=256))
     for impl in QUEUES + PIPES:
         out.append(Scenario(f"pingpong/{impl}", "pingpong", impl, spec=("bytes", 8)))
-    for impl, kind in (("shmq.Queue", "flatbuffers"), ("shmq.Queue", "pickle"),
-                       ("mp.Queue", "pickle")):
+    for impl, kind in (("shmq.Queue", "put_fb"), ("shmq.Queue", "pickle"), ("mp.Queue", "pickle"),
+                       ("shmq.Queue", "flatbuffers")):
         out.append(Scenario(f"flatbuffers/{impl}/{kind}", "flatbuffers", impl, spec=(kind, 0)))
     # Locks and shared values (sync_compare.py; fixed counts, no calibration).
     for sid in sync_compare.SCENARIOS:
         out.append(Scenario(sid, "sync", sid.split("/")[1]))
+    for impl, kind in (("shmq.Queue", "put_fb"), ("shmq.Queue", "pickle"), ("mp.Queue", "pickle")):
+        out.append(Scenario(f"fb_large/{impl}/{kind}", "fb_large", impl, spec=(kind, 8 * LADDER)))
+    for kind in ("get_fb", "pickle"):
+        out.append(Scenario(f"fb_read/shmq.Queue/{kind}", "fb_read", "shmq.Queue", spec=(kind, 7 << 10)))
     return out
 
 
@@ -533,7 +669,8 @@ def main() -> int:
                         s.reps.append(res["p50_ns"])
                         s.n = pingpong_n
                 else:
-                    runner = run_flatbuffers if s.group == "flatbuffers" else run_throughput
+                    runner = {"flatbuffers": run_flatbuffers, "fb_large": run_flatbuffers,
+                              "fb_read": run_fb_read}.get(s.group, run_throughput)
                     if s.n == 0:
                         # Calibrate: grow the count until one run lasts about run_s.
                         n = initial_count(s.spec) * max(1, s.producers)

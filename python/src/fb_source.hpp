@@ -1,12 +1,13 @@
 // PySource: DynBuilder's Source over Python objects (the concept is in
-// serialize/include/shmq/serialize/dyn_build.hpp). Dicts are read with the field names interned
-// once per type (TypeCache::keys), so a field costs one dict lookup by a pointer-equal key and no
-// Python object is created; exact ints, floats and strs convert without running Python code.
+// serialize/include/shmq/serialize/dyn_build.hpp). A dict is walked entry by entry, each key
+// matched to its field by pointer against the names interned once per type (TypeCache::keys), so
+// a field costs no lookup and no Python object is created; exact ints, floats and strs convert
+// without running Python code.
 //
-// Lifetimes: get() returns a new reference (dropped by the builder with drop()); a sequence's
-// current item and a pair's items are kept alive by the Seq / the source, so a conversion that
-// runs Python code (__index__, __float__, a Mapping's __getitem__) cannot free what the builder
-// still reads. Conv::error means a Python exception is set.
+// Lifetimes: an entry's key and value, a sequence's current item and a pair's items are held
+// while the builder uses them, so a conversion that runs Python code (__index__, __float__, a
+// Mapping's methods) cannot free what the builder still reads. Conv::error (and fields()
+// returning false without the builder's own error) means a Python exception is set.
 #pragma once
 
 #include <nanobind/nanobind.h>
@@ -75,67 +76,41 @@ class PySource {
     for (PyObject* o : keep_) Py_DECREF(o);
   }
 
-  long mapping_size(Node n) {
-    if (PyDict_Check(n)) return static_cast<long>(PyDict_GET_SIZE(n));
-    if (PyTuple_Check(n) || PyList_Check(n) || PyUnicode_Check(n) || PyBytes_Check(n)) return -1;
+  bool is_mapping(Node n) {
+    if (PyDict_Check(n)) return true;
+    if (PyTuple_Check(n) || PyList_Check(n) || PyUnicode_Check(n) || PyBytes_Check(n)) return false;
     const int is = PyObject_IsInstance(n, mapping_abc_);
-    if (is <= 0) {
-      PyErr_Clear();
-      return -1;
-    }
-    const Py_ssize_t size = PyObject_Size(n);
-    if (size < 0) PyErr_Clear();
-    return size < 0 ? -1 : static_cast<long>(size);
+    if (is < 0) PyErr_Clear();
+    return is == 1;
   }
-
-  Node get(Node map, const shmq::fb::TypeInfo& t, const shmq::fb::FieldInfo& f) {
-    PyObject* key = s_.caches[t.index].keys[f.index];
-    if (PyDict_Check(map)) {
-      PyObject* v = PyDict_GetItemWithError(map, key);
-      if (v == nullptr) {
-        PyErr_Clear();
-        return nullptr;
-      }
-      Py_INCREF(v);
-      return v;
-    }
-    PyObject* v = PyObject_GetItem(map, key);
-    if (v == nullptr) PyErr_Clear();  // KeyError: absent
-    return v;
-  }
-  static bool missing(Node n) noexcept { return n == nullptr; }
   static bool is_none(Node n) noexcept { return n == Py_None; }
-  static void drop(Node n) noexcept { Py_XDECREF(n); }
 
-  std::string unknown_key(Node map, const shmq::fb::TypeInfo& t) {
-    PyObject* keys = PyDict_Check(map) ? PyDict_Keys(map) : PyMapping_Keys(map);
-    if (keys == nullptr) {
-      PyErr_Clear();
-      return "?";
+  // The entries of a dict in its order (PyDict_Next: no objects made), each key matched to its
+  // field by pointer (the key objects of dict literals and keyword arguments are the interned
+  // names TypeCache::keys holds), else by the type's name dict. Keys and values are held during
+  // fn: a conversion may run Python code that changes the dict.
+  template <class Fn>
+  bool fields(Node map, const shmq::fb::TypeInfo& t, Fn&& fn) {
+    const TypeCache& c = s_.caches[t.index];
+    if (PyDict_Check(map)) {
+      Py_ssize_t pos = 0;
+      PyObject* k = nullptr;
+      PyObject* v = nullptr;
+      while (PyDict_Next(map, &pos, &k, &v)) {
+        if (!entry(c, t, k, v, fn)) return false;
+      }
+      return true;
     }
-    std::string out = "?";
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); ++i) {
-      PyObject* k = PyList_GET_ITEM(keys, i);
-      if (!PyUnicode_Check(k)) {
-        PyObject* r = PyObject_Repr(k);
-        out = r != nullptr ? std::string(PyUnicode_AsUTF8(r)) + "' (not a str)" : "?";
-        Py_XDECREF(r);
-        PyErr_Clear();
-        break;
-      }
-      const char* name = PyUnicode_AsUTF8(k);
-      if (name == nullptr) {
-        PyErr_Clear();
-        continue;
-      }
-      const shmq::fb::FieldInfo* f = t.field(name);
-      if (f == nullptr || f->deprecated || f->base == reflection::UType) {
-        out = name;
-        break;
-      }
+    PyObject* items = PyMapping_Items(map);  // other Mappings: a list of (key, value)
+    if (items == nullptr) return false;
+    bool ok = true;
+    for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(items); ++i) {
+      PyObject* kv = PyList_GET_ITEM(items, i);
+      ok = PyTuple_Check(kv) && PyTuple_GET_SIZE(kv) == 2 &&
+           entry(c, t, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), fn);
     }
-    Py_DECREF(keys);
-    return out;
+    Py_DECREF(items);
+    return ok;
   }
 
   Conv to_i64(Node n, std::int64_t& out) {
@@ -275,6 +250,44 @@ class PySource {
   }
 
  private:
+  static const shmq::fb::FieldInfo* field_of(const TypeCache& c, const shmq::fb::TypeInfo& t, PyObject* key) {
+    for (std::size_t i = 0; i < c.keys.size(); ++i) {
+      if (c.keys[i] == key) return &t.fields[i];
+    }
+    if (!PyUnicode_Check(key)) return nullptr;
+    PyObject* idx = PyDict_GetItemWithError(c.attrs, key);  // a str equal to a name, not interned
+    if (idx == nullptr) {
+      PyErr_Clear();
+      return nullptr;
+    }
+    return &t.fields[static_cast<std::size_t>(PyLong_AsSsize_t(idx))];
+  }
+
+  static std::string key_text(PyObject* key) {
+    if (PyUnicode_Check(key)) {
+      const char* s = PyUnicode_AsUTF8(key);
+      if (s != nullptr) return s;
+      PyErr_Clear();
+      return "?";
+    }
+    PyObject* r = PyObject_Repr(key);
+    std::string out = r != nullptr && PyUnicode_AsUTF8(r) != nullptr ? PyUnicode_AsUTF8(r) : "?";
+    Py_XDECREF(r);
+    PyErr_Clear();
+    out.append("' (not a str)");  // append: g++ 12 warns falsely (-Wrestrict) on string + literal
+    return out;
+  }
+
+  template <class Fn>
+  bool entry(const TypeCache& c, const shmq::fb::TypeInfo& t, PyObject* k, PyObject* v, Fn& fn) {
+    Py_INCREF(k);
+    Py_INCREF(v);
+    const bool go = fn(field_of(c, t, k), v, [k] { return key_text(k); });
+    Py_DECREF(v);
+    Py_DECREF(k);
+    return go;
+  }
+
   static Conv long_i64(PyObject* n, std::int64_t& out) {
     int overflow = 0;
     const long long v = PyLong_AsLongLongAndOverflow(n, &overflow);

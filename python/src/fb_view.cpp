@@ -369,15 +369,23 @@ void view_dealloc(PyObject* self) {
   free_obj<View>(self);
 }
 
+// Attribute names in code are interned, so they are pointer-equal to the type's interned field
+// names: a scan of a few pointers finds the field; other strs go through the name dict.
 PyObject* view_getattro(PyObject* self, PyObject* name) {
   View* v = reinterpret_cast<View*>(self);
-  PyObject* idx = PyDict_GetItemWithError(v->s->caches[v->t->index].attrs, name);
-  if (idx == nullptr) {
-    if (PyErr_Occurred()) return nullptr;
-    return PyObject_GenericGetAttr(self, name);
+  const TypeCache& c = v->s->caches[v->t->index];
+  std::size_t i = 0;
+  while (i < c.keys.size() && c.keys[i] != name) ++i;
+  if (i == c.keys.size() || v->t->fields[i].deprecated) {
+    PyObject* idx = PyDict_GetItemWithError(c.attrs, name);
+    if (idx == nullptr) {
+      if (PyErr_Occurred()) return nullptr;
+      return PyObject_GenericGetAttr(self, name);
+    }
+    i = static_cast<std::size_t>(PyLong_AsSsize_t(idx));
   }
   if (!check_live(v->holder)) return nullptr;
-  return field_obj(v, v->t->fields[static_cast<std::size_t>(PyLong_AsSsize_t(idx))]);
+  return field_obj(v, v->t->fields[i]);
 }
 
 PyObject* view_to_dict(PyObject* self, PyObject*) { return view_dict(reinterpret_cast<View*>(self)); }

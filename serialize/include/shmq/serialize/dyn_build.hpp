@@ -18,17 +18,18 @@
 // drops the builder (DynWriter aborts the claim).
 //
 // How: each table is built in two phases, because FlatBuffers needs a table's strings, vectors
-// and sub-tables finished before the table starts. Phase 1 looks every field up once, converts
-// scalars and structs (so every error happens here) and builds the offset-typed children; phase 2
-// adds the fields, largest first, and cannot fail.
+// and sub-tables finished before the table starts. Phase 1 goes through the mapping's entries
+// once, converts scalars and structs (so every error happens here) and builds the offset-typed
+// children; phase 2 adds the fields, largest first, and cannot fail.
 //
 // The Source concept (all calls are made by one thread, for one build):
 //   typename Node                         a value handle, copied freely
-//   long mapping_size(Node)               entries of a mapping; -1: not a mapping
-//   Node get(Node map, const TypeInfo&, const FieldInfo&)   the field's value, or missing()
-//   bool missing(Node) / bool is_none(Node)
-//   void drop(Node)                       done with a value get() returned
-//   std::string unknown_key(Node map, const TypeInfo&)      cold: a key that names no field
+//   bool is_mapping(Node) / bool is_none(Node)
+//   bool fields(Node map, const TypeInfo&, Fn fn)   calls fn(const FieldInfo* f, Node value,
+//                                         key_text) for each entry: f is the field the key names
+//                                         (nullptr: none), key_text() the key in words (cold);
+//                                         stops when fn returns false. Returns false when stopped,
+//                                         or when the Source failed (Conv::error's meaning).
 //   Conv to_i64(Node, int64_t&) / to_u64(Node, uint64_t&) / to_f64(Node, double&) / to_bool(Node, bool&)
 //   Conv text(Node, std::string_view&)    a str (as UTF-8) or bytes
 //   Conv buffer(Node, BufferView&, typename Source::Hold&)  a contiguous buffer, held by Hold
@@ -206,8 +207,9 @@ class DynBuilder {
     }
     return false;
   }
-  void step(const std::string& field) { steps_.push_back("." + field); }
-  void step(std::size_t index) { steps_.push_back("[" + std::to_string(index) + "]"); }
+  // Built with append(): g++ 12 reports a false -Wrestrict on `"literal" + std::string` here.
+  void step(const std::string& field) { steps_.emplace_back(".").append(field); }
+  void step(std::size_t index) { steps_.emplace_back("[").append(std::to_string(index)).append("]"); }
   void finish_path(const TypeInfo& root) {
     error_.path = root.path_name;
     for (auto it = steps_.rbegin(); it != steps_.rend(); ++it) error_.path += *it;
@@ -230,47 +232,37 @@ class DynBuilder {
   flatbuffers::uoffset_t build_table(const TypeInfo& t, Node map) {
     if (too_deep()) return 0;
     Depth depth(depth_);
-    const long entries = src_.mapping_size(map);
-    if (entries < 0) {
+    if (!src_.is_mapping(map)) {
       fail(BuildErrc::type_error, "expected a mapping for table " + t.short_name + ", got " + src_.describe(map));
       return 0;
     }
     const std::size_t base = scratch_.slots.size();
     scratch_.slots.resize(base + t.fields.size());
-    long found = 0;
-    bool ok = true;
-    for (const FieldInfo& f : t.fields) {
-      if (f.deprecated || f.base == reflection::UType) continue;
-      const Node v = src_.get(map, t, f);
-      if (src_.missing(v)) {
-        if (f.required) {
-          step(f.name);
-          fail(BuildErrc::type_error, "missing required field '" + f.name + "' of " + t.short_name);
-          ok = false;
-          break;
-        }
-        continue;
+    bool ok = src_.fields(map, t, [&](const FieldInfo* f, Node v, auto&& key_text) {
+      if (f == nullptr || f->deprecated || f->base == reflection::UType) {
+        fail(BuildErrc::type_error, "table " + t.short_name + " has no field '" + key_text() + "'");
+        return false;
       }
-      ++found;
-      const bool none = src_.is_none(v);
-      if (none && f.required) {
-        src_.drop(v);
+      if (src_.is_none(v)) {
+        if (!f->required) return true;  // None: left out
+        step(f->name);
+        fail(BuildErrc::type_error, "required field '" + f->name + "' of " + t.short_name + " is None");
+        return false;
+      }
+      if (!phase1(*f, v, base + f->index)) {
+        step(f->name);
+        return false;
+      }
+      return true;
+    });
+    if (!ok && error_.ok()) fail(BuildErrc::source_error, "");
+    for (std::size_t i = 0; ok && i < t.fields.size(); ++i) {
+      const FieldInfo& f = t.fields[i];
+      if (f.required && !scratch_.slots[base + i].present) {
         step(f.name);
-        fail(BuildErrc::type_error, "required field '" + f.name + "' of " + t.short_name + " is None");
+        fail(BuildErrc::type_error, "missing required field '" + f.name + "' of " + t.short_name);
         ok = false;
-        break;
       }
-      if (!none && !phase1(f, v, base + f.index)) {
-        src_.drop(v);
-        step(f.name);
-        ok = false;
-        break;
-      }
-      src_.drop(v);
-    }
-    if (ok && found < entries) {
-      fail(BuildErrc::type_error, "table " + t.short_name + " has no field '" + src_.unknown_key(map, t) + "'");
-      ok = false;
     }
     flatbuffers::uoffset_t off = 0;
     if (ok) off = phase2(t, base);
@@ -517,25 +509,18 @@ class DynBuilder {
   bool structure(const TypeInfo& t, Node v, std::size_t pos) {
     if (too_deep()) return false;
     Depth depth(depth_);
-    const long entries = src_.mapping_size(v);
-    if (entries >= 0) {
-      long found = 0;
-      for (const FieldInfo& f : t.fields) {
-        const Node x = src_.get(v, t, f);
-        if (src_.missing(x)) continue;
-        ++found;
-        const bool ok = src_.is_none(x) || struct_field(f, x, pos + f.offset);
-        src_.drop(x);
-        if (!ok) {
-          step(f.name);
+    if (src_.is_mapping(v)) {
+      const bool ok = src_.fields(v, t, [&](const FieldInfo* f, Node x, auto&& key_text) {
+        if (f == nullptr) {
+          fail(BuildErrc::type_error, "struct " + t.short_name + " has no field '" + key_text() + "'");
           return false;
         }
-      }
-      if (found < entries) {
-        fail(BuildErrc::type_error, "struct " + t.short_name + " has no field '" + src_.unknown_key(v, t) + "'");
+        if (src_.is_none(x) || struct_field(*f, x, pos + f->offset)) return true;
+        step(f->name);
         return false;
-      }
-      return true;
+      });
+      if (!ok && error_.ok()) fail(BuildErrc::source_error, "");
+      return ok;
     }
     typename Source::Seq seq;
     const Conv c = src_.sequence(v, seq);

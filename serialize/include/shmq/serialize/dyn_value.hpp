@@ -107,25 +107,14 @@ class ValueSource {
     const Value::List* list_ = nullptr;
   };
 
-  long mapping_size(Node n) const noexcept {
-    const Value::Map* m = n->get<Value::Map>();
-    return m != nullptr ? static_cast<long>(m->size()) : -1;
-  }
-  Node get(Node map, const TypeInfo&, const FieldInfo& f) const noexcept {
-    for (const auto& [k, v] : *map->get<Value::Map>()) {
-      if (k == f.name) return &v;
-    }
-    return nullptr;
-  }
-  static bool missing(Node n) noexcept { return n == nullptr; }
+  static bool is_mapping(Node n) noexcept { return n->get<Value::Map>() != nullptr; }
   static bool is_none(Node n) noexcept { return n->is_none(); }
-  static void drop(Node) noexcept {}
-  std::string unknown_key(Node map, const TypeInfo& t) const {
+  template <class Fn>
+  bool fields(Node map, const TypeInfo& t, Fn&& fn) const {
     for (const auto& [k, v] : *map->get<Value::Map>()) {
-      const FieldInfo* f = t.field(k);
-      if (f == nullptr || f->deprecated || f->base == reflection::UType) return k;
+      if (!fn(t.field(k), &v, [&k] { return k; })) return false;
     }
-    return "?";
+    return true;
   }
 
   Conv to_i64(Node n, std::int64_t& out) const noexcept {

@@ -638,3 +638,13 @@ def test_the_cli_decodes_put_fb_messages_with_the_same_schema_loader(qname):
     assert value["symbol"] == "NQZ5" and value["legs"][2]["symbol"] == "LEG2"
     assert value["type"] == {"price": 4501.25, "post_only": True}
     q.close()
+
+
+def test_the_python_readme_example_runs():
+    text = open(os.path.join(ROOT, "python", "README.md")).read()
+    section = text[text.index("## FlatBuffers from dicts"):]
+    code = section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python") + 9)]
+    assert len(code.strip().splitlines()) <= 12
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ESZ5 1.75 8 {'symbol': 'ESZ5', 'px': {'bid': 1.5, 'ask': 1.75}, 'sizes': [3, 1, 4]}")

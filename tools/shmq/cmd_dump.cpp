@@ -1,7 +1,7 @@
 // shmq dump: peek at waiting messages, decoded by kind, without consuming them.
 //   kind 0 (bytes): hex and text; kind 1 (pickle): described (protocol, size), never unpickled;
 //   kind 2 (FlatBuffers): the serialize prefix, and with --schema the buffer verified against the
-//   schema (serialize's run-time schema loader and reflection verifier, the ones the Python
+//   schema (serialize's run-time schema loader and verifier, the ones the Python
 //   package uses) and printed as JSON; any other kind: hex and text.
 #include <fmt/core.h>
 

@@ -111,8 +111,9 @@ class ValueSource {
   static bool is_none(Node n) noexcept { return n->is_none(); }
   template <class Fn>
   bool fields(Node map, const TypeInfo& t, Fn&& fn) const {
-    for (const auto& [k, v] : *map->get<Value::Map>()) {
-      if (!fn(t.field(k), &v, [&k] { return k; })) return false;
+    for (const auto& entry : *map->get<Value::Map>()) {  // not a structured binding: clang 14
+      const std::string& key = entry.first;                // cannot capture one in a lambda
+      if (!fn(t.field(key), &entry.second, [&key] { return key; })) return false;
     }
     return true;
   }

@@ -6,6 +6,10 @@
 //   if (!m) { log(m.error().message()); ... }      // never a crash, whatever the bytes
 //   else    { const auto* o = m.get(); use(o->symbol()); }   // zero copy; m.release() when done
 //
+// The checks are ReadChecks, given what the reader Expects (a type identity and how to verify a
+// buffer of it): Reader<T> passes T's, DynReader (dyn_read.hpp) a run-time schema type's, and the
+// Python binding's get_fb the same.
+//
 // Modes (ReaderOptions::mode):
 //   verify            (default) flatbuffers::Verifier checks the buffer in place, then the view
 //                     points into shared memory.

@@ -8,6 +8,10 @@
 //     return t.Finish();
 //   });
 //
+// The machinery is AnyWriter<W>, which takes the root type's identity at run time (RootId);
+// Writer<T> is AnyWriter with T's, and DynWriter (dyn_write.hpp) builds with it from a schema
+// loaded at run time.
+//
 // How: claim n bytes (an adaptive guess from recent message sizes, or WriterOptions::claim_bytes),
 // give FlatBufferBuilder the claim through ClaimAllocator, Finish() with the schema's
 // file_identifier, write the prefix (prefix.hpp) and commit the whole claim. The builder fills

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string>
 
+#include "pickler.hpp"
 #include "support.hpp"
 
 namespace shmq::py {
@@ -108,9 +109,7 @@ void Payload::add(const void* p, std::size_t n) {
 
 void Payload::pickle(PyObject* obj) {
   const std::size_t mark = tl_buffers.size();
-  PyObject* args[] = {nullptr, obj, g.protocol, g.collector};
-  PyObject* res = PyObject_Vectorcall(g.dumps, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                      g.cb_kwnames);
+  PyObject* res = forking_dumps(obj);  // buffers go to g.collector, appending to tl_buffers
   std::vector<PyObject*> bufs(tl_buffers.begin() + static_cast<std::ptrdiff_t>(mark),
                               tl_buffers.end());
   tl_buffers.resize(mark);

@@ -13,6 +13,7 @@
 
 #include "channel.hpp"
 #include "codec.hpp"
+#include "pickler.hpp"
 #include "shmq/shm/gc.hpp"
 #include "shmq/shm/queue.hpp"
 #include "support.hpp"
@@ -75,6 +76,7 @@ NB_MODULE(_shmq, m) {
   m.doc() = "shmq native core (internal; use the shmq package)";
   init_globals();
   init_codec();
+  init_pickler();
   bind_message_view(m);
   bind_queue(m);
   bind_pipe(m);

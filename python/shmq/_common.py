@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 from multiprocessing import util as _mp_util
 from typing import Any, Optional, Sequence
 
 from . import _shmq
 
-__all__ = ["gc", "unlink", "check_serializer", "check_timeout"]
+__all__ = ["gc", "unlink", "check_serializer", "check_timeout", "forget_fd", "aio"]
 
 _SERIALIZERS = ("pickle", "bytes")
 
@@ -27,6 +28,19 @@ def check_timeout(timeout: Optional[float]) -> Optional[float]:
         # multiprocessing clamps negative timeouts to 0 for get(); queue.Queue raises. Clamp.
         return 0.0
     return timeout
+
+
+def aio() -> Any:
+    """The asyncio helpers (imported on first use: asyncio is a heavy import)."""
+    from . import _asyncio
+    return _asyncio
+
+
+def forget_fd(fd: Optional[int]) -> None:
+    """Before a channel's readiness fd closes: every asyncio loop stops watching it."""
+    mod = sys.modules.get(__package__ + "._asyncio")
+    if fd is not None and mod is not None:
+        mod.forget(fd)
 
 
 def gc(patterns: Sequence[str] = (), *, include_named: bool = False, force: bool = False,

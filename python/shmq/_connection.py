@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from multiprocessing import connection as _mp_connection
 from typing import Any, Iterable, List, Optional, Tuple, Union
 
@@ -31,14 +30,18 @@ class Connection:
       caps a message near 2 GiB; so does this, via the record length).
     * ``send(obj)`` sends bytes-like objects raw (no pickle): ``recv()`` returns them as
       ``bytes``. Other objects use pickle protocol 5 with out-of-band buffers.
-    * There is no file descriptor: ``fileno()`` raises ``OSError``. Use ``shmq.wait`` (which also
-      accepts multiprocessing connections, sockets and sentinels, polling those in short slices).
+    * ``fileno()`` is an eventfd kept readable, by a watcher thread, exactly while a message (or
+      the end of the stream) waits: select, selectors, ``multiprocessing.connection.wait`` and
+      asyncio work on it. ``shmq.wait`` needs none (it sleeps on the rings themselves).
+    * asyncio: ``await recv_async()``, ``recv_bytes_async()``, ``send_async(obj)``.
     * A Connection pickles by name, so it can be passed to a Process under any start method and
       sent through queues and pipes. Each end's roles (the ring writer/reader) are taken on first
       use, so only one process may use a given end at a time (another gets ``OSError``).
     * ``recv_bytes(maxlength)`` with a longer message raises ``OSError`` and drops that message
       (multiprocessing leaves the connection unusable).
     """
+
+    _fd: Optional[int] = None  # the readiness fd, once fileno() made it
 
     def __init__(self, handle: Any) -> None:
         self._h = handle
@@ -105,11 +108,36 @@ class Connection:
     def close(self) -> None:
         """Closes this end: the peer's ``recv`` drains what was sent, then raises EOFError; its
         ``send`` raises BrokenPipeError. Idempotent."""
+        _common.forget_fd(self._fd)
+        self._fd = None
         self._h.close()
 
     def fileno(self) -> int:
-        """Connections have no file descriptor; raises OSError (use ``shmq.wait``)."""
-        raise OSError("a shmq Connection has no file descriptor; use shmq.wait()")
+        """A file descriptor (an eventfd) that is readable exactly while a message, or the end of
+        the stream, waits to be received: for select, selectors, asyncio's ``add_reader``,
+        ``multiprocessing.connection.wait``. Do not read or write it; ``recv`` clears it.
+
+        The first call starts this process's watcher thread (see python/README, "Readiness
+        file descriptors"). A write-only end's fd never becomes readable."""
+        self._fd = _shmq.ready_fd(self._h)  # after a fork: a new fd, from the child's watcher
+        return self._fd
+
+    async def recv_async(self) -> Any:
+        """``recv()`` for asyncio: waits without blocking the event loop. Cancelling it takes no
+        message: a message is either returned or left for the next receive. ``EOFError`` at the
+        end of the stream. (A message larger than the pipe's ring is received, once its first
+        chunk is there, as it streams in.)"""
+        return await _common.aio().recv_async(self, self.recv)
+
+    async def recv_bytes_async(self, maxlength: Optional[int] = None) -> bytes:
+        """``recv_bytes()`` for asyncio, with recv_async's guarantees."""
+        return await _common.aio().recv_async(self, lambda: self.recv_bytes(maxlength))
+
+    async def send_async(self, obj: Any) -> None:
+        """``send(obj)`` for asyncio: waits for room in the ring without blocking the event loop.
+        Cancelled while it waits, nothing was sent. A message larger than the ring streams from a
+        worker thread as the reader takes it; cancelling that one does not stop it."""
+        await _common.aio().send_async(self, obj)
 
     @property
     def closed(self) -> bool:
@@ -168,51 +196,31 @@ def _native_of(obj: Any) -> Any:
     return None
 
 
-_POLL_SLICE = 0.005  # seconds between checks of non-shmq objects in a mixed wait()
-
-
 def wait(object_list: Iterable[Any], timeout: Optional[float] = None) -> List[Any]:
     """Like ``multiprocessing.connection.wait``: returns the objects of ``object_list`` that are
     ready, waiting up to ``timeout`` seconds (forever if None) for at least one.
 
-    shmq Connections (ready when a message waits or the peer closed) and Queues (ready when a
-    message waits) are waited on together with one futex_waitv call. Other objects (multiprocessing
-    connections, sockets, Process sentinels, file descriptors) are accepted too: the wait then
-    alternates between the two kinds in slices of a few milliseconds.
+    shmq Connections (ready when a message waits or the stream ended) and Queues (ready when a
+    message waits) alone are waited on together with one futex_waitv call, on the rings
+    themselves. Mixed with other objects (multiprocessing connections, sockets, Process
+    sentinels, file descriptors), every shmq object joins the others through its readiness fd
+    (``fileno()``) in one ``multiprocessing.connection.wait``.
     """
     objs = list(object_list)
     native = []
     native_objs = []
-    others = []
+    others = False
     for o in objs:
         h = _native_of(o)
         if h is None:
-            others.append(o)
+            others = True
         else:
             native.append(h)
             native_objs.append(o)
     if not others:
         ready = _shmq.wait(native, timeout)
         return [native_objs[i] for i in ready]
-    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-    while True:
-        ready_others = _mp_connection.wait(others, 0) if others else []
-        ready = [native_objs[i] for i in _shmq.wait(native, 0.0)] if native else []
-        if ready or ready_others:
-            return _in_order(objs, ready, ready_others)
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            return []
-        slice_ = _POLL_SLICE if deadline is None else min(_POLL_SLICE, deadline - now)
-        if native:
-            ready = [native_objs[i] for i in _shmq.wait(native, slice_)]
-            if ready:
-                ready_others = _mp_connection.wait(others, 0)
-                return _in_order(objs, ready, ready_others)
-        else:
-            ready_others = _mp_connection.wait(others, slice_)
-            if ready_others:
-                return _in_order(objs, [], ready_others)
+    return _in_order(objs, _mp_connection.wait(objs, timeout), [])
 
 
 def _in_order(objs: List[Any], a: List[Any], b: List[Any]) -> List[Any]:

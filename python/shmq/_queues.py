@@ -153,13 +153,16 @@ class Queue:
     * ``name="jobs"`` creates (or opens, if it exists) a named queue that unrelated processes
       reach with ``Queue.open("jobs")``; a named queue lives until ``unlink()``. An unnamed queue
       disappears when its last user closes it or exits (also after SIGKILL, at the next start).
-    * ``get_view()``, ``put_many()`` and ``get_many()`` are extensions.
+    * ``get_view()``, ``put_many()`` and ``get_many()`` are extensions; so are ``fileno()`` (a
+      readiness fd, readable while a message waits) and asyncio's ``get_async()`` and
+      ``put_async()``.
     * ``close()`` releases this process's shared-memory resources at once; after it every method
       of this handle raises ``ValueError`` (multiprocessing: ``put``/``get``).
     """
 
     _closed_error: Type[BaseException] = ValueError
     _joinable = False
+    _fd: Optional[int] = None  # the readiness fd, once fileno() made it
 
     def __init__(self, maxsize: int = 0, *, name: Optional[str] = None,
                  slots: Optional[int] = None, slot_size: int = DEFAULT_SLOT_SIZE,
@@ -301,7 +304,31 @@ class Queue:
     def close(self) -> None:
         """Closes this handle: this process will neither put nor get through it. Releases the
         roles and the mapping (the last user of an unnamed queue removes it). Idempotent."""
+        _common.forget_fd(self._fd)
+        self._fd = None
         self._h.close()
+
+    def fileno(self) -> int:
+        """A file descriptor (an eventfd) readable exactly while a message waits in the queue:
+        for select, selectors, asyncio's ``add_reader``, ``multiprocessing.connection.wait``. Do
+        not read or write it; ``get`` clears it. The first call starts this process's watcher
+        thread. When other processes take the last message, the fd clears within 50 ms (a get
+        through this handle clears it at once)."""
+        self._fd = _shmq.ready_fd(self._h)  # after a fork: a new fd, from the child's watcher
+        return self._fd
+
+    async def get_async(self, timeout: Optional[float] = None) -> Any:
+        """``get()`` for asyncio: waits up to ``timeout`` seconds (forever if None) without
+        blocking the event loop, then raises ``queue.Empty``. Cancelling it takes no message: a
+        message is either returned to the awaiting coroutine or left in the queue."""
+        return await _common.aio().get_async(self.get_nowait, self.fileno, timeout)
+
+    async def put_async(self, obj: Any, timeout: Optional[float] = None) -> None:
+        """``put(obj)`` for asyncio: waits up to ``timeout`` seconds (forever if None) for room
+        without blocking the event loop, then raises ``queue.Full``. Cancelled while it waits,
+        nothing was put."""
+        h = self._h
+        await _common.aio().put_async(lambda: self.put_nowait(obj), h, timeout)
 
     def join_thread(self) -> None:
         """Compatibility: there is no feeder thread, every put is already in shared memory.
@@ -363,8 +390,11 @@ class SimpleQueue:
 
     Same engine as Queue (no lock, no feeder thread). As in multiprocessing, using a closed
     SimpleQueue raises ``OSError`` ("handle is closed"). Extensions: ``name=``, ``slots=``,
-    ``slot_size=``, ``serializer=`` as for Queue, and ``SimpleQueue.open(name)``.
+    ``slot_size=``, ``serializer=`` as for Queue, ``SimpleQueue.open(name)``, ``fileno()``,
+    ``get_async()`` and ``put_async()`` (as Queue's).
     """
+
+    _fd: Optional[int] = None
 
     def __init__(self, *, name: Optional[str] = None, slots: int = DEFAULT_SLOTS,
                  slot_size: int = DEFAULT_SLOT_SIZE, serializer: str = "pickle",
@@ -427,7 +457,23 @@ class SimpleQueue:
 
     def close(self) -> None:
         """Closes this handle (releases its roles and mapping). Idempotent."""
+        _common.forget_fd(self._fd)
+        self._fd = None
         self._h.close()
+
+    def fileno(self) -> int:
+        """The readiness fd, as ``Queue.fileno()``."""
+        self._fd = _shmq.ready_fd(self._h)  # after a fork: a new fd, from the child's watcher
+        return self._fd
+
+    async def get_async(self, timeout: Optional[float] = None) -> Any:
+        """``get()`` for asyncio, as ``Queue.get_async()``."""
+        return await _common.aio().get_async(self._h.get_nowait, self.fileno, timeout)
+
+    async def put_async(self, obj: Any, timeout: Optional[float] = None) -> None:
+        """``put(obj)`` for asyncio, as ``Queue.put_async()``."""
+        h = self._h
+        await _common.aio().put_async(lambda: h.put_nowait(obj), h, timeout)
 
     @property
     def name(self) -> str:

@@ -14,6 +14,7 @@
 #include "channel.hpp"
 #include "codec.hpp"
 #include "pickler.hpp"
+#include "ready.hpp"
 #include "shmq/shm/gc.hpp"
 #include "shmq/shm/queue.hpp"
 #include "support.hpp"
@@ -30,12 +31,14 @@ void bind_fb(nb::module_& m);
 namespace {
 
 void after_fork_in_child() {
+  watch_after_fork_in_child();  // before the states drop the roles its watches point into
   ++g_fork_generation;
   codec_after_fork();
   for (ChannelState* s : channel_states()) s->after_fork();
 }
 
 void close_all() {
+  watch_shutdown();  // before the mappings the watcher sleeps in go
   for (ChannelState* s : std::vector<ChannelState*>(channel_states())) s->drop_all();
   sync_close_all();
 }
@@ -84,6 +87,7 @@ NB_MODULE(_shmq, m) {
   bind_batch(m);
   bind_sync(m);
   bind_fb(m);
+  bind_ready(m);
   m.def("after_fork_in_child", &after_fork_in_child);
   m.def("close_all", &close_all);
   m.def("gc_scan", &gc_scan, nb::arg("patterns"), nb::arg("include_named"), nb::arg("force"),

@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "ready.hpp"
+
 namespace shmq::py {
 
 void PipeState::after_fork() {
@@ -63,6 +65,25 @@ void PipeEnd::send(nb::handle obj) {
   Payload p;
   p.encode(obj.ptr(), raw_only_);
   send_payload(p);
+}
+
+int PipeEnd::send_nowait(nb::handle obj) {
+  Payload p;
+  p.encode(obj.ptr(), raw_only_);
+  PipeState& st = state();
+  if (!writable_) throw_py(PyExc_OSError, "connection is read-only");
+  if (gone_) throw_py(PyExc_BrokenPipeError, "the other end of the pipe is closed");
+  if (!st.wmu_.lock(Deadline::now())) return 0;
+  Locked guard(st.wmu_);
+  const Status s = put_payload(writer(st), p, Deadline::now());
+  switch (s) {
+    case Status::ok: return 1;
+    case Status::full: return 0;
+    case Status::too_big: return -1;
+    case Status::closed: throw_py(PyExc_BrokenPipeError, "the other end of the pipe is closed");
+    default: throw_py(PyExc_OSError, std::string("shmq: send failed: ") +
+                                         std::string(shmq::status_name(s)));
+  }
 }
 
 void PipeEnd::send_flatbuffer(nb::handle buffer) {
@@ -134,8 +155,12 @@ bool PipeEnd::poll(std::optional<double> timeout) {
   const Deadline d = make_deadline(true, timeout);
   if (!st.rmu_.lock(d)) return false;
   Locked guard(st.rmu_);
+  AfterRead after(st);
   shmq::PipeReader& r = reader(st);
   if (r.ready_guess()) return true;
+  // Nothing waits: the stream has ended if the writer's end is gone (multiprocessing's poll
+  // says True then too). One syscall; a gone writer makes the reads drain, then report closed.
+  if (!r.check_writer()) return true;
   if (is_poll(d)) return false;
   shmq::core::WaitWord* w = r.data_wait_word();
   for (;;) {
@@ -156,6 +181,7 @@ void PipeEnd::close() {
   if (closed_) return;
   closed_ = true;
   if (st_) {
+    unwatch(*st_);
     if (st_->writer) st_->writer->close();
     if (st_->reader) st_->reader->close();
     st_->writer.reset();
@@ -175,6 +201,13 @@ shmq::core::WaitWord* PipeEnd::wait_word(bool* ready) {
   shmq::PipeReader& r = reader(st);
   *ready = r.ready_guess();
   return r.data_wait_word();
+}
+
+PipeState& PipeEnd::attached(bool with_reader, bool with_writer) {
+  PipeState& st = state();
+  if (!gone_ && with_reader) reader(st);
+  if (!gone_ && with_writer) writer(st);
+  return st;
 }
 
 PipeState& PipeEnd::state() {
@@ -219,6 +252,7 @@ void PipeEnd::recv_into(shmq::Message& m) {
   if (gone_) throw_py(PyExc_EOFError, "");
   if (!st.rmu_.lock(Deadline::never())) throw_py(PyExc_OSError, "cannot lock the connection");
   Locked guard(st.rmu_);
+  AfterRead after(st);
   const Status s = recv_message(reader(st), m, Deadline::never());
   switch (s) {
     case Status::ok: return;
@@ -246,6 +280,7 @@ void bind_pipe(nb::module_& m) {
       .def_prop_ro("raw_only", &PipeEnd::raw_only)
       .def_prop_ro("closed", &PipeEnd::closed)
       .def("send", &PipeEnd::send, nb::arg("obj").none())
+      .def("send_nowait", &PipeEnd::send_nowait, nb::arg("obj").none())
       .def("send_flatbuffer", &PipeEnd::send_flatbuffer, nb::arg("buffer"))
       .def("recv", &PipeEnd::recv)
       .def("send_bytes", &PipeEnd::send_bytes, nb::arg("buf"), nb::arg("offset") = 0,

@@ -39,6 +39,9 @@ class PipeEnd {
   bool closed() const { return closed_; }
 
   void send(nb::handle obj);
+  // Sends without waiting: 1 when sent, 0 when the ring has no room for it now (or another
+  // thread is sending), -1 when it is larger than the ring (only a blocking send streams it).
+  int send_nowait(nb::handle obj);
   void send_flatbuffer(nb::handle buffer);
   void send_bytes(nb::handle buf, Py_ssize_t offset, std::optional<Py_ssize_t> size);
   nb::object recv();
@@ -58,6 +61,12 @@ class PipeEnd {
   std::shared_ptr<ChannelState> recv_held(shmq::Message& m);
   // Receives one message into `m`; raises EOFError at end of stream.
   void recv_into(shmq::Message& m);
+
+  // For readiness fds (ready_binding.cpp): the state with the reader role taken if `with_reader`
+  // and the writer role if `with_writer`; raises as every call does once closed.
+  PipeState& attached(bool with_reader, bool with_writer);
+  // The pipe was gone when this end was opened: it reads as the end of the stream.
+  bool gone() const { return gone_; }
 
   // For wait(): the reader's data word and whether a message (or end of stream) is ready now.
   shmq::core::WaitWord* wait_word(bool* ready);

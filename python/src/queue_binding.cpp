@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "ready.hpp"
+
 namespace shmq::py {
 
 namespace {
@@ -94,6 +96,7 @@ nb::object QueueHandle::get(bool block, std::optional<double> timeout) {
   QueueState& st = state();
   if (!st.rmu_.lock(d)) throw_py(g.empty, "");
   Locked guard(st.rmu_);
+  AfterRead after(st);
   shmq::QueueReader& r = reader(st);
   shmq::Message m;
   const Status s = recv_message(r, m, d);
@@ -157,6 +160,7 @@ nb::list QueueHandle::get_many(std::size_t max_items, bool block, std::optional<
   QueueState& st = state();
   if (!st.rmu_.lock(d)) throw_py(g.empty, "");
   Locked guard(st.rmu_);
+  AfterRead after(st);
   shmq::QueueReader& r = reader(st);
   {
     shmq::Message m;
@@ -189,6 +193,7 @@ std::shared_ptr<ChannelState> QueueHandle::recv_held(shmq::Message& m, bool bloc
   QueueState& st = state();
   if (!st.rmu_.lock(d)) throw_py(g.empty, "");
   Locked guard(st.rmu_);
+  AfterRead after(st);
   shmq::QueueReader& r = reader(st);
   const Status s = recv_message(r, m, d);
   if (s != Status::ok) raise_get(s);
@@ -465,6 +470,7 @@ void QueueHandle::close() {
   if (closed_) return;
   closed_ = true;
   if (st_) {
+    unwatch(*st_);
     st_->writer.reset();
     st_->reader.reset();
     ++st_->reader_epoch;
@@ -479,6 +485,13 @@ shmq::core::WaitWord* QueueHandle::wait_word(bool* ready, shmq::core::SleepMark*
   *ready = r.ready_guess();
   *mark = r.data_sleep_mark();
   return r.data_wait_word();
+}
+
+QueueState& QueueHandle::attached(bool with_writer) {
+  QueueState& st = state();
+  reader(st);
+  if (with_writer) writer(st);
+  return st;
 }
 
 QueueState& QueueHandle::state() {

@@ -86,6 +86,10 @@ class QueueHandle {
   bool join(std::optional<double> timeout);
   void close();
 
+  // For readiness fds (ready_binding.cpp): the state with its reader role, and also its writer
+  // role if `writer`, taken; raises as every call does once the handle is closed.
+  QueueState& attached(bool writer);
+
   // For wait(): the reader's data word, whether a message is ready now, and its sleep mark.
   shmq::core::WaitWord* wait_word(bool* ready, shmq::core::SleepMark* mark);
   bool ready_guess() { return st_ && st_->reader && st_->reader->ready_guess(); }

@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -101,6 +102,8 @@ class Locked {
   HandleMutex* m_;
 };
 
+class Watch;  // readiness fds (ready.hpp)
+
 // The native state behind one Python handle, registered for fork and exit (GIL-protected).
 class ChannelState {
  public:
@@ -120,6 +123,7 @@ class ChannelState {
   std::uint64_t fork_generation_;
   int views_ = 0;  // MessageViews alive that point into this state's mapping
   HandleMutex wmu_, rmu_;
+  std::shared_ptr<Watch> watch;  // set while the channel has a readiness fd (ready.hpp)
 };
 
 // Every live ChannelState (GIL-protected).

@@ -215,6 +215,18 @@ bool PipeWriter::reader_alive() const noexcept {
   return st_->end.segment->role_held(detail::pipe_role(st_->end.direction, true));
 }
 
+std::uint64_t PipeWriter::published_head() const noexcept {
+  const core::SpscRingControl* c = st_ ? st_->ring.control() : nullptr;
+  // acquire: [P2]; the value is only compared (a watcher asks whether room came).
+  return c == nullptr ? 0 : c->head.load(std::memory_order_acquire);
+}
+
+bool PipeWriter::reader_closed_flag() const noexcept {
+  const core::SpscRingControl* c = st_ ? st_->ring.control() : nullptr;
+  // relaxed: a flag gating a wake-up; the writer's own send re-checks it.
+  return c == nullptr || c->reader_closed.load(std::memory_order_relaxed) != 0;
+}
+
 Status PipeWriter::check_reader() noexcept {
   st_->end.polls = 0;
   if (reader_alive()) return Status::full;
@@ -244,6 +256,18 @@ bool PipeReader::writer_alive() const noexcept {
   // relaxed: a counter; before the first writer attaches there is nobody to be dead.
   if (c->writer_attached.load(std::memory_order_relaxed) == 0) return true;
   return st_->end.segment->role_held(detail::pipe_role(st_->end.direction, false));
+}
+
+std::uint64_t PipeReader::published_tail() const noexcept {
+  const core::SpscRingControl* c = st_ ? st_->ring.control() : nullptr;
+  // acquire: [P1]; the value is only compared (a watcher asks whether a record came).
+  return c == nullptr ? 0 : c->tail.load(std::memory_order_acquire);
+}
+
+bool PipeReader::writer_closed_flag() const noexcept {
+  const core::SpscRingControl* c = st_ ? st_->ring.control() : nullptr;
+  // acquire: [P3] pairs with the release in SpscWriter::close(); gates a wake-up only.
+  return c == nullptr || c->writer_closed.load(std::memory_order_acquire) != 0;
 }
 
 bool PipeReader::check_writer() noexcept {

@@ -199,6 +199,10 @@ class PipeWriter {
 
   // False once the reader closed or died; true while none has attached yet. A syscall.
   bool reader_alive() const noexcept;
+  // For a thread that watches this writer's ring while the writer's thread sends (a readiness
+  // fd): the reader's published head and its close flag. Shared words only; any thread.
+  std::uint64_t published_head() const noexcept;
+  bool reader_closed_flag() const noexcept;
   // Publishes everything and flags the stream closed (the reader drains, then gets closed);
   // frees the role. In a forked child: only drops this process's fds and mapping.
   void close() noexcept;
@@ -298,6 +302,13 @@ class PipeReader {
 
   // False once the writer closed or died; true while none has attached yet. A syscall.
   bool writer_alive() const noexcept;
+  // True if the writer lives; else marks it gone, so that reads drain what was committed and
+  // then report closed (what try_recv does by itself after many `empty`s). A syscall.
+  bool check_writer() noexcept;
+  // For a thread that watches this reader's ring while the reader's thread reads (a readiness
+  // fd): the writer's published tail and its close flag. Shared words only; any thread.
+  std::uint64_t published_tail() const noexcept;
+  bool writer_closed_flag() const noexcept;
   // Flags the reader closed (the writer then gets closed); frees the role. Messages still held
   // must be released before the handle is destroyed. In a forked child: only drops fds/mapping.
   void close() noexcept;
@@ -316,8 +327,6 @@ class PipeReader {
     }
   }
   bool writer_check_due() noexcept { return ++st_->end.polls >= detail::kLivenessPollInterval; }
-  // True if the writer lives; else marks it gone so that reads drain and then report closed.
-  bool check_writer() noexcept;
   // One step of a wait for data: spin, then sleep a slice. ok to retry, or why to stop.
   Status wait_data(Deadline d, core::Backoff& backoff) noexcept;
 

@@ -2,10 +2,10 @@
 """The benchmark runner `make bench` calls.
 
 Runs the C++ Google Benchmark executables from the build directory (JSON via --benchmark_out),
-then the Python comparison (bench/python/compare.py), computes every target of DESIGN.md
-(P1-P5, Y1-Y6, S1-S5, M1) as a ratio against peers measured in the same run, with min/median/max over
-repetitions, prints one summary table (missed and not-run targets included), and writes
-bench-results/results.json, throughput.png and latency.png.
+then the Python comparisons (bench/python/compare.py, dropin.py), computes every target of
+DESIGN.md (P1-P5, Y1-Y6, S1-S5, F1-F3, M1, A1, M2) as a ratio against peers measured in the same
+run, with min/median/max over repetitions, prints one summary table (missed and not-run targets
+included), and writes bench-results/results.json, throughput.png and latency.png.
 
     .venv/bin/python bench/run.py --quick              # about 5 minutes on 2 cores
     .venv/bin/python bench/run.py --full               # more repetitions, longer runs
@@ -235,21 +235,22 @@ def run_nats(args: argparse.Namespace) -> Tuple[Optional[Dict[str, Any]], Option
             os.unlink(out)
 
 
-def run_python(args: argparse.Namespace) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+def run_python(args: argparse.Namespace, script: str = "compare.py",
+               extra: Tuple[str, ...] = ("--progress",)) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     out = tempfile.NamedTemporaryFile(prefix="shmq-bench-py-", suffix=".json", delete=False).name
-    cmd = [sys.executable, os.path.join(ROOT, "bench", "python", "compare.py"),
-           "--full" if args.full else "--quick", "--out", out, "--progress"]
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "python", script),
+           "--full" if args.full else "--quick", "--out", out, *extra]
     if args.filter:
         cmd += ["--filter", args.filter]
-    print("running the Python comparison", file=sys.stderr)
+    print(f"running the Python comparison ({script})", file=sys.stderr)
     try:
         p = subprocess.run(cmd, cwd=ROOT, timeout=3600 if args.full else 900)
         if p.returncode != 0:
-            return None, f"compare.py exit code {p.returncode}"
+            return None, f"{script} exit code {p.returncode}"
         with open(out) as f:
             return json.load(f), None
     except subprocess.TimeoutExpired:
-        return None, "compare.py timed out"
+        return None, f"{script} timed out"
     finally:
         if os.path.exists(out):
             os.unlink(out)
@@ -388,7 +389,8 @@ def recovery_row(p50: Series, worst: Series) -> Dict[str, Any]:
 
 def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict[str, Any]],
                     perr: Optional[str], nats: Optional[Dict[str, Any]] = None,
-                    nerr: Optional[str] = "not run") -> List[Dict[str, Any]]:
+                    nerr: Optional[str] = "not run", dropin: Optional[Dict[str, Any]] = None,
+                    derr: Optional[str] = "not run") -> List[Dict[str, Any]]:
     C = lambda name, field="items_per_second": cpp_series(cpp, cerr, name, field)  # noqa: E731
     Y = lambda sid, field="reps": py_series(py, perr, sid, field)  # noqa: E731
     rows = []
@@ -488,6 +490,20 @@ def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict
     rows.append(ratio("S5", "Python Array('d', 10**6) slice copy a[:]", Y("sync/shmq.Array/slice"),
                       Y("sync/mp.Array/slice"), ">=", 1, "mp.Array", "copies/s"))
     rows.append(recovery_row(C("lock/shmq/recovery", "p50_ms"), C("lock/shmq/recovery", "max_ms")))
+    # The drop-in's extras (bench/python/dropin.py).
+    D = lambda sid: py_series(dropin, derr, sid)  # noqa: E731
+    rows.append(ratio("A1", "asyncio get_async vs run_in_executor(None, mp.Queue.get)",
+                      D("asyncio/shmq.Queue/get_async"), D("asyncio/mp.Queue/run_in_executor"),
+                      ">=", 10, "mp.Queue in a thread pool"))
+    a1 = ratio("A1 overhead", "await get_async() vs get(), message waiting (info)",
+               D("asyncio/shmq.Queue/overhead_async"), D("asyncio/shmq.Queue/overhead_sync"),
+               "<=", 0, "get()", "ns")
+    if a1["verdict"] != "not run":
+        a1["verdict"], a1["target"] = "info", f"+{a1['shmq'] - a1['peer']:.0f} ns over get()"
+    rows.append(a1)
+    rows.append(ratio("M2", "Manager proxy dict set + get round trips",
+                      D("manager/shmq.Manager/dict_setget"), D("manager/mp.Manager/dict_setget"),
+                      ">=", 3, "multiprocessing.Manager", "pairs/s"))
     # M1: allocations counted by a malloc hook inside the workers' rounds, over every shmq suite.
     shmq_names = [n for n in cpp.get("benchmarks", {}) if n.startswith(("pipe", "queue", "pingpong/pipe"))]
     allocs: List[float] = []
@@ -683,8 +699,12 @@ def main() -> int:
         nats, nerr = None, "skipped (--skip-nats)"
     else:
         nats, nerr = run_nats(args)
+    if args.skip_python:
+        dropin, derr = None, "skipped (--skip-python)"
+    else:
+        dropin, derr = run_python(args, "dropin.py", ())
 
-    rows = compute_targets(cpp, cerr, py, perr, nats, nerr)
+    rows = compute_targets(cpp, cerr, py, perr, nats, nerr, dropin, derr)
     print_table(rows, machine)
 
     os.makedirs(args.out_dir, exist_ok=True)
@@ -718,6 +738,8 @@ def main() -> int:
         "python_error": perr,
         "nats": nats,
         "nats_error": nerr,
+        "python_dropin": dropin,
+        "python_dropin_error": derr,
         "dev_shm_leftovers": leftovers,
     }
     path = os.path.join(args.out_dir, "results.json")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from multiprocessing import connection as _mp_connection
+from multiprocessing import reduction as _mp_reduction
 from typing import Any, Iterable, List, Optional, Tuple, Union
 
 from . import _common, _shmq
@@ -53,7 +55,11 @@ class Connection:
         if self._h.closed:
             raise OSError("handle is closed")
         h = self._h
-        return (_rebuild, (h.name, h.end, h.readable, h.writable, h.raw_only))
+        # The end's hold travels as multiprocessing sends a Connection's fd (reduction.DupFd:
+        # through the spawning Popen, else the resource sharer), so the receiver shares it.
+        fd = h.hold_fd
+        df = _mp_reduction.DupFd(fd) if fd >= 0 else None
+        return (_rebuild, (h.name, h.end, h.readable, h.writable, h.raw_only, df))
 
     def __repr__(self) -> str:
         return (f"<shmq.Connection name={self._h.name!r} end={self._h.end} "
@@ -163,8 +169,16 @@ class Connection:
         self.close()
 
 
-def _rebuild(name: str, end: int, readable: bool, writable: bool, raw_only: bool) -> Connection:
-    return Connection(_shmq.PipeEnd(name, False, 0, False, end, readable, writable, raw_only))
+def _rebuild(name: str, end: int, readable: bool, writable: bool, raw_only: bool,
+             df: Any = None) -> Connection:
+    fd = -1
+    if df is not None:
+        try:
+            fd = df.detach()
+        except Exception:  # noqa: BLE001 - e.g. a process of another multiprocessing family
+            fd = -1  # (the resource sharer refuses it): the end is then held by name only
+    return Connection(_shmq.PipeEnd(name, False, 0, False, end, readable, writable, raw_only,
+                                    fd))
 
 
 def Pipe(duplex: bool = True, *, capacity: int = DEFAULT_CAPACITY,
@@ -204,23 +218,38 @@ def wait(object_list: Iterable[Any], timeout: Optional[float] = None) -> List[An
     message waits) alone are waited on together with one futex_waitv call, on the rings
     themselves. Mixed with other objects (multiprocessing connections, sockets, Process
     sentinels, file descriptors), every shmq object joins the others through its readiness fd
-    (``fileno()``) in one ``multiprocessing.connection.wait``.
+    (``fileno()``) in one ``multiprocessing.connection.wait``; shmq objects are also checked
+    directly, so every one ready at the moment of return is reported.
     """
     objs = list(object_list)
     native = []
     native_objs = []
-    others = False
+    others = []
     for o in objs:
         h = _native_of(o)
         if h is None:
-            others = True
+            others.append(o)
         else:
             native.append(h)
             native_objs.append(o)
     if not others:
         ready = _shmq.wait(native, timeout)
         return [native_objs[i] for i in ready]
-    return _in_order(objs, _mp_connection.wait(objs, timeout), [])
+
+    def native_ready() -> List[Any]:
+        return [native_objs[i] for i in _shmq.wait(native, 0.0)] if native else []
+
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    ready = native_ready()
+    ready_others = _mp_connection.wait(others, 0)
+    while not ready and not ready_others:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        woke = _mp_connection.wait(objs, left)
+        ready = native_ready()
+        ready_others = [o for o in woke if _native_of(o) is None]
+        if left == 0.0:
+            break  # (a readiness fd can lag a Queue that another process drained)
+    return _in_order(objs, ready, ready_others)
 
 
 def _in_order(objs: List[Any], a: List[Any], b: List[Any]) -> List[Any]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 from multiprocessing import connection as _mp_connection
 from multiprocessing import managers as _mpm
 from typing import Any, Optional
@@ -269,6 +270,14 @@ _mpm.listener_client[SERIALIZER] = (Listener, Client)
 
 # ---- managers ------------------------------------------------------------------------------------
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _default_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _serializer(serializer: str) -> str:
     if serializer in ("pickle", SERIALIZER):
         return SERIALIZER
@@ -291,6 +300,15 @@ class BaseManager(_mpm.BaseManager):
         super().__init__(address=None if address is None else Address(address),
                          authkey=authkey, serializer=_serializer(serializer), ctx=ctx,
                          shutdown_timeout=shutdown_timeout)
+
+    @classmethod
+    def _run_server(cls, *args: Any, **kwds: Any) -> None:
+        # shutdown() terminates (SIGTERM) a server slow to exit: let that be a normal exit, which
+        # releases the server's shared memory (its accept queue has no other user to remove it).
+        # Children the server forks (a Pool's workers) get the default action back.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        os.register_at_fork(after_in_child=_default_sigterm)
+        super()._run_server(*args, **kwds)
 
 
 class SyncManager(BaseManager, _mpm.SyncManager):

@@ -55,6 +55,8 @@ class Payload {
   void encode_flatbuffer(PyObject* obj);
 
   std::uint16_t kind() const { return kind_; }
+  // Retags the payload (Connection.send marks a raw bytes-like object as object_bytes).
+  void set_kind(std::uint16_t kind) { kind_ = kind; }
   std::size_t size() const { return total_; }
   bool single() const { return nparts_ == 1; }
   Part part0() const { return parts_[0]; }

@@ -39,7 +39,22 @@ void after_fork_in_child() {
 
 void close_all() {
   watch_shutdown();  // before the mappings the watcher sleeps in go
-  for (ChannelState* s : std::vector<ChannelState*>(channel_states())) s->drop_all();
+  for (ChannelState* s : std::vector<ChannelState*>(channel_states())) {
+    // A thread blocked in a call on this channel (a daemon thread in get(), a manager's server
+    // thread in recv()) still uses its mapping: it stays mapped for the exit to unmap.
+    if (!s->rmu_.try_lock()) {
+      s->leave_mapped();
+      continue;
+    }
+    if (!s->wmu_.try_lock()) {
+      s->rmu_.unlock();
+      s->leave_mapped();
+      continue;
+    }
+    s->drop_all();  // later calls on its handle find it closed
+    s->wmu_.unlock();
+    s->rmu_.unlock();
+  }
   sync_close_all();
 }
 

@@ -1,14 +1,42 @@
 #include "pipe_binding.hpp"
 
-#include <cstring>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
+#include <unistd.h>
+
+#include <cstring>
 
 #include <string>
 
 #include "ready.hpp"
+#include "shmq/core/message_kind.hpp"
 
 namespace shmq::py {
+
+namespace {
+
+constexpr std::uint16_t kBytesKind = kind_value(MessageKind::bytes);
+constexpr std::uint16_t kPickleKind = kind_value(MessageKind::pickle);
+constexpr std::uint16_t kObjectBytesKind = kind_value(MessageKind::object_bytes);
+
+// What multiprocessing's recv_bytes gives for `m` when that is not m's payload itself: the pickle
+// of a bytes-like object sent whole (object_bytes), or a pickle whose out-of-band buffers travel
+// after it, made again in-band. An invalid object when the payload is the answer.
+nb::object repickled(const shmq::Message& m) {
+  PyObject* obj = nullptr;
+  if (m.kind() == kObjectBytesKind) {
+    obj = bytes_from(m.data(), m.size());
+  } else if (m.kind() == kPickleKind && m.size() != 0 &&
+             static_cast<std::uint8_t>(m.data()[0]) != 0x80) {  // not PROTO: buffers follow
+    obj = unpickle(m.data(), m.size());
+  } else {
+    return nb::object();
+  }
+  nb::object o = steal_or_throw(obj);
+  return steal_or_throw(PyObject_CallFunctionObjArgs(g.dumps, o.ptr(), g.protocol, nullptr));
+}
+
+}  // namespace
 
 void PipeState::after_fork() {
   writer.reset();
@@ -18,21 +46,54 @@ void PipeState::after_fork() {
   fork_generation_ = g_fork_generation;
 }
 
-void PipeState::drop_all() {
-  if (writer) writer->close();
-  if (reader) reader->close();
+void PipeState::release_roles() {
+  const bool held = pipe && pipe->held_ends() && hold.valid();
+  hold.release();
+  if (!held) {  // a pipe without held ends (made by C++): closing ends the streams
+    if (writer) writer->close();
+    if (reader) reader->close();
+    writer.reset();
+    reader.reset();
+    return;
+  }
+  auto last = [&](std::uint32_t role) { return !pipe->role_hold_present(role); };
+  if (wdir) {
+    const std::uint32_t role = shmq::detail::pipe_role(*wdir, false);
+    if (!last(role)) {
+      if (writer) writer->leave();
+    } else if (writer) {
+      writer->close();
+    } else if (auto w = pipe->writer(*wdir)) {
+      w->close();  // never used here: taken only to tell a waiting reader at once
+    }
+  }
+  if (rdir) {
+    const std::uint32_t role = shmq::detail::pipe_role(*rdir, true);
+    if (!last(role)) {
+      if (reader) reader->leave();
+    } else if (reader) {
+      reader->close();
+    } else if (auto r = pipe->reader(*rdir)) {
+      r->close();
+    }
+  }
   writer.reset();
   reader.reset();
+}
+
+void PipeState::drop_all() {
+  release_roles();
   if (views_ == 0) pipe.reset();
 }
 
 PipeState::~PipeState() {
+  unwatch(*this);  // a handle dropped without close(): the watcher must let go first
   writer.reset();
   reader.reset();
 }
 
 PipeEnd::PipeEnd(const std::string& name, bool create, std::uint64_t capacity, bool duplex,
-                 int end, bool readable, bool writable, bool raw_only)
+                 int end, bool readable, bool writable, bool raw_only, int hold_fd)
     : end_(end), readable_(readable), writable_(writable), raw_only_(raw_only) {
   st_ = std::make_shared<PipeState>();
   if (create) {
@@ -40,12 +101,17 @@ PipeEnd::PipeEnd(const std::string& name, bool create, std::uint64_t capacity, b
     cfg.name = name;
     cfg.capacity = capacity;
     cfg.duplex = duplex;
+    cfg.held_ends = true;
     auto p = shmq::Pipe::create(cfg);
     if (!p) throw_error(p.error());
     st_->pipe.emplace(std::move(*p));
   } else {
     auto p = shmq::Pipe::open(name);
+    // The last mapping may be gone while a passed hold keeps the pipe: map it through the hold.
+    if (!p && p.error().code == shmq::Errc::not_found && hold_fd >= 0)
+      p = shmq::Pipe::from_hold(hold_fd);
     if (!p) {
+      if (hold_fd >= 0) ::close(hold_fd);
       // the other end's process may have closed everything already: report it on use
       if (p.error().code != shmq::Errc::not_found) throw_error(p.error());
       gone_ = true;
@@ -53,23 +119,48 @@ PipeEnd::PipeEnd(const std::string& name, bool create, std::uint64_t capacity, b
       st_->pipe.emplace(std::move(*p));
     }
   }
-  name_ = st_->pipe ? st_->pipe->name() : name;
+  name_ = st_->pipe && !st_->pipe->name().empty() ? st_->pipe->name() : name;
   duplex_ = st_->pipe ? st_->pipe->duplex() : duplex;
   // Duplex: end 0 = writer(0) + reader(1); end 1 = writer(1) + reader(0).
   // One-way: end 0 reads direction 0, end 1 writes it.
   wdir_ = duplex_ ? static_cast<unsigned>(end) : 0u;
   rdir_ = duplex_ ? static_cast<unsigned>(1 - end) : 0u;
+  if (writable_) st_->wdir = wdir_;
+  if (readable_) st_->rdir = rdir_;
+  take_hold(hold_fd);
+}
+
+void PipeEnd::take_hold(int hold_fd) {
+  if (!st_->pipe || !st_->pipe->held_ends()) {
+    if (hold_fd >= 0) ::close(hold_fd);
+    return;
+  }
+  if (hold_fd >= 0) {
+    auto h = st_->pipe->adopt_hold(hold_fd);
+    if (!h) throw_error(h.error());
+    st_->hold = std::move(*h);
+    return;
+  }
+  std::uint32_t roles[2];
+  std::size_t n = 0;
+  if (writable_) roles[n++] = shmq::detail::pipe_role(wdir_, false);
+  if (readable_) roles[n++] = shmq::detail::pipe_role(rdir_, true);
+  auto h = st_->pipe->hold(std::span<const std::uint32_t>(roles, n));
+  if (!h) throw_error(h.error());
+  st_->hold = std::move(*h);
 }
 
 void PipeEnd::send(nb::handle obj) {
   Payload p;
   p.encode(obj.ptr(), raw_only_);
+  if (p.kind() == kBytesKind) p.set_kind(kObjectBytesKind);  // see MessageKind::object_bytes
   send_payload(p);
 }
 
 int PipeEnd::send_nowait(nb::handle obj) {
   Payload p;
   p.encode(obj.ptr(), raw_only_);
+  if (p.kind() == kBytesKind) p.set_kind(kObjectBytesKind);
   PipeState& st = state();
   if (!writable_) throw_py(PyExc_OSError, "connection is read-only");
   if (gone_) throw_py(PyExc_BrokenPipeError, "the other end of the pipe is closed");
@@ -113,6 +204,9 @@ void PipeEnd::send_bytes(nb::handle buf, Py_ssize_t offset, std::optional<Py_ssi
 nb::object PipeEnd::recv() {
   shmq::Message m;
   recv_into(m);
+  // A message sent as bytes (send_bytes, a C++ writer) is a pickle to recv(), as in
+  // multiprocessing; serializer="bytes" never unpickles.
+  if (m.kind() == kBytesKind && !raw_only_) return steal_or_throw(unpickle(m.data(), m.size()));
   return steal_or_throw(decode(m.data(), m.size(), m.kind()));
 }
 
@@ -120,8 +214,12 @@ nb::object PipeEnd::recv_bytes(std::optional<Py_ssize_t> maxlength) {
   if (maxlength && *maxlength < 0) throw_py(PyExc_ValueError, "negative maxlength");
   shmq::Message m;
   recv_into(m);
-  if (maxlength && m.size() > static_cast<std::size_t>(*maxlength))
+  nb::object re = repickled(m);
+  const std::size_t n = re.is_valid() ? static_cast<std::size_t>(PyBytes_GET_SIZE(re.ptr()))
+                                      : m.size();
+  if (maxlength && n > static_cast<std::size_t>(*maxlength))
     throw_py(PyExc_OSError, "bad message length");
+  if (re.is_valid()) return re;
   return steal_or_throw(bytes_from(m.data(), m.size()));
 }
 
@@ -136,16 +234,23 @@ std::size_t PipeEnd::recv_bytes_into(nb::handle buf, Py_ssize_t offset) {
   if (offset < 0 || offset > v.len) throw_py(PyExc_ValueError, "offset out of bounds");
   shmq::Message m;
   recv_into(m);
+  nb::object re = repickled(m);
+  const std::byte* data = m.data();
+  std::size_t size = m.size();
+  if (re.is_valid()) {
+    data = reinterpret_cast<const std::byte*>(PyBytes_AS_STRING(re.ptr()));
+    size = static_cast<std::size_t>(PyBytes_GET_SIZE(re.ptr()));
+  }
   const std::size_t room = static_cast<std::size_t>(v.len - offset);
-  if (m.size() > room) {
-    PyObject* b = bytes_from(m.data(), m.size());
+  if (size > room) {
+    PyObject* b = bytes_from(data, size);
     if (b == nullptr) throw nb::python_error();
     PyErr_SetObject(g.too_short, b);
     Py_DECREF(b);
     throw nb::python_error();
   }
-  std::memcpy(static_cast<char*>(v.buf) + offset, m.data(), m.size());
-  return m.size();
+  std::memcpy(static_cast<char*>(v.buf) + offset, data, size);
+  return size;
 }
 
 bool PipeEnd::poll(std::optional<double> timeout) {
@@ -182,10 +287,7 @@ void PipeEnd::close() {
   closed_ = true;
   if (st_) {
     unwatch(*st_);
-    if (st_->writer) st_->writer->close();
-    if (st_->reader) st_->reader->close();
-    st_->writer.reset();
-    st_->reader.reset();
+    st_->release_roles();
     if (st_->views_ == 0) st_->pipe.reset();
     st_.reset();
   }
@@ -211,7 +313,8 @@ PipeState& PipeEnd::attached(bool with_reader, bool with_writer) {
 }
 
 PipeState& PipeEnd::state() {
-  if (closed_ || !st_) throw_py(PyExc_OSError, "handle is closed");
+  // (no pipe but not gone_: close_all dropped it at exit)
+  if (closed_ || !st_ || (!gone_ && !st_->pipe)) throw_py(PyExc_OSError, "handle is closed");
   return *st_;
 }
 
@@ -270,9 +373,11 @@ std::shared_ptr<ChannelState> PipeEnd::recv_held(shmq::Message& m) {
 
 void bind_pipe(nb::module_& m) {
   nb::class_<PipeEnd>(m, "PipeEnd")
-      .def(nb::init<const std::string&, bool, std::uint64_t, bool, int, bool, bool, bool>(),
+      .def(nb::init<const std::string&, bool, std::uint64_t, bool, int, bool, bool, bool, int>(),
            nb::arg("name"), nb::arg("create"), nb::arg("capacity"), nb::arg("duplex"),
-           nb::arg("end"), nb::arg("readable"), nb::arg("writable"), nb::arg("raw_only"))
+           nb::arg("end"), nb::arg("readable"), nb::arg("writable"), nb::arg("raw_only"),
+           nb::arg("hold_fd") = -1)
+      .def_prop_ro("hold_fd", &PipeEnd::hold_fd)
       .def_prop_ro("name", &PipeEnd::name)
       .def_prop_ro("end", &PipeEnd::end)
       .def_prop_ro("readable", &PipeEnd::readable)

@@ -19,17 +19,33 @@ struct PipeState final : ChannelState {
   std::optional<shmq::Pipe> pipe;
   std::optional<shmq::PipeWriter> writer;
   std::optional<shmq::PipeReader> reader;
+  // This end's hold on its roles (held ends: the lifetime of a multiprocessing Connection end).
+  // A forked child keeps the parent's copy: the end stays open while either has it.
+  shmq::RoleHold hold;
+  std::optional<unsigned> wdir, rdir;  // the directions this end writes and reads
 
+  // Lets go of the hold and the roles: the last holder of the end ends its streams (close),
+  // any other leaves them to the holders that remain.
+  void release_roles();
   void after_fork() override;
   void drop_all() override;
   bool reader_attached() const override { return reader.has_value(); }
+  void leave_mapped() override {
+    if (pipe) pipe->leave_mapped();
+  }
   ~PipeState() override;
 };
 
 class PipeEnd {
  public:
+  // hold_fd: a hold of this end received from another process (owned from here), or -1 to take
+  // a new one.
   PipeEnd(const std::string& name, bool create, std::uint64_t capacity, bool duplex, int end,
-          bool readable, bool writable, bool raw_only);
+          bool readable, bool writable, bool raw_only, int hold_fd);
+
+  // The fd of this end's hold (to pass to another process, as multiprocessing passes a
+  // Connection's fd), or -1 (a pipe without held ends, or closed).
+  int hold_fd() const { return st_ ? st_->hold.fd() : -1; }
 
   const std::string& name() const { return name_; }
   int end() const { return end_; }
@@ -79,6 +95,7 @@ class PipeEnd {
  private:
   [[noreturn]] static void raise_send(Status s);
   PipeState& state();
+  void take_hold(int hold_fd);
   shmq::PipeWriter& writer(PipeState& st);
   shmq::PipeReader& reader(PipeState& st);
 

@@ -36,6 +36,7 @@ void QueueState::drop_all() {
 }
 
 QueueState::~QueueState() {
+  unwatch(*this);  // a handle dropped without close(): the watcher must let go first
   writer.reset();
   reader.reset();
 }

@@ -26,6 +26,9 @@ struct QueueState final : ChannelState {
   void after_fork() override;
   void drop_all() override;
   bool reader_attached() const override { return reader.has_value(); }
+  void leave_mapped() override {
+    if (queue) queue->leave_mapped();
+  }
   ~QueueState() override;
 };
 

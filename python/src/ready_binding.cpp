@@ -422,10 +422,15 @@ void watch_after_read(Watch& w) noexcept {
 void unwatch(ChannelState& st) {
   if (!st.watch) return;
   std::shared_ptr<Watch> w = std::move(st.watch);
-  {
-    nb::gil_scoped_release nogil;
+  auto remove = [&] {
     std::unique_lock lk(g_watcher->mu);
     g_watcher->remove(w, lk);
+  };
+  if (PyGILState_Check()) {
+    nb::gil_scoped_release nogil;  // the wait for the watcher's pass needs no GIL
+    remove();
+  } else {
+    remove();
   }
   // w's fds close with it; asyncio loops stopped watching them already (_asyncio.forget).
 }

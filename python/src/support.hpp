@@ -82,6 +82,7 @@ class HandleMutex {
  public:
   // true when taken; false when `d` passed first.
   bool lock(Deadline d);
+  bool try_lock() { return m_.try_lock(); }
   void unlock() { m_.unlock(); }
   void reset_after_fork() { new (&m_) std::timed_mutex(); }  // another thread may have held it
 
@@ -119,6 +120,9 @@ class ChannelState {
   // Whether the reader role that handed out held messages still exists: a held message may be
   // released only through a live reader (its release hook points into the reader's state).
   virtual bool reader_attached() const { return true; }
+  // At exit, while another thread is inside a call on the channel: gives up the mapping's
+  // attach lock (the last user removes an unnamed segment) but keeps the memory mapped.
+  virtual void leave_mapped() {}
 
   std::uint64_t fork_generation_;
   int views_ = 0;  // MessageViews alive that point into this state's mapping

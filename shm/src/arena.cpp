@@ -646,7 +646,7 @@ void leave_arenas_at_exit() noexcept {
       }
     }
     a->left = true;
-    a->segment.detach_keep_mapping();
+    a->segment.leave_mapped();
   }
 }
 

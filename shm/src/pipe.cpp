@@ -1,6 +1,9 @@
 // Pipe: segment set-up and validation, roles, liveness. The hot path is inline in pipe.hpp.
 #include "shmq/shm/pipe.hpp"
 
+#include <fcntl.h>
+
+#include <cstdio>
 #include <cstring>
 #include <utility>
 
@@ -26,6 +29,9 @@ ChannelParams read_params(const Segment& seg) noexcept {
 
 Result<void> check_shape(const Segment& seg, const ChannelParams& p) {
   const std::string who = pipe_label(seg);
+  if ((p.flags & ~kPipeKnownFlags) != 0)
+    return Error(Errc::corrupt, who + " has unknown flags " + std::to_string(p.flags) +
+                                    "; the segment is corrupt or from a newer shmq");
   if (p.directions != 1 && p.directions != 2)
     return Error(Errc::corrupt, who + " declares " + std::to_string(p.directions) +
                                     " directions (a pipe has 1 or 2); the segment is corrupt");
@@ -71,7 +77,8 @@ Error bad_direction(const Segment& seg, unsigned direction, unsigned directions)
 // participant slot for display, then the state, whose ring end attaches to `ring`.
 template <class State>
 Result<std::unique_ptr<State>> make_end(const std::shared_ptr<Segment>& seg, unsigned direction,
-                                        bool reader, std::span<std::byte> ring, std::uint64_t capacity) {
+                                        bool reader, std::span<std::byte> ring, std::uint64_t capacity,
+                                        bool held_ends) {
   auto role = seg->acquire_role(detail::pipe_role(direction, reader));
   if (!role) return std::move(role).error();
   auto participant = seg->join(reader ? Role::reader : Role::writer);
@@ -82,6 +89,7 @@ Result<std::unique_ptr<State>> make_end(const std::shared_ptr<Segment>& seg, uns
   st->end.participant = std::move(*participant);
   st->end.direction = direction;
   st->end.owner_pid = ::getpid();
+  st->end.held_ends = held_ends;
   if (st->ring.attach(ring, capacity, &seg->stats(direction)) != Status::ok)
     return Error(Errc::corrupt, pipe_label(*seg) + ": the ring of direction " +
                                     std::to_string(direction) + " has invalid positions");
@@ -104,6 +112,7 @@ Result<Pipe> Pipe::create(const PipeConfig& config) {
   sc.kind = SegmentKind::pipe;
   sc.params.capacity = config.capacity;
   sc.params.directions = directions;
+  sc.params.flags = config.held_ends ? kPipeHeldEnds : 0u;
   sc.body_bytes = body_bytes_for(config.capacity, directions);
   sc.anonymous = config.anonymous;
   sc.unlink_when_unused = config.name.empty() && !config.anonymous;
@@ -133,6 +142,18 @@ Result<void> Pipe::unlink(std::string_view name) {
   return Segment::unlink(name);
 }
 
+Result<Pipe> Pipe::from_hold(int fd, const OpenOptions& options) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  const int own = ::open(path, O_RDWR | O_CLOEXEC);
+  if (own < 0)
+    return Error(Errc::not_found, "the pipe of a received hold cannot be opened: " +
+                                      std::string(std::strerror(errno)), errno);
+  auto pipe = from_fd(own, options);  // maps through a duplicate of `own`
+  ::close(own);
+  return pipe;
+}
+
 Result<Pipe> Pipe::adopt(Result<Segment> seg) {
   if (!seg) return std::move(seg).error();
   Pipe pipe;
@@ -141,6 +162,7 @@ Result<Pipe> Pipe::adopt(Result<Segment> seg) {
   if (auto ok = check_shape(*pipe.seg_, p); !ok) return std::move(ok).error();
   pipe.capacity_ = p.capacity;
   pipe.directions_ = p.directions;
+  pipe.held_ends_ = (p.flags & kPipeHeldEnds) != 0;
   for (unsigned d = 0; d < pipe.directions_; ++d) {
     if (auto ok = check_ring(*pipe.seg_, pipe.ring_memory(d), pipe.capacity_, d); !ok)
       return std::move(ok).error();
@@ -188,7 +210,8 @@ std::uint64_t Pipe::waiting_guess(unsigned direction) const noexcept {
 
 Result<PipeWriter> Pipe::writer(unsigned direction) {
   if (direction >= directions_) return bad_direction(*seg_, direction, directions_);
-  auto st = make_end<detail::PipeWriterState>(seg_, direction, false, ring_memory(direction), capacity_);
+  auto st = make_end<detail::PipeWriterState>(seg_, direction, false, ring_memory(direction),
+                                              capacity_, held_ends_);
   if (!st) return std::move(st).error();
   PipeWriter w;
   w.st_ = std::move(*st);
@@ -197,11 +220,20 @@ Result<PipeWriter> Pipe::writer(unsigned direction) {
 
 Result<PipeReader> Pipe::reader(unsigned direction) {
   if (direction >= directions_) return bad_direction(*seg_, direction, directions_);
-  auto st = make_end<detail::PipeReaderState>(seg_, direction, true, ring_memory(direction), capacity_);
+  auto st = make_end<detail::PipeReaderState>(seg_, direction, true, ring_memory(direction),
+                                              capacity_, held_ends_);
   if (!st) return std::move(st).error();
   PipeReader r;
   r.st_ = std::move(*st);
   return r;
+}
+
+Result<RoleHold> Pipe::hold(std::span<const std::uint32_t> roles) {
+  for (std::uint32_t r : roles)
+    if (r >= 2 * directions_)
+      return Error(Errc::invalid_argument, "role " + std::to_string(r) + " does not exist: " +
+                                               pipe_label(*seg_) + " has " + dir_text(directions_));
+  return seg_->hold_roles(roles);
 }
 
 // ---- PipeWriter
@@ -210,9 +242,12 @@ bool PipeWriter::reader_alive() const noexcept {
   if (!st_) return false;
   const core::SpscRingControl* c = st_->ring.control();
   if (c == nullptr || st_->ring.reader_gone()) return false;
+  const std::uint32_t role = detail::pipe_role(st_->end.direction, true);
+  const Segment& seg = *st_->end.segment;
+  if (st_->end.held_ends) return seg.role_hold_present(role) || seg.role_held(role);
   // relaxed: a counter; before the first reader attaches there is nobody to be dead.
   if (c->reader_attached.load(std::memory_order_relaxed) == 0) return true;
-  return st_->end.segment->role_held(detail::pipe_role(st_->end.direction, true));
+  return seg.role_held(role);
 }
 
 std::uint64_t PipeWriter::published_head() const noexcept {
@@ -244,6 +279,16 @@ void PipeWriter::close() noexcept {
   st_.reset();  // closes the role and participant fds, unmaps if last
 }
 
+void PipeWriter::leave() noexcept {
+  if (!st_) return;
+  if (::getpid() == st_->end.owner_pid) {
+    st_->ring.leave();
+  } else {
+    st_->ring.detach();
+  }
+  st_.reset();
+}
+
 // ---- PipeReader
 
 bool PipeReader::writer_alive() const noexcept {
@@ -253,9 +298,12 @@ bool PipeReader::writer_alive() const noexcept {
   // relaxed: a flag gating a decision; recv looks at the records again after it (see
   // SpscReader::not_ready()).
   if (c->writer_closed.load(std::memory_order_relaxed) != 0) return false;
+  const std::uint32_t role = detail::pipe_role(st_->end.direction, false);
+  const Segment& seg = *st_->end.segment;
+  if (st_->end.held_ends) return seg.role_hold_present(role) || seg.role_held(role);
   // relaxed: a counter; before the first writer attaches there is nobody to be dead.
   if (c->writer_attached.load(std::memory_order_relaxed) == 0) return true;
-  return st_->end.segment->role_held(detail::pipe_role(st_->end.direction, false));
+  return seg.role_held(role);
 }
 
 std::uint64_t PipeReader::published_tail() const noexcept {
@@ -290,6 +338,16 @@ void PipeReader::close() noexcept {
   if (!st_) return;
   if (::getpid() == st_->end.owner_pid) {
     st_->ring.close();
+  } else {
+    st_->ring.detach();
+  }
+  st_.reset();
+}
+
+void PipeReader::leave() noexcept {
+  if (!st_) return;
+  if (::getpid() == st_->end.owner_pid) {
+    st_->ring.leave();
   } else {
     st_->ring.detach();
   }

@@ -546,6 +546,9 @@ const std::string& Queue::name() const noexcept {
   return shared_ ? shared_->segment.name() : none;
 }
 const Segment& Queue::segment() const noexcept { return shared_->segment; }
+void Queue::leave_mapped() noexcept {
+  if (shared_) shared_->segment.leave_mapped();
+}
 core::Stats& Queue::stats() const noexcept { return shared_->segment.stats(0); }
 core::WaitWord* Queue::data_wait_word() noexcept {
   return shared_ ? &shared_->ring.header().data_ready : nullptr;

@@ -19,7 +19,8 @@
 namespace shmq {
 namespace {
 
-constexpr std::uint32_t kRoleBytes = 16;  // role indices probed by in-use checks
+constexpr std::uint32_t kRoleBytes = 16;  // role and hold bytes probed by in-use checks
+static_assert(kRoleHoldOffset + kMaxHeldRole < kRoleBytes, "in-use checks must see every hold");
 constexpr std::uint64_t kPage = 4096;
 
 std::string sys_text(int err) { return std::strerror(err); }
@@ -301,6 +302,15 @@ void Participant::release() noexcept {
   slot_ = nullptr;
 }
 
+RoleHold& RoleHold::operator=(RoleHold&& o) noexcept {
+  if (this != &o) {
+    release();
+    fd_ = std::exchange(o.fd_, -1);
+  }
+  return *this;
+}
+void RoleHold::release() noexcept { close_fd(fd_); }
+
 RoleLock::RoleLock(RoleLock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
 RoleLock& RoleLock::operator=(RoleLock&& o) noexcept {
   if (this != &o) {
@@ -331,19 +341,25 @@ Segment& Segment::operator=(Segment&& o) noexcept {
   return *this;
 }
 
+void Segment::release_attach() noexcept {
+  // While we decide, the creator byte marks the segment in use, so that a gc scan
+  // (segment_in_use) does not take it for an orphan between our attach lock going and our unlink.
+  const bool decide = unlink_when_unused_ && !name_.empty() && fd_ >= 0 && attach_fd_ >= 0;
+  const bool marked = decide && lock_byte(fd_, kCreatorLockByte, F_WRLCK);
+  close_fd(attach_fd_);  // drops our attach lock before the probe below
+  if (decide && !byte_locked(fd_, kAttachLockByte)) {
+    ::unlink(segment_path(name_).c_str());  // ENOENT: another last one beat us to it
+  }
+  if (marked) lock_byte(fd_, kCreatorLockByte, F_UNLCK);  // fd_ may be shared with a forked child
+}
+
+void Segment::leave_mapped() noexcept { release_attach(); }
+
 Segment::~Segment() {
   if (base_ != nullptr) ::munmap(base_, size_);
   base_ = nullptr;
-  detach_keep_mapping();
+  release_attach();
   close_fd(fd_);
-}
-
-void Segment::detach_keep_mapping() noexcept {
-  close_fd(attach_fd_);  // drops our attach lock before the probe below
-  if (unlink_when_unused_ && !name_.empty() && fd_ >= 0 && !byte_locked(fd_, kAttachLockByte)) {
-    ::unlink(segment_path(name_).c_str());  // ENOENT: another last one beat us to it
-  }
-  unlink_when_unused_ = false;
 }
 
 Result<Segment> Segment::create(const SegmentConfig& config,
@@ -623,6 +639,42 @@ Result<RoleLock> Segment::acquire_role(std::uint32_t role_index) {
   RoleLock r;
   r.fd_ = *fd;
   return r;
+}
+
+Result<RoleHold> Segment::hold_roles(std::span<const std::uint32_t> roles) {
+  for (std::uint32_t r : roles)
+    if (r > kMaxHeldRole)
+      return Error(Errc::invalid_argument, "role " + std::to_string(r) + " of " + quoted(name_) +
+                                               " cannot be held (at most role " +
+                                               std::to_string(kMaxHeldRole) + ")");
+  auto fd = reopen_fd();
+  if (!fd) return std::move(fd).error();
+  RoleHold h;
+  h.fd_ = *fd;
+  for (std::uint32_t r : roles) {
+    // A shared lock never conflicts with another hold; only probes for a write lock see it.
+    if (!lock_byte(h.fd_, kRoleLockBase + kRoleHoldOffset + r, F_RDLCK))
+      return sys_error(errno, "cannot hold a role of " + quoted(name_));
+  }
+  return h;
+}
+
+Result<RoleHold> Segment::adopt_hold(int fd) const {
+  RoleHold h;
+  h.fd_ = fd;  // closed on every failure below
+  struct stat theirs{};
+  struct stat ours{};
+  if (fd < 0 || ::fstat(fd, &theirs) != 0 || ::fstat(fd_, &ours) != 0)
+    return Error(Errc::invalid_argument, "a role hold of " + quoted(name_) + " must be an open fd");
+  if (theirs.st_ino != ours.st_ino || theirs.st_dev != ours.st_dev)
+    return Error(Errc::invalid_argument,
+                 "the fd passed as a role hold is not a description of " + quoted(name_));
+  return h;
+}
+
+bool Segment::role_hold_present(std::uint32_t role_index) const noexcept {
+  return role_index <= kMaxHeldRole &&
+         byte_locked(fd_, kRoleLockBase + kRoleHoldOffset + role_index);
 }
 
 bool Segment::role_held(std::uint32_t role_index) const noexcept {

@@ -149,7 +149,8 @@ def test_recv_async_cancelled_at_random_loses_nothing_and_keeps_order():
     a.close()
 
 
-def _slow_reader(conn, out, total):
+def _slow_reader(conn, out, total, writer):
+    writer.close()  # the inherited copy of the writing end (multiprocessing's idiom)
     got = []
     while True:
         try:
@@ -164,7 +165,7 @@ def _slow_reader(conn, out, total):
 def test_send_async_waits_for_room_and_a_cancelled_send_sends_nothing():
     a, b = shmq.Pipe(duplex=False, capacity=1024)  # room for a few dozen small messages
     out = shmq.Queue()
-    p = mp.Process(target=_slow_reader, args=(a, out, TOTAL))
+    p = mp.Process(target=_slow_reader, args=(a, out, TOTAL, b))
     p.start()
     a.close()
 

@@ -149,7 +149,9 @@ class MyManager(sm.BaseManager):
     pass
 
 
-MyManager.register("Counter", Counter, method_to_typeid={"child": "Counter"})
+MyManager.register("Counter", Counter, method_to_typeid={"child": "ChildCounter"})
+# No callable: a proxy to what child() returned (multiprocessing's way for method results).
+MyManager.register("ChildCounter", create_method=False)
 
 
 def _bump(c, n):

@@ -10,7 +10,9 @@ import pytest
 import shmq
 
 
-def echo_until_eof(conn):
+def echo_until_eof(conn, other=None):
+    if other is not None:
+        other.close()  # a forked child's copy of the parent's end (multiprocessing's idiom)
     try:
         while True:
             conn.send(conn.recv())
@@ -119,15 +121,15 @@ def test_large_message_streams_through_small_ring():
 def test_echo_process(method):
     ctx = mp.get_context(method)
     a, b = shmq.Pipe()
-    p = ctx.Process(target=echo_until_eof, args=(b,))
+    p = ctx.Process(target=echo_until_eof, args=(b, a))
     p.start()
+    b.close()
     for obj in (1, b"two", {"three": [3]}, None):
         a.send(obj)
         assert a.recv() == obj
     a.close()
     p.join(60)
     assert p.exitcode == 0
-    b.close()
 
 
 def test_writer_killed_mid_stream_never_delivers_partial():
@@ -136,6 +138,7 @@ def test_writer_killed_mid_stream_never_delivers_partial():
     size = 1 << 20  # 16 ring-fuls: the kill lands mid-stream
     p = ctx.Process(target=send_chunked_forever, args=(w, size))
     p.start()
+    w.close()  # as with multiprocessing: the end of stream comes when every holder is gone
     for _ in range(3):
         m = r.recv_bytes()
         assert len(m) == size and m == m[:1] * size
@@ -146,7 +149,6 @@ def test_writer_killed_mid_stream_never_delivers_partial():
             m = r.recv_bytes()
             assert len(m) == size and m == m[:1] * size
     r.close()
-    w.close()
 
 
 def test_wait_over_connections_and_queues():

@@ -171,6 +171,16 @@ class SpscReader : public SpscEnd {
   WaitWord* data_wait_word() const noexcept { return &ctl_->data_wait; }
   std::uint32_t held() const noexcept { return held_; }
 
+  // Returns the space read and lets go of the ring without flagging the reader closed, for
+  // another holder of the same end to attach (see SpscWriter::leave()). Messages still held are
+  // then counted abandoned by the next reader, as a dead reader's are.
+  void leave() noexcept {
+    if (ctl_ == nullptr) return;
+    publish_head(true);
+    flush_counts();
+    ctl_ = nullptr;
+  }
+
   // Flags the reader closed (the writer then gets closed) and wakes a sleeping writer.
   void close() noexcept {
     if (ctl_ == nullptr) return;

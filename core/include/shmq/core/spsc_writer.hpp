@@ -202,6 +202,17 @@ class SpscWriter : public SpscEnd {
     ctl_ = nullptr;
   }
 
+  // Publishes everything and lets go of the ring without flagging the stream closed: the
+  // writer's role passes to another holder of the same end (multiprocessing's Connection shared
+  // by several processes), which attaches and carries on.
+  void leave() noexcept {
+    if (ctl_ == nullptr) return;
+    abort_claim();
+    publish();
+    flush_counts();
+    ctl_ = nullptr;
+  }
+
   WaitWord* space_wait_word() const noexcept { return &ctl_->space_wait; }
   // Free bytes as this writer last saw them (a guess: the reader may have freed more).
   std::uint64_t free_guess() const noexcept { return capacity_ - (pending_ - cached_head_); }

@@ -17,6 +17,12 @@
 // paths: between the slices (<= 50 ms) of a blocking call, and after every
 // kLivenessPollInterval-th `empty`/`full` outcome of a try_ call.
 //
+// Held ends (PipeConfig::held_ends, multiprocessing's lifetime of a Connection): a role is then
+// alive while any process holds it (Pipe::hold, a RoleHold shared by fork and fd passing) or has
+// it, whether or not it ever attached; it is gone once every holder closed its hold or died. A
+// holder that lets go of the role while other holds remain calls leave() instead of close(), so
+// the stream goes on for them; the last one closes.
+//
 // Fork: a handle remembers the pid that made it. In a forked child its destructor only closes
 // fds and unmaps: it never flags the peer closed, and the parent keeps the role.
 //
@@ -49,7 +55,12 @@ struct PipeConfig {
   std::uint64_t capacity = 1 << 20; // ring bytes per direction: a power of two, 128 B .. 4 GiB
   bool duplex = false;              // two directions
   bool anonymous = false;           // memfd: shared by fork or fd passing only
+  bool held_ends = false;           // roles live as long as their holds (see the top comment)
 };
+
+// ChannelParams::flags of a pipe.
+inline constexpr std::uint32_t kPipeHeldEnds = 1u << 0;
+inline constexpr std::uint32_t kPipeKnownFlags = kPipeHeldEnds;
 
 namespace detail {
 
@@ -74,6 +85,7 @@ struct PipeEnd {
   unsigned direction = 0;
   pid_t owner_pid = 0;
   std::uint32_t polls = 0;  // try_ outcomes since the last liveness check
+  bool held_ends = false;   // the peer lives while its role is held (kPipeHeldEnds)
 };
 struct PipeWriterState {
   PipeEnd end;
@@ -206,6 +218,9 @@ class PipeWriter {
   // Publishes everything and flags the stream closed (the reader drains, then gets closed);
   // frees the role. In a forked child: only drops this process's fds and mapping.
   void close() noexcept;
+  // Publishes everything and frees the role without ending the stream (held ends: another
+  // holder of this end may take the role and carry on).
+  void leave() noexcept;
 
  private:
   friend class Pipe;
@@ -312,6 +327,8 @@ class PipeReader {
   // Flags the reader closed (the writer then gets closed); frees the role. Messages still held
   // must be released before the handle is destroyed. In a forked child: only drops fds/mapping.
   void close() noexcept;
+  // Returns the space read and frees the role without flagging the reader closed (held ends).
+  void leave() noexcept;
 
  private:
   friend class Pipe;
@@ -346,6 +363,9 @@ class Pipe {
   // Removes a named pipe: new opens fail, processes that have it open keep using it. A named
   // pipe lives like a file until this (or `shmq rm`); wrong_kind if the name is a queue's.
   static Result<void> unlink(std::string_view name);
+  // Maps the pipe a received role hold `fd` is a description of, through a description of its
+  // own (a mapping must never keep a hold alive): for a pipe whose name is already removed.
+  static Result<Pipe> from_hold(int fd, const OpenOptions& options = {});
 
   Pipe() = default;
   Pipe(Pipe&&) noexcept = default;
@@ -356,6 +376,17 @@ class Pipe {
   // The writer / reader of one direction (0, or 1 if duplex). role_taken if a live one exists.
   Result<PipeWriter> writer(unsigned direction = 0);
   Result<PipeReader> reader(unsigned direction = 0);
+
+  // Held ends: holds the roles detail::pipe_role(direction, reader) of `roles` (one end's
+  // writer and reader) until the RoleHold and every copy of its fd are closed.
+  Result<RoleHold> hold(std::span<const std::uint32_t> roles);
+  // Adopts a hold received from another process (its fd, owned from here).
+  Result<RoleHold> adopt_hold(int fd) const { return seg_->adopt_hold(fd); }
+  // Whether any process (this one included) holds the role. One syscall.
+  bool role_hold_present(std::uint32_t role) const noexcept { return seg_->role_hold_present(role); }
+  bool held_ends() const noexcept { return held_ends_; }
+  // See Segment::leave_mapped(): at exit, while a thread may still be inside a call.
+  void leave_mapped() noexcept { seg_->leave_mapped(); }
 
   const std::string& name() const noexcept { return seg_->name(); }
   std::uint64_t capacity() const noexcept { return capacity_; }
@@ -380,6 +411,7 @@ class Pipe {
   std::shared_ptr<Segment> seg_;
   std::uint64_t capacity_ = 0;
   unsigned directions_ = 0;
+  bool held_ends_ = false;
 };
 
 }  // namespace shmq

@@ -448,6 +448,9 @@ class Queue {
   // Shuts the whole queue down: writers get `closed`, readers drain and then get `closed`.
   void close() noexcept;
   bool closed() const noexcept;
+  // See Segment::leave_mapped(): at exit, while a thread may still be inside a call. Spill files
+  // of unread messages are left to gc.
+  void leave_mapped() noexcept;
 
   bool valid() const noexcept { return shared_ != nullptr; }
   const std::string& name() const noexcept;

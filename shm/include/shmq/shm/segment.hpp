@@ -6,6 +6,10 @@
 // moment the holder's last fd on that description closes, including on SIGKILL, so
 // F_OFD_GETLK from any other description tells "alive" from "dead" with no timeout and no pid
 // reuse problem. Exclusive roles (a pipe's writer, a pipe's reader) are bytes locked the same way.
+// A role may also be *held* (RoleHold): a shared lock on the role's hold byte through a
+// description of its own, which fork and fd passing share, so a role can outlive the process
+// that took the hold for as long as any process keeps a copy of it (multiprocessing's lifetime of
+// a Pipe end).
 //
 // Synchronization
 //   [S1] header.state: the creator fills the header and the body, then stores `ready` (release);
@@ -21,8 +25,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "shmq/core/layout.hpp"
 #include "shmq/core/result.hpp"
@@ -111,6 +117,8 @@ static_assert(std::is_standard_layout_v<SegmentHeader>, "the header is shared be
 inline constexpr off_t kCreatorLockByte = 1ll << 40;
 inline constexpr off_t kAttachLockByte = (1ll << 40) + 1;
 inline constexpr off_t kRoleLockBase = (1ll << 40) + 64;          // + role index
+inline constexpr std::uint32_t kRoleHoldOffset = 8;  // a role's hold byte: kRoleLockBase + 8 + role
+inline constexpr std::uint32_t kMaxHeldRole = 7;     // roles 0..7 can be held
 inline constexpr off_t kParticipantLockBase = (1ll << 40) + 1024; // + slot index
 
 struct SegmentConfig {
@@ -177,6 +185,28 @@ class Participant {
   ParticipantSlot* slot_ = nullptr;
 };
 
+// A shared hold on some roles (Segment::hold_roles). Move-only. The kernel drops it
+// when the last fd of its description closes: this one, a forked child's copy or one passed over
+// a Unix socket; exit and SIGKILL included.
+class RoleHold {
+ public:
+  RoleHold() = default;
+  RoleHold(RoleHold&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  RoleHold& operator=(RoleHold&& o) noexcept;
+  RoleHold(const RoleHold&) = delete;
+  RoleHold& operator=(const RoleHold&) = delete;
+  ~RoleHold() { release(); }
+  bool valid() const noexcept { return fd_ >= 0; }
+  // The description's fd, to pass to another process (which then shares the hold).
+  int fd() const noexcept { return fd_; }
+  // Closes this fd; the hold lasts while other copies of the description are open.
+  void release() noexcept;
+
+ private:
+  friend class Segment;
+  int fd_ = -1;
+};
+
 // An exclusive role lock (e.g. "writer of direction 0"). Move-only; freed on close or death.
 class RoleLock {
  public:
@@ -216,11 +246,11 @@ class Segment {
   Segment(const Segment&) = delete;
   Segment& operator=(const Segment&) = delete;
   ~Segment();  // unmaps; for a generated name (kUnlinkWhenUnused), the last one out unlinks
-
-  // Leaves as the destructor does (drops the attach lock; a generated name is unlinked by the
-  // last one out) but keeps the mapping valid until destruction: for objects that may still be
-  // touched at process exit.
-  void detach_keep_mapping() noexcept;
+  // At process exit, while another thread may still be inside a call on this mapping (or an
+  // object in it may still be touched): gives up the attach lock (unlinking a generated name if
+  // this was its last user) but leaves the memory mapped for the exit to unmap. The Segment is then only fit for destruction, which
+  // unmaps: do not destroy it while such a thread runs.
+  void leave_mapped() noexcept;
 
   bool valid() const noexcept { return base_ != nullptr; }
   SegmentHeader& header() const noexcept { return *reinterpret_cast<SegmentHeader*>(base_); }
@@ -236,6 +266,13 @@ class Segment {
   Result<Participant> join(Role role);
   // Takes an exclusive role byte; fails with role_taken if a live holder has it.
   Result<RoleLock> acquire_role(std::uint32_t role_index);
+  // Holds the given roles (each <= kMaxHeldRole) through a new description.
+  Result<RoleHold> hold_roles(std::span<const std::uint32_t> roles);
+  // Adopts `fd` (owned from here, closed on failure) as a hold received from another process:
+  // invalid_argument unless it is a description of this segment's file.
+  Result<RoleHold> adopt_hold(int fd) const;
+  // Whether any description (this process's holds included) holds the role. One syscall.
+  bool role_hold_present(std::uint32_t role_index) const noexcept;
   // Whether a role byte / participant slot is held by a live process (F_OFD_GETLK). A slow-path
   // call: one syscall. Never call it for a lock held through this process's own description.
   bool role_held(std::uint32_t role_index) const noexcept;
@@ -250,6 +287,8 @@ class Segment {
   Result<int> reopen_fd() const;
 
  private:
+  // Gives up the attach lock; for a generated name, the last one out unlinks.
+  void release_attach() noexcept;
   static Result<Segment> map_and_validate(int fd, std::string name, std::string_view shown,
                                           const SegmentKind* expected, const OpenOptions& options);
   std::byte* base_ = nullptr;

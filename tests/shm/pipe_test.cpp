@@ -828,6 +828,165 @@ TEST_CASE("pipe: a forked child dropping inherited handles neither closes the st
   CHECK(msg_ok(3, 12, m.bytes(), m.kind()));
 }
 
+// ---- held ends (multiprocessing's lifetime of a Connection end)
+
+Pipe make_held_pipe(const std::string& name) {
+  auto p = Pipe::create({.name = name, .capacity = 4096, .held_ends = true});
+  if (!p) FAIL(p.error().what);
+  return std::move(*p);
+}
+constexpr std::uint32_t kWriterRole = detail::pipe_role(0, false);
+constexpr std::uint32_t kReaderRole = detail::pipe_role(0, true);
+
+TEST_CASE("pipe: with held ends a writer that never attached is alive while held, gone after") {
+  const std::string name = unique_name();
+  Cleanup cleanup{name};
+  Pipe pipe = make_held_pipe(name);
+  auto opened = Pipe::open(name);
+  REQUIRE(opened.has_value());
+  CHECK(opened->held_ends());
+  const std::uint32_t writer_roles[] = {kWriterRole};
+  auto hold = pipe.hold(writer_roles);
+  REQUIRE(hold.has_value());
+  auto sut = opened->reader();
+  REQUIRE(sut.has_value());
+  CHECK(pipe.role_hold_present(kWriterRole));
+  CHECK(sut->writer_alive());
+  hold->release();
+  CHECK_FALSE(pipe.role_hold_present(kWriterRole));
+  CHECK_FALSE(sut->writer_alive());  // never attached, yet gone: no wait for nobody
+  Message m;
+  CHECK(sut->recv(m, Deadline::in(30s)) == Status::closed);
+}
+
+TEST_CASE("pipe: a hold shared with a forked child lasts until both copies are closed") {
+  const std::string name = unique_name();
+  Cleanup cleanup{name};
+  Pipe pipe = make_held_pipe(name);
+  const std::uint32_t writer_roles[] = {kWriterRole};
+  auto hold = pipe.hold(writer_roles);
+  REQUIRE(hold.has_value());
+  int go[2];
+  REQUIRE(::pipe(go) == 0);
+  const pid_t child = spawn([&] {
+    char c;
+    return ::read(go[0], &c, 1) == 1 ? 0 : 3;  // keeps the inherited hold until told
+  });
+  hold->release();  // the parent's copy
+  CHECK(pipe.role_hold_present(kWriterRole));  // the child's copy of the description
+  REQUIRE(::write(go[1], "x", 1) == 1);
+  CHECK(wait_exit(child) == 0);
+  CHECK_FALSE(pipe.role_hold_present(kWriterRole));
+  ::close(go[0]);
+  ::close(go[1]);
+}
+
+TEST_CASE("pipe: leave() hands the role to another holder without ending the stream") {
+  const std::string name = unique_name();
+  Cleanup cleanup{name};
+  Pipe pipe = make_held_pipe(name);
+  auto sut = pipe.writer();
+  auto r = pipe.reader();
+  REQUIRE((sut && r));
+  REQUIRE(sut->try_send(bytes_of(make_msg(4, 20)), kind_of(4)) == Status::ok);
+  const std::uint32_t writer_roles[] = {kWriterRole};
+  auto other_holder = pipe.hold(writer_roles);
+  REQUIRE(other_holder.has_value());
+  sut->leave();
+  Message m;
+  REQUIRE(r->try_recv(m) == Status::ok);
+  CHECK(msg_ok(4, 20, m.bytes(), m.kind()));
+  CHECK(r->try_recv(m) == Status::empty);  // not closed: the stream goes on
+  CHECK(r->writer_alive());
+  auto next = pipe.writer();  // the role is free for the next holder
+  REQUIRE(next.has_value());
+  REQUIRE(next->try_send(bytes_of(make_msg(5, 9)), kind_of(5)) == Status::ok);
+  REQUIRE(r->try_recv(m) == Status::ok);
+  CHECK(msg_ok(5, 9, m.bytes(), m.kind()));
+  next->close();
+  CHECK(r->try_recv(m) == Status::closed);
+}
+
+TEST_CASE("pipe: a killed holder's hold goes with it") {
+  const std::string name = unique_name();
+  Cleanup cleanup{name};
+  Pipe pipe = make_held_pipe(name);
+  auto sut = pipe.writer();
+  REQUIRE(sut.has_value());
+  const pid_t child = spawn([&] {
+    const std::uint32_t reader_roles[] = {kReaderRole};
+    auto h = pipe.hold(reader_roles);
+    if (!h) return 3;
+    ::pause();
+    return 0;
+  });
+  for (int i = 0; i < 3000 && !pipe.role_hold_present(kReaderRole); ++i)
+    std::this_thread::sleep_for(1ms);
+  REQUIRE(sut->reader_alive());
+  ::kill(child, SIGKILL);
+  CHECK(wait_exit(child) == 128 + SIGKILL);
+  CHECK_FALSE(sut->reader_alive());
+}
+
+TEST_CASE("pipe: adopt_hold accepts a description of the pipe and refuses another file") {
+  const std::string name = unique_name();
+  const std::string other_name = unique_name();
+  Cleanup cleanup{name};
+  Cleanup other_cleanup{other_name};
+  Pipe pipe = make_held_pipe(name);
+  Pipe other = make_held_pipe(other_name);
+  const std::uint32_t roles[] = {kWriterRole};
+  auto hold = pipe.hold(roles);
+  REQUIRE(hold.has_value());
+  auto sut = pipe.adopt_hold(::dup(hold->fd()));  // what DupFd gives a receiver
+  REQUIRE(sut.has_value());
+  hold->release();
+  CHECK(pipe.role_hold_present(kWriterRole));  // the adopted copy shares the description
+  sut->release();
+  CHECK_FALSE(pipe.role_hold_present(kWriterRole));
+  auto foreign = other.hold(roles);
+  REQUIRE(foreign.has_value());
+  auto refused = pipe.adopt_hold(::dup(foreign->fd()));
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().code == Errc::invalid_argument);
+  const std::uint32_t no_such_role[] = {7};
+  CHECK(pipe.hold(no_such_role).error().code == Errc::invalid_argument);
+}
+
+TEST_CASE("pipe: from_hold maps a pipe whose name is gone, through a description of its own") {
+  const std::string name = unique_name();
+  Cleanup cleanup{name};
+  Pipe pipe = make_held_pipe(name);
+  const std::uint32_t roles[] = {kWriterRole};
+  auto hold = pipe.hold(roles);
+  REQUIRE(hold.has_value());
+  ::unlink(segment_path(name).c_str());
+  auto sut = Pipe::from_hold(hold->fd());
+  REQUIRE(sut.has_value());
+  auto w = sut->writer();
+  auto r = pipe.reader();
+  REQUIRE((w && r));
+  REQUIRE(w->try_send(bytes_of(make_msg(6, 17)), kind_of(6)) == Status::ok);
+  Message m;
+  REQUIRE(r->try_recv(m) == Status::ok);
+  CHECK(msg_ok(6, 17, m.bytes(), m.kind()));
+  w->close();
+  hold->release();  // the mapping does not keep the hold alive
+  CHECK_FALSE(pipe.role_hold_present(kWriterRole));
+}
+
+TEST_CASE("pipe: open rejects unknown pipe flags as corrupt") {
+  const std::string name = unique_name();
+  Cleanup cleanup{name};
+  {
+    Pipe pipe = make_held_pipe(name);
+    pipe.segment().header().params.flags |= 1u << 7;
+  }
+  auto sut = Pipe::open(name);
+  REQUIRE_FALSE(sut.has_value());
+  CHECK(sut.error().code == Errc::corrupt);
+}
+
 TEST_CASE("pipe: open rejects corrupt pipe segments with a named error") {
   const std::string name = unique_name();
   Cleanup cleanup{name};

@@ -146,6 +146,21 @@ TEST_CASE("segment: a generated name is unlinked when the last mapping goes away
   CHECK_FALSE(exists_in_dev_shm(name));
 }
 
+TEST_CASE("segment: leave_mapped gives up the attachment but keeps the memory mapped") {
+  auto a = Segment::create(config_for(""));
+  REQUIRE(a.has_value());
+  const std::string name = a->name();
+  auto sut = Segment::open(name, SegmentKind::pipe);
+  REQUIRE(sut.has_value());
+  sut->leave_mapped();
+  CHECK(exists_in_dev_shm(name));  // `a` is still attached
+  sut->header().stats[0].wakes.store(7);  // still mapped: a thread inside a call may go on
+  CHECK(core::Stats::read(a->header().stats[0].wakes) == 7);
+  a->leave_mapped();  // the last attachment: the generated name goes
+  CHECK_FALSE(exists_in_dev_shm(name));
+  CHECK(segment_in_use(name).error().code == Errc::not_found);
+}
+
 TEST_CASE("segment: a chosen name stays until it is unlinked") {
   const std::string name = unique_name("kept");
   Cleanup cleanup{name};

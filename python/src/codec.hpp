@@ -26,6 +26,7 @@ namespace shmq::py {
 
 inline constexpr std::uint16_t kBytesKind = kind_value(MessageKind::bytes);
 inline constexpr std::uint16_t kPickleKind = kind_value(MessageKind::pickle);
+inline constexpr std::uint16_t kObjectBytesKind = kind_value(MessageKind::object_bytes);
 using fb::kFlatBuffersKind;
 inline constexpr std::uint32_t kFbPrefixBytes = fb::kPrefixBytes;
 

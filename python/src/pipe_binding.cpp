@@ -9,15 +9,10 @@
 #include <string>
 
 #include "ready.hpp"
-#include "shmq/core/message_kind.hpp"
 
 namespace shmq::py {
 
 namespace {
-
-constexpr std::uint16_t kBytesKind = kind_value(MessageKind::bytes);
-constexpr std::uint16_t kPickleKind = kind_value(MessageKind::pickle);
-constexpr std::uint16_t kObjectBytesKind = kind_value(MessageKind::object_bytes);
 
 // What multiprocessing's recv_bytes gives for `m` when that is not m's payload itself: the pickle
 // of a bytes-like object sent whole (object_bytes), or a pickle whose out-of-band buffers travel

@@ -133,6 +133,8 @@ class Connection:
         message: a message is either returned or left for the next receive. ``EOFError`` at the
         end of the stream. (A message larger than the pipe's ring is received, once its first
         chunk is there, as it streams in.)"""
+        if self.poll():
+            return self.recv()
         return await _common.aio().recv_async(self, self.recv)
 
     async def recv_bytes_async(self, maxlength: Optional[int] = None) -> bytes:

@@ -321,6 +321,10 @@ class Queue:
         """``get()`` for asyncio: waits up to ``timeout`` seconds (forever if None) without
         blocking the event loop, then raises ``queue.Empty``. Cancelling it takes no message: a
         message is either returned to the awaiting coroutine or left in the queue."""
+        try:
+            return self.get_nowait()  # the common case, without another coroutine
+        except Empty:
+            pass
         return await _common.aio().get_async(self.get_nowait, self.fileno, timeout)
 
     async def put_async(self, obj: Any, timeout: Optional[float] = None) -> None:
@@ -468,6 +472,10 @@ class SimpleQueue:
 
     async def get_async(self, timeout: Optional[float] = None) -> Any:
         """``get()`` for asyncio, as ``Queue.get_async()``."""
+        try:
+            return self._h.get_nowait()
+        except Empty:
+            pass
         return await _common.aio().get_async(self._h.get_nowait, self.fileno, timeout)
 
     async def put_async(self, obj: Any, timeout: Optional[float] = None) -> None:

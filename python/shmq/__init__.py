@@ -27,6 +27,8 @@ from .sharedctypes import Array, RawArray, RawValue, Value
 from .synchronize import (Barrier, BoundedSemaphore, BrokenBarrierError, Condition, Event, Lock,
                           OwnerDiedWarning, RLock, Semaphore)
 from . import fb  # shmq.fb: FlatBuffers built from dicts, read lazily (put_fb / get_fb)
+from .futures import ProcessPoolExecutor
+from .pool import Pool, WorkerLost
 
 __version__ = "0.1.0"
 
@@ -35,6 +37,7 @@ __all__ = [
     "Empty", "Full", "BufferTooShort", "gc", "unlink", "fb", "Manager",
     "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier",
     "Value", "Array", "RawValue", "RawArray", "OwnerDiedWarning", "BrokenBarrierError",
+    "Pool", "ProcessPoolExecutor", "WorkerLost",
 ]
 
 

@@ -1,0 +1,906 @@
+"""The engine under shmq.Pool and shmq.ProcessPoolExecutor: workers, dispatch, results, deaths.
+
+Channels. Each worker has a task Queue of its own; all workers answer on one result Queue. The
+parent is the only writer of every task queue and the only reader of the result queue (see
+_pool_worker for the message formats).
+
+Exact accounting. The parent records which tasks it put into which worker's queue (``held``). A
+worker takes one task at a time and answers it before taking the next. When a worker dies, a
+monitor thread sees its pidfd (or process sentinel) become ready at once and puts a death notice
+on the result queue: every answer the worker committed before dying was claimed earlier in the
+queue, so it is read before the notice. On the notice the parent takes back what is still in the
+dead worker's queue (never started: dispatched again), and whatever else the worker held and did
+not answer is the task it was running (at most one): retried up to ``retries`` times, then failed
+with WorkerLost. Nothing is lost silently and nothing is answered twice.
+
+No thread between caller and queues. A caller waiting for a result (``get``, ``map``, ``next``)
+reads the result queue itself, as the *leader*: it files every answer it reads under its job,
+tops up the workers' queues and steps down once its own result is in. Other waiting threads
+follow (they sleep on a condition until their result is filed or the leader steps down). A
+helper thread, the *pusher*, leads only when results must move without anyone waiting for them:
+callbacks, executor futures, a backlog of undispatched tasks, a death to handle.
+
+Dispatch and balance. The parent keeps each worker's queue topped up to a window of about
+``_WINDOW_TIME`` of work (from the worker's measured task times; 1 for long tasks, up to
+``_WINDOW_MAX`` for tiny ones). Tasks queued behind a task that runs much longer than usual are
+taken back and given to others, and an idle worker gets half of the longest queue once there is
+no backlog, so one slow task never holds up the ones behind it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from multiprocessing import connection as _mp_connection
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+
+from . import _pool_worker as _w
+from ._queues import Empty, Full, Queue
+
+__all__ = ["PoolCore", "Job", "WorkerLost"]
+
+# Tasks a worker may hold (queued plus running) when its tasks are tiny; its task queue has twice
+# as many slots.
+_WINDOW_MAX = 256
+# A worker's queue holds about this much work (seconds), so it never waits for the parent.
+_WINDOW_TIME = 0.002
+# The window of a worker whose task times are not known yet.
+_WINDOW_START = 2
+# Tasks queued behind a running one are taken back once it has run this many times its worker's
+# usual task time, and at least _STALL_MIN seconds.
+_STALL_FACTOR = 10.0
+_STALL_MIN = 0.01
+# Messages larger than this take a chunk of the queue's large-message arena (8 by default); a
+# worker holds at most _BIG_MAX of them so that they never spill into files.
+_BIG = 2048
+_BIG_MAX = 6
+# Results read per batch by the leader.
+_BATCH = 256
+# The pusher waits this long after a leader stepped down before it leads: a caller that reads
+# results in a loop (imap) takes the lead back within microseconds.
+_GRACE = 0.002
+# The pusher, while leading, looks at least this often whether it should stop.
+_PUSHER_SLICE = 0.25
+_RESULT_SLOTS = 4096
+
+RUN, CLOSE, TERMINATE, STOPPED = "RUN", "CLOSE", "TERMINATE", "STOPPED"
+
+# Every live pool of this process, for the fork hook below.
+_cores: "weakref.WeakSet[PoolCore]" = weakref.WeakSet()
+
+
+def _drop_inherited_pools() -> None:
+    """In a child made by fork: lets go of every pool's channels and workers inherited from the
+    parent. A forked child shares its parent's open file descriptions, so its copies would hold the
+    segments' liveness locks and keep them from being removed when the parent closes them
+    (workers open their own handles by name)."""
+    for core in list(_cores):
+        core._forget_after_fork()
+
+
+def _end_pools_at_exit() -> None:
+    """Ends every pool at interpreter exit, before shmq's own exit hook closes the channels (atexit
+    runs hooks in reverse order of registration, and this module registers after _common): the
+    workers must be gone first, or the channels they hold would stay in /dev/shm."""
+    for core in list(_cores):
+        try:
+            core.at_exit()
+        except Exception:  # noqa: BLE001 - exit-time clean-up must never raise
+            pass
+
+
+os.register_at_fork(after_in_child=_drop_inherited_pools)
+atexit.register(_end_pools_at_exit)
+
+
+class WorkerLost(RuntimeError):
+    """A pool worker died (killed by a signal, ``os._exit``, the OOM killer) while it held a
+    task: that task's result raises this. ``pid``, ``exitcode``, ``signal`` (the signal number,
+    or None if the worker exited) and ``task`` (a description) say which."""
+
+    def __init__(self, pid: Optional[int], exitcode: Optional[int], task: str,
+                 attempts: int = 1) -> None:
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = -exitcode if exitcode is not None and exitcode < 0 else None
+        self.task = task
+        self.attempts = attempts
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        if self.signal is not None:
+            try:
+                import signal as _signal
+                how = f"was killed by signal {self.signal} ({_signal.Signals(self.signal).name})"
+            except ValueError:
+                how = f"was killed by signal {self.signal}"
+        elif self.exitcode is not None:
+            how = f"exited with code {self.exitcode}"
+        else:
+            how = "died"
+        tries = f" (attempt {self.attempts})" if self.attempts > 1 else ""
+        return f"pool worker (pid {self.pid}) {how} while running {self.task}{tries}"
+
+    def __reduce__(self) -> Any:
+        return (WorkerLost, (self.pid, self.exitcode, self.task, self.attempts))
+
+
+class Job:
+    """What a submitted call (apply, map chunk set, imap, future) gives the core."""
+
+    #: True if results must be filed without a waiting caller (callbacks, futures).
+    push = False
+    #: True if ``start(index)`` must be called when a task is first handed to a worker.
+    needs_start = False
+
+    def on_result(self, index: int, ok: bool, value: Any, actions: List[Callable[[], None]]) -> None:
+        """Files one task's result (called with the core's lock held). Work that may run user code
+        (callbacks, future callbacks) goes into ``actions``, run after the lock is released."""
+        raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        return f"task {index}"
+
+    def end_input(self) -> None:
+        """A lazy job stops reading its input (the pool was terminated)."""
+
+    def start(self, index: int) -> bool:
+        """Called once per task when it is first dispatched; False drops the task (cancelled)."""
+        return True
+
+    def pull(self) -> Any:
+        """For lazy jobs (imap): the next task as ``(index, body, buffers)``, ``False`` if an item
+        was filed without a task (an unpicklable argument), or None when the input is exhausted."""
+        return None
+
+
+class _Task:
+    __slots__ = ("tid", "job", "index", "msg", "big", "attempts", "wid")
+
+    def __init__(self, tid: int, job: Job, index: int, msg: Any, big: bool) -> None:
+        self.tid = tid
+        self.job = job
+        self.index = index
+        self.msg = msg
+        self.big = big
+        self.attempts = 0
+        self.wid = -1
+
+
+class _Worker:
+    __slots__ = ("wid", "proc", "queue", "fd", "held", "assigned", "big", "ewma", "since",
+                 "stalled", "alive")
+
+    def __init__(self, wid: int, proc: Any, queue: Queue, fd: int) -> None:
+        self.wid = wid
+        self.proc = proc
+        self.queue = queue
+        self.fd = fd
+        self.held: Dict[int, None] = {}   # task ids put into its queue and not answered, in order
+        self.assigned = 0                 # tasks handed to it over its life (for maxtasks)
+        self.big = 0                      # held messages larger than _BIG
+        self.ewma: Optional[float] = None  # its usual task time (seconds)
+        self.since = 0.0                  # when it last answered, or got work while idle
+        self.stalled = False              # a long task: window 1 until it answers
+        self.alive = True
+
+
+class PoolCore:
+    """Workers, channels and bookkeeping shared by Pool and ProcessPoolExecutor."""
+
+    def __init__(self, processes: int, ctx: Any, initializer: Optional[Callable[..., Any]],
+                 initargs: Sequence[Any], maxtasks: Optional[int], retries: int,
+                 broken: Callable[[BaseException], BaseException], finish_at_exit: bool) -> None:
+        """``finish_at_exit``: at interpreter exit, finish the submitted tasks first (an executor)
+        rather than end the workers at once (a Pool, like multiprocessing's)."""
+        self._ctx = ctx
+        self.at_exit = self.join_after_close if finish_at_exit else self.terminate
+        self.processes = processes
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._maxtasks = maxtasks
+        self._retries = retries
+        self._make_broken = broken
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)     # followers: a result was filed
+        self._pusher_cond = threading.Condition(self._lock)
+        self._state = RUN
+        self._broken: Optional[BaseException] = None
+        self._init_failures = 0
+        self._workers: Dict[int, _Worker] = {}
+        self._tasks: Dict[int, _Task] = {}
+        self._backlog: Deque[int] = deque()
+        self._sources: Deque[Job] = deque()
+        self._next_tid = 0
+        self._next_wid = 0
+        self._leader: Optional[int] = None
+        self._want = 0          # followers waiting for the lead
+        self._push = 0          # unanswered tasks of push jobs
+        self._notices = 0       # death notices posted, not yet handled
+        self._stepped_down = 0.0
+        self._next_check: Optional[float] = None
+        self._watch: Dict[int, int] = {}   # fd -> wid, watched by the monitor
+        self._results = Queue(slots=_RESULT_SLOTS)
+        self._notifier = Queue.open(self._results.name)  # the monitor's and terminate's writes
+        self._wake_r, self._wake_w = os.pipe()
+        self._handles_closed = False
+        self._auto_stop = False   # executor.shutdown(wait=False): stop once idle
+        _cores.add(self)
+        with self._lock:
+            for _ in range(processes):
+                self._spawn()
+        self._monitor_thread = threading.Thread(target=self._monitor, daemon=True,
+                                                name="shmq-pool-monitor")
+        self._pusher_thread = threading.Thread(target=self._pusher, daemon=True,
+                                               name="shmq-pool-pusher")
+        self._monitor_thread.start()
+        self._pusher_thread.start()
+
+    # ---- workers ---------------------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        wid = self._next_wid
+        self._next_wid += 1
+        queue = Queue(slots=2 * _WINDOW_MAX)
+        proc = self._ctx.Process(
+            target=_w.worker_main, name=f"ShmqPoolWorker-{wid}", daemon=True,
+            args=(queue.name, self._results.name, wid, self._initializer, self._initargs,
+                  self._maxtasks))
+        try:
+            proc.start()
+        except BaseException:
+            queue.close()
+            raise
+        try:
+            # A pidfd reports the exit itself; the sentinel (a pipe) stays open while a child the
+            # worker forked keeps it.
+            fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            fd = -1
+        w = _Worker(wid, proc, queue, fd)
+        self._workers[wid] = w
+        self._watch[fd if fd >= 0 else proc.sentinel] = wid
+        self._wake_monitor()
+
+    def _wake_monitor(self) -> None:
+        try:
+            os.write(self._wake_w, b"w")
+        except OSError:
+            pass
+
+    def worker_processes(self) -> List[Any]:
+        with self._lock:
+            return [w.proc for w in self._workers.values() if w.alive]
+
+    def _monitor(self) -> None:
+        """Waits on the workers' pidfds; posts a notice on the result queue when one exits."""
+        while True:
+            with self._lock:
+                if self._state is STOPPED:
+                    return
+                watched = dict(self._watch)
+            try:
+                ready = _mp_connection.wait(list(watched) + [self._wake_r])
+            except OSError:
+                ready = [self._wake_r]
+            for fd in ready:
+                if fd == self._wake_r:
+                    try:
+                        os.read(fd, 4096)
+                    except OSError:
+                        pass
+                    continue
+                wid = watched[fd]
+                with self._lock:
+                    if self._watch.pop(fd, None) is None:
+                        continue
+                    w = self._workers.get(wid)
+                if w is None:
+                    continue
+                if w.fd >= 0:
+                    os.close(w.fd)
+                    w.fd = -1
+                code = _reap(w.proc, 5.0)  # the exit code says which signal
+                with self._lock:
+                    self._notices += 1
+                    self._pusher_cond.notify()
+                try:
+                    self._notifier.put(("dead", wid, code))
+                except (ValueError, OSError):
+                    return  # the pool was torn down under us
+
+    # ---- submitting ------------------------------------------------------------------------------
+
+    def check_running(self) -> None:
+        if self._state is not RUN:
+            raise ValueError("Pool not running")
+        if self._broken is not None:
+            raise self._broken
+
+    def submit(self, job: Job, items: Sequence[Tuple[int, bytes, Sequence[Any]]],
+               wake_pusher: bool = True) -> None:
+        """Queues ``job``'s tasks (pickled bodies) and hands out what the workers have room for.
+        ``wake_pusher=False`` when the caller waits for the result right away (map, apply)."""
+        actions: List[Callable[[], None]] = []
+        with self._lock:
+            self.check_running()
+            for index, body, buffers in items:
+                self._new_task(job, index, body, buffers)
+            self._dispatch(actions)
+            if wake_pusher and (job.push or self._backlog):
+                self._pusher_cond.notify()
+        self._run(actions)
+
+    def add_source(self, job: Job) -> None:
+        """Registers a lazy job (imap): its tasks are pulled while the workers have room."""
+        actions: List[Callable[[], None]] = []
+        with self._lock:
+            self.check_running()
+            self._sources.append(job)
+            self._dispatch(actions)
+            self._pusher_cond.notify()
+        self._run(actions)
+
+    def _new_task(self, job: Job, index: int, body: bytes, buffers: Sequence[Any]) -> None:
+        tid = self._next_tid
+        self._next_tid += 1
+        msg = _w.encode_task(tid, body, buffers)
+        big = len(body) > _BIG or bool(buffers)
+        self._tasks[tid] = _Task(tid, job, index, msg, big)
+        self._backlog.append(tid)
+        if job.push:
+            self._push += 1
+
+    def _pull(self, actions: List[Callable[[], None]]) -> bool:
+        """Adds the next task of the first lazy job to the backlog; False when none is left."""
+        while self._sources:
+            job = self._sources[0]
+            got = job.pull()
+            if got is None:
+                self._sources.popleft()
+                continue
+            if got is False:
+                continue
+            index, body, buffers = got
+            self._new_task(job, index, body, buffers)
+            return True
+        return False
+
+    def cancel_pending(self, job: Job) -> None:
+        """Drops ``job``'s tasks that no worker has been given yet (its consumer went away)."""
+        with self._lock:
+            try:
+                self._sources.remove(job)
+            except ValueError:
+                pass
+            keep = deque()
+            for tid in self._backlog:
+                t = self._tasks.get(tid)
+                if t is not None and t.job is job:
+                    del self._tasks[tid]
+                    if job.push:
+                        self._push -= 1
+                else:
+                    keep.append(tid)
+            self._backlog = keep
+
+    def cancel_backlog(self, actions: List[Callable[[], None]],
+                       cancel: Callable[[Job, int], bool]) -> None:
+        """For executor.shutdown(cancel_futures=True): drops every undispatched task whose job
+        agrees (``cancel(job, index)`` returns True)."""
+        with self._lock:
+            keep = deque()
+            for tid in self._backlog:
+                t = self._tasks.get(tid)
+                if t is None:
+                    continue
+                if cancel(t.job, t.index):
+                    del self._tasks[tid]
+                    if t.job.push:
+                        self._push -= 1
+                else:
+                    keep.append(tid)
+            self._backlog = keep
+            for job in list(self._sources):
+                if cancel(job, -1):
+                    self._sources.remove(job)
+
+    # ---- dispatch and balance (lock held) -------------------------------------------------------
+
+    def _room(self, w: _Worker) -> int:
+        if w.stalled:
+            window = 1
+        elif w.ewma is None:
+            window = _WINDOW_START
+        else:
+            window = max(1, min(_WINDOW_MAX, int(_WINDOW_TIME / max(w.ewma, 1e-7))))
+        room = window - len(w.held)
+        if self._maxtasks is not None:
+            room = min(room, self._maxtasks - w.assigned)
+        return room
+
+    def _dispatch(self, actions: List[Callable[[], None]]) -> None:
+        if not (self._backlog or self._sources) or self._state in (TERMINATE, STOPPED):
+            return
+        rooms = []
+        for w in self._workers.values():
+            if w.alive:
+                room = self._room(w)
+                if room > 0:
+                    rooms.append([w, room, [], w.big])
+        if not rooms:
+            return
+        rooms.sort(key=lambda r: len(r[0].held))  # the least loaded first
+        batches = list(rooms)
+        tasks = self._tasks
+        backlog = self._backlog
+        i = 0
+        while rooms:
+            if not backlog and not self._pull(actions):
+                break
+            tid = backlog.popleft()
+            t = tasks.get(tid)
+            if t is None:
+                continue
+            if t.job.needs_start and t.attempts == 0 and t.wid < 0 and not t.job.start(t.index):
+                del tasks[tid]
+                if t.job.push:
+                    self._push -= 1
+                continue
+            if t.big:
+                # Large messages go to the workers holding fewest of them.
+                k = next((j for j in range(len(rooms)) if rooms[(i + j) % len(rooms)][3] < _BIG_MAX),
+                         None)
+                if k is None:
+                    backlog.appendleft(tid)
+                    break
+                i = (i + k) % len(rooms)
+                rooms[i][3] += 1
+            r = rooms[i]
+            r[2].append(t)
+            r[1] -= 1
+            if r[1] == 0:
+                rooms.pop(i)
+            else:
+                i += 1
+            if i >= len(rooms):
+                i = 0
+        now = time.monotonic()
+        for r in batches:
+            self._hand(r[0], r[2], now)
+
+    def _hand(self, w: _Worker, batch: List[_Task], now: float) -> None:
+        if not batch:
+            return
+        if not w.held:
+            w.since = now
+        for t in batch:
+            w.held[t.tid] = None
+            t.wid = w.wid
+            if t.big:
+                w.big += 1
+        w.assigned += len(batch)
+        w.queue.put_many([t.msg for t in batch])
+
+    def _take_back(self, w: _Worker, limit: int) -> List[int]:
+        """Takes up to ``limit`` unstarted tasks out of ``w``'s queue (oldest first)."""
+        got: List[int] = []
+        try:
+            while len(got) < limit:
+                msg = w.queue.get_nowait()
+                if msg is not None:
+                    got.append(_w.task_id(msg))
+        except Empty:
+            pass
+        for tid in got:
+            w.held.pop(tid, None)
+            w.assigned -= 1
+            t = self._tasks.get(tid)
+            if t is not None and t.big:
+                w.big -= 1
+        return got
+
+    def _balance(self, now: float) -> None:
+        """Takes queued tasks back from workers stuck on a long task, and gives an idle worker
+        half of the longest queue when there is no backlog."""
+        self._next_check = None
+        live = [w for w in self._workers.values() if w.alive]
+        if len(live) < 2:
+            return
+        moved: List[int] = []
+        for v in live:
+            if len(v.held) < 2:
+                continue
+            limit = max(_STALL_MIN, _STALL_FACTOR * (v.ewma or 0.0))
+            if now - v.since >= limit:
+                moved += self._take_back(v, len(v.held))
+                v.stalled = True
+            elif self._next_check is None or v.since + limit < self._next_check:
+                self._next_check = v.since + limit
+        if not moved and not self._backlog and not self._sources:
+            idle = [w for w in live if not w.held and self._room(w) > 0]
+            if idle:
+                v = max(live, key=lambda w: len(w.held))
+                queued = len(v.held) - 1
+                if queued > 0:
+                    moved = self._take_back(v, max(1, queued * len(idle) // (len(idle) + 1)))
+        if moved:
+            self._backlog.extendleft(reversed(moved))
+
+    # ---- results ---------------------------------------------------------------------------------
+
+    def _process(self, msgs: Sequence[Any]) -> None:
+        actions: List[Callable[[], None]] = []
+        with self._lock:
+            now = time.monotonic()
+            tasks = self._tasks
+            workers = self._workers
+            for m in msgs:
+                tag = m[0]
+                if type(tag) is int:
+                    t = tasks.pop(tag, None)
+                    if t is None:
+                        continue  # a task of a job that was cancelled or terminated
+                    w = workers.get(t.wid)
+                    if w is not None:
+                        w.held.pop(tag, None)
+                        took = m[3]
+                        w.ewma = took if w.ewma is None else w.ewma + 0.25 * (took - w.ewma)
+                        w.since = now
+                        w.stalled = False
+                        if t.big:
+                            w.big -= 1
+                    job = t.job
+                    if job.push:
+                        self._push -= 1
+                    self._init_failures = 0
+                    job.on_result(t.index, m[1], m[2], actions)
+                elif tag == "dead":
+                    self._on_death(m[1], m[2], actions)
+                elif tag == "init-error":
+                    self._on_init_error(m[2], actions)
+            if self._state is RUN or self._state is CLOSE:
+                self._balance(now)
+                self._dispatch(actions)
+            self._cond.notify_all()
+        if actions:
+            self._run(actions)
+
+    def _run(self, actions: List[Callable[[], None]]) -> None:
+        for act in actions:
+            try:
+                act()
+            except Exception:  # a user callback raised: report it, keep the pool going
+                print("Exception in a shmq pool callback:", file=sys.stderr)
+                traceback.print_exc()
+        if actions:
+            with self._lock:
+                self._cond.notify_all()
+
+    def _on_death(self, wid: int, exitcode: Optional[int], actions: List[Callable[[], None]]) -> None:
+        self._notices -= 1
+        w = self._workers.pop(wid, None)
+        if w is None:
+            return
+        w.alive = False
+        back = self._take_back(w, 1 << 62)
+        try:
+            w.queue.close()
+        except Exception:
+            pass
+        requeue: List[int] = []
+        for tid in list(w.held):
+            t = self._tasks.get(tid)
+            if t is None:
+                continue
+            t.attempts += 1
+            if t.attempts <= self._retries:
+                requeue.append(tid)
+                continue
+            del self._tasks[tid]
+            if t.job.push:
+                self._push -= 1
+            exc = WorkerLost(w.proc.pid, exitcode, t.job.describe(t.index), t.attempts)
+            t.job.on_result(t.index, False, exc, actions)
+        self._backlog.extendleft(reversed(requeue + back))
+        if (self._state is RUN or self._state is CLOSE) and self._broken is None:
+            self._spawn()
+
+    def _on_init_error(self, exc: BaseException, actions: List[Callable[[], None]]) -> None:
+        self._init_failures += 1
+        if self._init_failures < max(3, self.processes) or self._broken is not None:
+            return
+        # Every fresh worker fails to start: nothing could ever run. Fail everything pending.
+        self._broken = self._make_broken(exc)
+        self._fail_all(self._broken, actions)
+
+    def _fail_all(self, exc: BaseException, actions: List[Callable[[], None]]) -> None:
+        tasks = list(self._tasks.values())
+        sources = list(self._sources)
+        self._tasks.clear()
+        self._backlog.clear()
+        self._sources.clear()
+        self._push = 0
+        for w in self._workers.values():
+            w.held.clear()
+        for job in sources:
+            job.end_input()
+        for t in tasks:
+            t.job.on_result(t.index, False, exc, actions)
+
+    # ---- leading ---------------------------------------------------------------------------------
+
+    def wait_until(self, done: Callable[[], bool], timeout: Optional[float] = None) -> bool:
+        """Blocks until ``done()`` is true, reading results as the leader when nobody else does.
+        Returns ``done()`` (False if ``timeout`` seconds passed first)."""
+        if done():
+            return True
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        me = threading.get_ident()
+        with self._lock:
+            while True:
+                if done():
+                    return True
+                if self._leader is None or self._leader == me:
+                    nested = self._leader == me
+                    self._leader = me
+                    break
+                if self._handles_closed:
+                    return done()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._want += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._want -= 1
+        try:
+            self._lead(done, deadline, False)
+        finally:
+            if not nested:
+                self._step_down()
+        return done()
+
+    def poll(self) -> None:
+        """Files whatever results are already there, without waiting (if nobody leads)."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._leader is not None or self._handles_closed:
+                return
+            self._leader = me
+        try:
+            try:
+                msgs = self._results.get_many(_BATCH, False)
+            except Empty:
+                msgs = ()
+            self._process(msgs)
+        finally:
+            self._step_down()
+
+    def _step_down(self) -> None:
+        with self._lock:
+            self._leader = None
+            self._stepped_down = time.monotonic()
+            self._cond.notify_all()
+            self._pusher_cond.notify()
+
+    def _lead(self, done: Callable[[], bool], deadline: Optional[float], pusher: bool) -> None:
+        get_many = self._results.get_many
+        while not done():
+            timeout: Optional[float] = None
+            if deadline is not None or self._next_check is not None or pusher:
+                now = time.monotonic()
+                if deadline is not None:
+                    timeout = deadline - now
+                    if timeout <= 0:
+                        return
+                if self._next_check is not None:
+                    t = max(0.0, self._next_check - now)
+                    timeout = t if timeout is None else min(timeout, t)
+                if pusher:
+                    timeout = _PUSHER_SLICE if timeout is None else min(timeout, _PUSHER_SLICE)
+            try:
+                msgs = get_many(_BATCH, True, timeout)
+            except Empty:
+                msgs = ()
+            self._process(msgs)
+            del msgs
+            if pusher and self._want:
+                return
+
+    def _pusher_needed(self) -> bool:
+        return bool(self._push or self._notices or self._backlog or self._sources)
+
+    def _pusher(self) -> None:
+        me = threading.get_ident()
+        while True:
+            stop = False
+            with self._lock:
+                while True:
+                    if self._state is STOPPED:
+                        return
+                    if self._auto_stop and self._leader is None and self.idle():
+                        stop = True
+                        break
+                    if self._leader is None and self._pusher_needed():
+                        wait = self._stepped_down + _GRACE - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._pusher_cond.wait(wait)
+                    else:
+                        self._pusher_cond.wait()
+                if not stop:
+                    self._leader = me
+            if stop:
+                self._stop()
+                return
+            try:
+                self._lead(lambda: bool(self._want) or not self._pusher_needed()
+                           or self._state is STOPPED, None, True)
+            except (ValueError, OSError):
+                if self._state is STOPPED:
+                    return
+                raise
+            finally:
+                self._step_down()
+
+    # ---- ending ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._state is RUN:
+                self._state = CLOSE
+
+    def join_after_close(self) -> None:
+        """Finishes what was submitted, then stops (an executor at interpreter exit)."""
+        self.close()
+        self.join()
+
+    def stop_when_idle(self) -> None:
+        """After close(): the pusher stops the workers once every task is done."""
+        with self._lock:
+            self._auto_stop = True
+            self._pusher_cond.notify()
+
+    def idle(self) -> bool:
+        return not self._tasks and not self._backlog and not self._sources
+
+    def join(self) -> None:
+        """After close(): finishes every task, then stops the workers and the threads. After
+        terminate(): stops what is left."""
+        if self._state is CLOSE:
+            self.wait_until(self.idle)
+        self._stop()
+
+    def terminate(self, exc: Optional[BaseException] = None) -> None:
+        """Ends every worker now; unfinished results fail with ``exc``."""
+        actions: List[Callable[[], None]] = []
+        with self._lock:
+            if self._state in (TERMINATE, STOPPED):
+                stopped = True
+            else:
+                stopped = False
+                self._state = TERMINATE
+                self._fail_all(exc or RuntimeError("the pool was terminated before this task "
+                                                   "finished"), actions)
+                procs = [w.proc for w in self._workers.values()]
+        if stopped:
+            self._stop()
+            return
+        for p in procs:
+            try:
+                p.terminate()
+            except (OSError, AttributeError, ValueError):
+                pass
+        self._wake_leader()
+        self._run(actions)
+        self._stop()
+
+    def _wake_leader(self) -> None:
+        try:
+            self._notifier.put(("wake",), False)
+        except (Full, ValueError, OSError):
+            pass
+
+    def _stop(self) -> None:
+        """Asks the workers to exit, waits for them, ends the threads, closes the channels."""
+        with self._lock:
+            if self._state is STOPPED and self._handles_closed:
+                return
+            if self._state is not TERMINATE:
+                self._state = TERMINATE
+            workers = list(self._workers.values())
+            for w in workers:
+                if w.alive:
+                    try:
+                        w.queue.put_nowait(None)
+                    except (Full, ValueError, OSError):
+                        w.proc.terminate()
+        for w in workers:
+            if _reap(w.proc, 10.0) is None:
+                w.proc.kill()
+                _reap(w.proc, 10.0)
+        with self._lock:
+            self._state = STOPPED
+            self._pusher_cond.notify_all()
+            self._cond.notify_all()
+        self._wake_monitor()
+        self._wake_leader()
+        me = threading.current_thread()
+        for t in (self._monitor_thread, self._pusher_thread):
+            if t is not me and t.is_alive():
+                t.join(5.0)
+        self._close_handles()
+
+    def _forget_after_fork(self) -> None:
+        # The child is single-threaded and the parent's lock may have been held at the fork.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._pusher_cond = threading.Condition(self._lock)
+        self._state = STOPPED
+        self._handles_closed = True
+        queues = [w.queue for w in self._workers.values()] + [self._results, self._notifier]
+        fds = [w.fd for w in self._workers.values() if w.fd >= 0] + [self._wake_r, self._wake_w]
+        self._workers.clear()
+        self._watch.clear()
+        self._tasks.clear()
+        self._backlog.clear()
+        self._sources.clear()
+        for q in queues:
+            try:
+                q.close()
+            except Exception:
+                pass
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _close_handles(self) -> None:
+        me = threading.get_ident()
+        deadline = time.monotonic() + 5.0
+        with self._lock:
+            # A leader still reading the result queue must leave it first (the wake made it).
+            while self._leader is not None and self._leader != me:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(min(left, 0.05))
+                self._wake_leader()
+            if self._handles_closed or self._leader == me:
+                return
+            self._handles_closed = True
+            queues = [w.queue for w in self._workers.values()]
+            fds = [w.fd for w in self._workers.values() if w.fd >= 0]
+            self._workers.clear()
+            self._watch.clear()
+        for q in queues + [self._results, self._notifier]:
+            try:
+                q.close()
+            except Exception:
+                pass
+        for fd in fds + [self._wake_r, self._wake_w]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _reap(proc: Any, timeout: float) -> Optional[int]:
+    """Waits until ``proc`` is reaped and returns its exit code (None if it still runs after
+    ``timeout``). Process.join can return early when another thread reaped the process; a reaped
+    process has closed all its files, so its liveness locks are gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.join(0.05)
+        code = proc.exitcode
+        if code is not None or time.monotonic() >= deadline:
+            return code

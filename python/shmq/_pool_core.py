@@ -35,12 +35,14 @@ import sys
 import threading
 import time
 import traceback
+import itertools
 import weakref
 from collections import deque
 from multiprocessing import connection as _mp_connection
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import _pool_worker as _w
+from ._common import unlink as _unlink
 from ._queues import Empty, Full, Queue
 
 __all__ = ["PoolCore", "Job", "WorkerLost"]
@@ -60,6 +62,8 @@ _STALL_MIN = 0.01
 # worker holds at most _BIG_MAX of them so that they never spill into files.
 _BIG = 2048
 _BIG_MAX = 6
+# A worker that has not reported itself ready after this long (seconds) is killed and replaced.
+_START_TIMEOUT = 60.0
 # Results read per batch by the leader.
 _BATCH = 256
 # The pusher waits this long after a leader stepped down before it leads: a caller that reads
@@ -154,30 +158,24 @@ class Job:
         """Called once per task when it is first dispatched; False drops the task (cancelled)."""
         return True
 
-    def pull(self) -> Any:
-        """For lazy jobs (imap): the next task as ``(index, body, buffers)``, ``False`` if an item
-        was filed without a task (an unpicklable argument), or None when the input is exhausted."""
+    def pull(self, tid: int) -> Any:
+        """For lazy jobs (imap): the next task, as ``(index, message)`` for task id ``tid``;
+        ``False`` if an item was filed without a task (an unpicklable argument); None when the
+        input is exhausted."""
         return None
 
 
-class _Task:
-    __slots__ = ("tid", "job", "index", "msg", "big", "attempts", "wid")
-
-    def __init__(self, tid: int, job: Job, index: int, msg: Any, big: bool) -> None:
-        self.tid = tid
-        self.job = job
-        self.index = index
-        self.msg = msg
-        self.big = big
-        self.attempts = 0
-        self.wid = -1
+# A task's record is a list (the hot path makes one per task): its job, its index in the job, its
+# message, whether the message is large, how many times a worker died holding it, and the id of the
+# worker it was last handed to (-1: never handed out; -2: started by Job.start, not handed out yet).
+_JOB, _INDEX, _MSG, _BIG, _TRIES, _WID = range(6)
 
 
 class _Worker:
     __slots__ = ("wid", "proc", "queue", "fd", "held", "assigned", "big", "ewma", "since",
-                 "stalled", "alive")
+                 "stalled", "ready", "started")
 
-    def __init__(self, wid: int, proc: Any, queue: Queue, fd: int) -> None:
+    def __init__(self, wid: int, proc: Any, queue: Queue, fd: int, started: float) -> None:
         self.wid = wid
         self.proc = proc
         self.queue = queue
@@ -188,7 +186,8 @@ class _Worker:
         self.ewma: Optional[float] = None  # its usual task time (seconds)
         self.since = 0.0                  # when it last answered, or got work while idle
         self.stalled = False              # a long task: window 1 until it answers
-        self.alive = True
+        self.ready = False                # it said so (its initializer ran): it gets tasks
+        self.started = started
 
 
 class PoolCore:
@@ -214,10 +213,10 @@ class PoolCore:
         self._broken: Optional[BaseException] = None
         self._init_failures = 0
         self._workers: Dict[int, _Worker] = {}
-        self._tasks: Dict[int, _Task] = {}
+        self._tasks: Dict[int, list] = {}   # tid -> task record
         self._backlog: Deque[int] = deque()
         self._sources: Deque[Job] = deque()
-        self._next_tid = 0
+        self.tids = itertools.count()   # task ids; next() is atomic under the GIL
         self._next_wid = 0
         self._leader: Optional[int] = None
         self._want = 0          # followers waiting for the lead
@@ -263,7 +262,7 @@ class PoolCore:
             fd = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):
             fd = -1
-        w = _Worker(wid, proc, queue, fd)
+        w = _Worker(wid, proc, queue, fd, time.monotonic())
         self._workers[wid] = w
         self._watch[fd if fd >= 0 else proc.sentinel] = wid
         self._wake_monitor()
@@ -276,7 +275,7 @@ class PoolCore:
 
     def worker_processes(self) -> List[Any]:
         with self._lock:
-            return [w.proc for w in self._workers.values() if w.alive]
+            return [w.proc for w in self._workers.values()]
 
     def _monitor(self) -> None:
         """Waits on the workers' pidfds; posts a notice on the result queue when one exits."""
@@ -323,15 +322,21 @@ class PoolCore:
         if self._broken is not None:
             raise self._broken
 
-    def submit(self, job: Job, items: Sequence[Tuple[int, bytes, Sequence[Any]]],
+    def submit(self, job: Job, items: Sequence[Tuple[int, int, Any]],
                wake_pusher: bool = True) -> None:
-        """Queues ``job``'s tasks (pickled bodies) and hands out what the workers have room for.
-        ``wake_pusher=False`` when the caller waits for the result right away (map, apply)."""
+        """Queues ``job``'s tasks, ``(tid, index, message)`` with ids from ``tids`` and messages
+        from encode_call, and hands out what the workers have room for. ``wake_pusher=False`` when
+        the caller waits for the result right away (map, apply)."""
         actions: List[Callable[[], None]] = []
         with self._lock:
             self.check_running()
-            for index, body, buffers in items:
-                self._new_task(job, index, body, buffers)
+            tasks = self._tasks
+            backlog = self._backlog
+            for tid, index, msg in items:
+                tasks[tid] = [job, index, msg, type(msg) is tuple or len(msg) > _BIG, 0, -1]
+                backlog.append(tid)
+            if job.push:
+                self._push += len(items)
             self._dispatch(actions)
             if wake_pusher and (job.push or self._backlog):
                 self._pusher_cond.notify()
@@ -347,28 +352,22 @@ class PoolCore:
             self._pusher_cond.notify()
         self._run(actions)
 
-    def _new_task(self, job: Job, index: int, body: bytes, buffers: Sequence[Any]) -> None:
-        tid = self._next_tid
-        self._next_tid += 1
-        msg = _w.encode_task(tid, body, buffers)
-        big = len(body) > _BIG or bool(buffers)
-        self._tasks[tid] = _Task(tid, job, index, msg, big)
-        self._backlog.append(tid)
-        if job.push:
-            self._push += 1
-
     def _pull(self, actions: List[Callable[[], None]]) -> bool:
         """Adds the next task of the first lazy job to the backlog; False when none is left."""
         while self._sources:
             job = self._sources[0]
-            got = job.pull()
+            tid = next(self.tids)
+            got = job.pull(tid)
             if got is None:
                 self._sources.popleft()
                 continue
             if got is False:
                 continue
-            index, body, buffers = got
-            self._new_task(job, index, body, buffers)
+            index, msg = got
+            self._tasks[tid] = [job, index, msg, type(msg) is tuple or len(msg) > _BIG, 0, -1]
+            self._backlog.append(tid)
+            if job.push:
+                self._push += 1
             return True
         return False
 
@@ -382,7 +381,7 @@ class PoolCore:
             keep = deque()
             for tid in self._backlog:
                 t = self._tasks.get(tid)
-                if t is not None and t.job is job:
+                if t is not None and t[_JOB] is job:
                     del self._tasks[tid]
                     if job.push:
                         self._push -= 1
@@ -400,9 +399,9 @@ class PoolCore:
                 t = self._tasks.get(tid)
                 if t is None:
                     continue
-                if cancel(t.job, t.index):
+                if cancel(t[_JOB], t[_INDEX]):
                     del self._tasks[tid]
-                    if t.job.push:
+                    if t[_JOB].push:
                         self._push -= 1
                 else:
                     keep.append(tid)
@@ -430,7 +429,7 @@ class PoolCore:
             return
         rooms = []
         for w in self._workers.values():
-            if w.alive:
+            if w.ready:
                 room = self._room(w)
                 if room > 0:
                     rooms.append([w, room, [], w.big])
@@ -440,53 +439,64 @@ class PoolCore:
         batches = list(rooms)
         tasks = self._tasks
         backlog = self._backlog
+        n = len(rooms)
         i = 0
-        while rooms:
+        while n:
             if not backlog and not self._pull(actions):
                 break
             tid = backlog.popleft()
             t = tasks.get(tid)
             if t is None:
                 continue
-            if t.job.needs_start and t.attempts == 0 and t.wid < 0 and not t.job.start(t.index):
-                del tasks[tid]
-                if t.job.push:
-                    self._push -= 1
-                continue
-            if t.big:
-                # Large messages go to the workers holding fewest of them.
-                k = next((j for j in range(len(rooms)) if rooms[(i + j) % len(rooms)][3] < _BIG_MAX),
-                         None)
-                if k is None:
-                    backlog.appendleft(tid)
-                    break
-                i = (i + k) % len(rooms)
-                rooms[i][3] += 1
+            if t[_BIG] or t[_JOB].needs_start:
+                if t[_BIG]:
+                    # Large messages go to the workers holding fewest of them.
+                    k = next((j for j in range(n) if rooms[(i + j) % n][3] < _BIG_MAX), None)
+                    if k is None:
+                        backlog.appendleft(tid)
+                        break
+                    i = (i + k) % n
+                job = t[_JOB]
+                if job.needs_start and t[_WID] == -1:
+                    t[_WID] = -2   # started: not again when it is dispatched again
+                    if not job.start(t[_INDEX]):
+                        del tasks[tid]
+                        if job.push:
+                            self._push -= 1
+                        continue
+                if t[_BIG]:
+                    rooms[i][3] += 1
             r = rooms[i]
-            r[2].append(t)
+            r[2].append(tid)
             r[1] -= 1
             if r[1] == 0:
                 rooms.pop(i)
+                n -= 1
             else:
                 i += 1
-            if i >= len(rooms):
+            if i >= n:
                 i = 0
         now = time.monotonic()
         for r in batches:
-            self._hand(r[0], r[2], now)
+            if r[2]:
+                self._hand(r[0], r[2], now)
 
-    def _hand(self, w: _Worker, batch: List[_Task], now: float) -> None:
-        if not batch:
-            return
+    def _hand(self, w: _Worker, batch: List[int], now: float) -> None:
         if not w.held:
             w.since = now
-        for t in batch:
-            w.held[t.tid] = None
-            t.wid = w.wid
-            if t.big:
+        tasks = self._tasks
+        held = w.held
+        wid = w.wid
+        msgs = []
+        for tid in batch:
+            t = tasks[tid]
+            held[tid] = None
+            t[_WID] = wid
+            if t[_BIG]:
                 w.big += 1
+            msgs.append(t[_MSG])
         w.assigned += len(batch)
-        w.queue.put_many([t.msg for t in batch])
+        w.queue.put_many(msgs)
 
     def _take_back(self, w: _Worker, limit: int) -> List[int]:
         """Takes up to ``limit`` unstarted tasks out of ``w``'s queue (oldest first)."""
@@ -502,7 +512,7 @@ class PoolCore:
             w.held.pop(tid, None)
             w.assigned -= 1
             t = self._tasks.get(tid)
-            if t is not None and t.big:
+            if t is not None and t[_BIG]:
                 w.big -= 1
         return got
 
@@ -510,7 +520,15 @@ class PoolCore:
         """Takes queued tasks back from workers stuck on a long task, and gives an idle worker
         half of the longest queue when there is no backlog."""
         self._next_check = None
-        live = [w for w in self._workers.values() if w.alive]
+        live = []
+        for w in self._workers.values():
+            if w.ready:
+                live.append(w)
+            elif now - w.started >= _START_TIMEOUT:
+                w.proc.kill()   # stuck before it could serve: the monitor reports its death
+                w.started = float("inf")
+            elif self._next_check is None or w.started + _START_TIMEOUT < self._next_check:
+                self._next_check = w.started + _START_TIMEOUT
         if len(live) < 2:
             return
         moved: List[int] = []
@@ -539,32 +557,41 @@ class PoolCore:
         actions: List[Callable[[], None]] = []
         with self._lock:
             now = time.monotonic()
-            tasks = self._tasks
-            workers = self._workers
+            tasks_pop = self._tasks.pop
+            workers_get = self._workers.get
+            answered = 0
             for m in msgs:
-                tag = m[0]
-                if type(tag) is int:
-                    t = tasks.pop(tag, None)
+                tid = m[0]
+                if type(tid) is int:
+                    t = tasks_pop(tid, None)
                     if t is None:
                         continue  # a task of a job that was cancelled or terminated
-                    w = workers.get(t.wid)
+                    w = workers_get(t[_WID])
                     if w is not None:
-                        w.held.pop(tag, None)
+                        w.held.pop(tid, None)
                         took = m[3]
-                        w.ewma = took if w.ewma is None else w.ewma + 0.25 * (took - w.ewma)
+                        ewma = w.ewma
+                        w.ewma = took if ewma is None else ewma + 0.25 * (took - ewma)
                         w.since = now
                         w.stalled = False
-                        if t.big:
+                        if t[_BIG]:
                             w.big -= 1
-                    job = t.job
+                    job = t[_JOB]
                     if job.push:
                         self._push -= 1
-                    self._init_failures = 0
-                    job.on_result(t.index, m[1], m[2], actions)
-                elif tag == "dead":
+                    answered += 1
+                    job.on_result(t[_INDEX], m[1], m[2], actions)
+                elif tid == "ready":
+                    w = workers_get(m[1])
+                    if w is not None:
+                        w.ready = True
+                        self._init_failures = 0
+                elif tid == "dead":
                     self._on_death(m[1], m[2], actions)
-                elif tag == "init-error":
+                elif tid == "init-error":
                     self._on_init_error(m[2], actions)
+            if answered:
+                self._init_failures = 0
             if self._state is RUN or self._state is CLOSE:
                 self._balance(now)
                 self._dispatch(actions)
@@ -588,26 +615,23 @@ class PoolCore:
         w = self._workers.pop(wid, None)
         if w is None:
             return
-        w.alive = False
         back = self._take_back(w, 1 << 62)
-        try:
-            w.queue.close()
-        except Exception:
-            pass
+        _close_and_unlink(w.queue)
         requeue: List[int] = []
         for tid in list(w.held):
             t = self._tasks.get(tid)
             if t is None:
                 continue
-            t.attempts += 1
-            if t.attempts <= self._retries:
+            t[_TRIES] += 1
+            if t[_TRIES] <= self._retries:
                 requeue.append(tid)
                 continue
             del self._tasks[tid]
-            if t.job.push:
+            job = t[_JOB]
+            if job.push:
                 self._push -= 1
-            exc = WorkerLost(w.proc.pid, exitcode, t.job.describe(t.index), t.attempts)
-            t.job.on_result(t.index, False, exc, actions)
+            exc = WorkerLost(w.proc.pid, exitcode, job.describe(t[_INDEX]), t[_TRIES])
+            job.on_result(t[_INDEX], False, exc, actions)
         self._backlog.extendleft(reversed(requeue + back))
         if (self._state is RUN or self._state is CLOSE) and self._broken is None:
             self._spawn()
@@ -632,7 +656,7 @@ class PoolCore:
         for job in sources:
             job.end_input()
         for t in tasks:
-            t.job.on_result(t.index, False, exc, actions)
+            t[_JOB].on_result(t[_INDEX], False, exc, actions)
 
     # ---- leading ---------------------------------------------------------------------------------
 
@@ -818,11 +842,10 @@ class PoolCore:
                 self._state = TERMINATE
             workers = list(self._workers.values())
             for w in workers:
-                if w.alive:
-                    try:
-                        w.queue.put_nowait(None)
-                    except (Full, ValueError, OSError):
-                        w.proc.terminate()
+                try:
+                    w.queue.put_nowait(None)
+                except (Full, ValueError, OSError):
+                    w.proc.terminate()
         for w in workers:
             if _reap(w.proc, 10.0) is None:
                 w.proc.kill()
@@ -882,11 +905,8 @@ class PoolCore:
             fds = [w.fd for w in self._workers.values() if w.fd >= 0]
             self._workers.clear()
             self._watch.clear()
-        for q in queues + [self._results, self._notifier]:
-            try:
-                q.close()
-            except Exception:
-                pass
+        for q in queues + [self._notifier, self._results]:
+            _close_and_unlink(q)
         for fd in fds + [self._wake_r, self._wake_w]:
             try:
                 os.close(fd)
@@ -904,3 +924,17 @@ def _reap(proc: Any, timeout: float) -> Optional[int]:
         code = proc.exitcode
         if code is not None or time.monotonic() >= deadline:
             return code
+
+
+def _close_and_unlink(q: Queue) -> None:
+    """Closes a pool channel and removes its name: once the pool lets go of a channel nobody may
+    use it, even a process that still maps it (one forked while the parent held it)."""
+    name = q.name
+    try:
+        q.close()
+    except Exception:
+        pass
+    try:
+        _unlink(name)
+    except OSError:
+        pass

@@ -20,7 +20,8 @@ A worker answers each task with one message on the shared result queue,
 as its ``__cause__`` (multiprocessing's ExceptionWithTraceback). It takes one task at a time and
 answers it before taking the next, so at any moment it holds at most one task that has no answer:
 that is what makes the parent's accounting after a death exact. ``None`` in its queue asks it to
-exit. A worker whose initializer raises reports ``("init-error", wid, exception)`` and exits.
+exit. A worker reports ``("ready", wid)`` once its initializer ran (it gets tasks from then on), or
+``("init-error", wid, exception)`` if the initializer raised, and then exits.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from ._queues import Empty, Queue
 
-__all__ = ["APPLY", "MAP", "STARMAP", "pickle_function", "pickle_body", "encode_task", "task_id",
-           "worker_main"]
+__all__ = ["APPLY", "MAP", "STARMAP", "pickle_function", "encode_call", "task_id", "worker_main"]
 
 APPLY, MAP, STARMAP = 0, 1, 2
 
@@ -53,19 +53,13 @@ def pickle_function(func: Callable[..., Any]) -> bytes:
     return pickle.dumps(func, protocol=5)
 
 
-def pickle_body(func: bytes, kind: int, args: Any,
-                kwds: Optional[dict]) -> Tuple[bytes, List[pickle.PickleBuffer]]:
-    """Pickles one task's body (``func`` from pickle_function). Raises at once, in the caller,
-    if an argument is unpicklable."""
+def encode_call(tid: int, func: bytes, kind: int, args: Any, kwds: Optional[dict]) -> Any:
+    """The message for task ``tid``: calling ``func`` (from pickle_function) as ``kind`` says.
+    Raises at once, in the caller, if an argument cannot be pickled."""
     buffers: List[pickle.PickleBuffer] = []
-    body = pickle.dumps((func, kind, args, kwds), protocol=5, buffer_callback=buffers.append)
-    return body, buffers
-
-
-def encode_task(tid: int, body: bytes, buffers: Sequence[Any]) -> Any:
-    """The message for task ``tid``: ``body`` then the id (and the out-of-band ``buffers``)."""
-    raw = body + _HEADER.pack(tid)
-    return (raw, list(buffers)) if buffers else raw
+    raw = pickle.dumps((func, kind, args, kwds), protocol=5,
+                       buffer_callback=buffers.append) + _HEADER.pack(tid)
+    return (raw, buffers) if buffers else raw
 
 
 def task_id(msg: Any) -> int:
@@ -98,6 +92,7 @@ def worker_main(task_name: str, result_name: str, wid: int, initializer: Optiona
         except BaseException as e:  # noqa: BLE001 - reported to the parent, then this worker ends
             put(("init-error", wid, _wrapped(e)))
             raise SystemExit(1)
+    put(("ready", wid))
     get = tasks.get
     loads = pickle.loads
     clock = time.perf_counter

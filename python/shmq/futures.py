@@ -128,10 +128,11 @@ class ProcessPoolExecutor(_cf.Executor):
             core = self._core
             if core._broken is not None:
                 raise BrokenProcessPool(str(core._broken)) from core._broken.__cause__
-            body, buffers = _w.pickle_body(_w.pickle_function(fn), _w.APPLY, args, kwargs)
+            tid = next(core.tids)
+            msg = _w.encode_call(tid, _w.pickle_function(fn), _w.APPLY, args, kwargs)
             fut = _Future(core)
             job = _FutureJob(fut, f"submit({_name(fn)}, {reprlib.repr(args)})", self)
-            core.submit(job, [(0, body, buffers)], True)
+            core.submit(job, [(tid, 0, msg)], True)
             return fut
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
@@ -152,8 +153,8 @@ class ProcessPoolExecutor(_cf.Executor):
             fbytes = _w.pickle_function(fn)
             for index in range(nchunks):
                 chunk = tuple(items[index * chunksize:(index + 1) * chunksize])
-                body, buffers = _w.pickle_body(fbytes, _w.STARMAP, chunk, None)
-                tasks.append((index, body, buffers))
+                tid = next(core.tids)
+                tasks.append((tid, index, _w.encode_call(tid, fbytes, _w.STARMAP, chunk, None)))
             if tasks:
                 core.submit(job, tasks, True)
         end = None if timeout is None else time.monotonic() + timeout

@@ -51,6 +51,10 @@ def _context(context: Any) -> Any:
     return context
 
 
+# map pickles its chunks in batches of this many and hands each batch out at once.
+_SUBMIT_BATCH = 256
+
+
 class _PoolBroken(RuntimeError):
     """Every fresh worker's initializer raised: nothing can run."""
 
@@ -196,7 +200,7 @@ class IMapIterator(Job):
         self._pos = 0
 
     # -- the lazy source (core's lock held)
-    def pull(self) -> Any:
+    def pull(self, tid: int) -> Any:
         if self._it is None:
             return None
         try:
@@ -213,11 +217,11 @@ class IMapIterator(Job):
         index = self._made
         self._made += 1
         try:
-            body, buffers = _w.pickle_body(self._func, self._kind, chunk, None)
+            msg = _w.encode_call(tid, self._func, self._kind, chunk, None)
         except Exception as e:
             self._record(index, False, e)
             return False
-        return index, body, buffers
+        return index, msg
 
     def _end(self) -> None:
         self._it = None
@@ -362,9 +366,10 @@ class Pool:
         args = tuple(args)
         kwds = dict(kwds)
         what = f"apply({_name(func)}, {reprlib.repr(args)})"
-        body, buffers = _w.pickle_body(_w.pickle_function(func), _w.APPLY, args, kwds)
+        tid = next(self._core.tids)
+        msg = _w.encode_call(tid, _w.pickle_function(func), _w.APPLY, args, kwds)
         result = ApplyResult(self, callback, error_callback, what)
-        self._core.submit(result, [(0, body, buffers)], wake)
+        self._core.submit(result, [(tid, 0, msg)], wake)
         return result
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
@@ -405,22 +410,40 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         if n == 0:
             chunksize = 0
-        items = []
-        it = iter(iterable)
-        index = 0
-        fbytes = _w.pickle_function(func)
-        while n:
-            chunk = tuple(itertools.islice(it, chunksize))
-            if not chunk:
-                break
-            body, buffers = _w.pickle_body(fbytes, kind, chunk, None)
-            items.append((index, body, buffers))
-            index += 1
+        nchunks = 0 if n == 0 else (n + chunksize - 1) // chunksize
         what = f"{'starmap' if kind == _w.STARMAP else 'map'}({_name(func)})"
-        result = MapResult(self, chunksize, n, len(items), callback, error_callback, what)
-        if items:
-            self._core.submit(result, items, wake)
+        result = MapResult(self, chunksize, n, nchunks, callback, error_callback, what)
+        if nchunks:
+            self._submit_chunks(result, func, kind, iterable, chunksize, wake)
         return result
+
+    def _submit_chunks(self, result: MapResult, func: Callable[..., Any], kind: int,
+                       iterable: Iterable[Any], chunksize: int, wake: bool) -> None:
+        """Pickles the chunks in this thread (an error raises here) and hands them out in
+        batches as they are pickled, so the workers start at once."""
+        core = self._core
+        tids = core.tids
+        fbytes = _w.pickle_function(func)
+        encode = _w.encode_call
+        batch: List[Tuple[int, int, Any]] = []
+        try:
+            if chunksize == 1:
+                chunks: Iterable[Any] = ((x,) for x in iterable)
+            else:
+                it = iter(iterable)
+                chunks = iter(lambda: tuple(itertools.islice(it, chunksize)), ())
+            for index, chunk in enumerate(chunks):
+                tid = next(tids)
+                batch.append((tid, index, encode(tid, fbytes, kind, chunk, None)))
+                if len(batch) == _SUBMIT_BATCH:
+                    core.submit(result, batch, False)
+                    batch = []
+            if batch:
+                core.submit(result, batch, wake)
+        except BaseException:
+            # Chunks already handed out still run; their results go nowhere.
+            core.cancel_pending(result)
+            raise
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any],
              chunksize: int = 1) -> IMapIterator:

@@ -526,6 +526,10 @@ def test_executor_shutdown_cancel_futures():
     ex = shmq.ProcessPoolExecutor(1)
     first = ex.submit(sleep_then, 0, 0.3)
     rest = [ex.submit(sleep_then, i, 0.3) for i in range(1, 40)]
+    deadline = time.monotonic() + HANG
+    while not first.running() and not first.done():  # handed to the worker
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     ex.shutdown(wait=True, cancel_futures=True)
     assert first.result() == 0
     cancelled = [f for f in rest if f.cancelled()]

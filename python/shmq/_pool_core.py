@@ -30,6 +30,7 @@ no backlog, so one slow task never holds up the ones behind it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
@@ -39,7 +40,7 @@ import itertools
 import weakref
 from collections import deque
 from multiprocessing import connection as _mp_connection
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _pool_worker as _w
 from ._common import unlink as _unlink
@@ -50,20 +51,24 @@ __all__ = ["PoolCore", "Job", "WorkerLost"]
 # Tasks a worker may hold (queued plus running) when its tasks are tiny; its task queue has twice
 # as many slots.
 _WINDOW_MAX = 256
-# A worker's queue holds about this much work (seconds), so it never waits for the parent.
-_WINDOW_TIME = 0.002
-# The window of a worker whose task times are not known yet.
-_WINDOW_START = 2
+# A worker's queue holds about this much work (seconds), so that it never waits for the parent,
+# which on a busy machine may take milliseconds to come back; and never fewer than _WINDOW_MIN
+# tasks (one running, one waiting). Tasks held up behind a long one are taken back (_STALL_*).
+_WINDOW_TIME = 0.05
+_WINDOW_MIN = 2
 # Tasks queued behind a running one are taken back once it has run this many times its worker's
 # usual task time, and at least _STALL_MIN seconds.
 _STALL_FACTOR = 10.0
 _STALL_MIN = 0.01
 # Messages larger than this take a chunk of the queue's large-message arena (8 by default); a
-# worker holds at most _BIG_MAX of them so that they never spill into files.
-_BIG = 2048
-_BIG_MAX = 6
+# worker holds at most _LARGE_MAX of them so that they never spill into files.
+_LARGE = 2048
+_LARGE_MAX = 6
 # A worker that has not reported itself ready after this long (seconds) is killed and replaced.
 _START_TIMEOUT = 60.0
+# The monitor waits up to this long (seconds) for a death notice to be read before it forks the
+# replacement.
+_NOTICE_FIRST = 0.05
 # Results read per batch by the leader.
 _BATCH = 256
 # The pusher waits this long after a leader stepped down before it leads: a caller that reads
@@ -173,7 +178,7 @@ _JOB, _INDEX, _MSG, _BIG, _TRIES, _WID = range(6)
 
 class _Worker:
     __slots__ = ("wid", "proc", "queue", "fd", "held", "assigned", "big", "ewma", "since",
-                 "stalled", "ready", "started")
+                 "stalled", "ready", "started", "replaced", "dead")
 
     def __init__(self, wid: int, proc: Any, queue: Queue, fd: int, started: float) -> None:
         self.wid = wid
@@ -182,12 +187,14 @@ class _Worker:
         self.fd = fd
         self.held: Dict[int, None] = {}   # task ids put into its queue and not answered, in order
         self.assigned = 0                 # tasks handed to it over its life (for maxtasks)
-        self.big = 0                      # held messages larger than _BIG
+        self.big = 0                      # held messages larger than _LARGE
         self.ewma: Optional[float] = None  # its usual task time (seconds)
         self.since = 0.0                  # when it last answered, or got work while idle
         self.stalled = False              # a long task: window 1 until it answers
         self.ready = False                # it said so (its initializer ran): it gets tasks
         self.started = started
+        self.replaced = False             # the monitor started its replacement
+        self.dead = False                 # the monitor saw it exit
 
 
 class PoolCore:
@@ -225,6 +232,7 @@ class PoolCore:
         self._stepped_down = 0.0
         self._next_check: Optional[float] = None
         self._watch: Dict[int, int] = {}   # fd -> wid, watched by the monitor
+        self._retired: List[Queue] = []    # dead workers' queues, for the monitor to close
         self._results = Queue(slots=_RESULT_SLOTS)
         self._notifier = Queue.open(self._results.name)  # the monitor's and terminate's writes
         self._wake_r, self._wake_w = os.pipe()
@@ -268,17 +276,20 @@ class PoolCore:
         self._wake_monitor()
 
     def _wake_monitor(self) -> None:
-        try:
-            os.write(self._wake_w, b"w")
-        except OSError:
-            pass
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"w")
+            except OSError:
+                pass
 
     def worker_processes(self) -> List[Any]:
         with self._lock:
             return [w.proc for w in self._workers.values()]
 
     def _monitor(self) -> None:
-        """Waits on the workers' pidfds; posts a notice on the result queue when one exits."""
+        """Waits on the workers' pidfds. When one exits: posts a notice on the result queue (the
+        leader settles the dead worker's tasks when it reads it) and, if the worker had been
+        serving, starts its replacement at once."""
         while True:
             with self._lock:
                 if self._state is STOPPED:
@@ -288,6 +299,10 @@ class PoolCore:
                 ready = _mp_connection.wait(list(watched) + [self._wake_r])
             except OSError:
                 ready = [self._wake_r]
+            with self._lock:
+                retired, self._retired = self._retired, []
+            for q in retired:
+                _close_and_unlink(q)
             for fd in ready:
                 if fd == self._wake_r:
                     try:
@@ -303,16 +318,35 @@ class PoolCore:
                 if w is None:
                     continue
                 if w.fd >= 0:
-                    os.close(w.fd)
-                    w.fd = -1
+                    fd, w.fd = w.fd, -1   # first: a fork now must not close the number again
+                    os.close(fd)
                 code = _reap(w.proc, 5.0)  # the exit code says which signal
                 with self._lock:
                     self._notices += 1
                     self._pusher_cond.notify()
+                    # A worker that never became ready (its initializer failing, say) is replaced
+                    # by the leader, which counts such failures; one that served, from here.
+                    w.replaced = w.ready and self._may_spawn()
+                    w.dead = True
                 try:
                     self._notifier.put(("dead", wid, code))
                 except (ValueError, OSError):
                     return  # the pool was torn down under us
+                if w.replaced:
+                    with self._lock:
+                        # The notice first: the caller waiting for the lost task should not wait
+                        # for a fork too (a leader, if any, reads it within microseconds).
+                        deadline = time.monotonic() + _NOTICE_FIRST
+                        while wid in self._workers and self._leader is not None:
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                break
+                            self._cond.wait(left)
+                        if self._may_spawn():
+                            self._spawn()
+
+    def _may_spawn(self) -> bool:
+        return (self._state is RUN or self._state is CLOSE) and self._broken is None
 
     # ---- submitting ------------------------------------------------------------------------------
 
@@ -333,7 +367,7 @@ class PoolCore:
             tasks = self._tasks
             backlog = self._backlog
             for tid, index, msg in items:
-                tasks[tid] = [job, index, msg, type(msg) is tuple or len(msg) > _BIG, 0, -1]
+                tasks[tid] = [job, index, msg, type(msg) is tuple or len(msg) > _LARGE, 0, -1]
                 backlog.append(tid)
             if job.push:
                 self._push += len(items)
@@ -364,7 +398,7 @@ class PoolCore:
             if got is False:
                 continue
             index, msg = got
-            self._tasks[tid] = [job, index, msg, type(msg) is tuple or len(msg) > _BIG, 0, -1]
+            self._tasks[tid] = [job, index, msg, type(msg) is tuple or len(msg) > _LARGE, 0, -1]
             self._backlog.append(tid)
             if job.push:
                 self._push += 1
@@ -413,13 +447,18 @@ class PoolCore:
     # ---- dispatch and balance (lock held) -------------------------------------------------------
 
     def _room(self, w: _Worker) -> int:
+        """How many tasks ``w`` gets now: none while its queue is more than half full (the
+        parent tops queues up in large batches, not one task per answer)."""
         if w.stalled:
             window = 1
         elif w.ewma is None:
-            window = _WINDOW_START
+            window = _WINDOW_MIN
         else:
-            window = max(1, min(_WINDOW_MAX, int(_WINDOW_TIME / max(w.ewma, 1e-7))))
-        room = window - len(w.held)
+            window = max(_WINDOW_MIN, min(_WINDOW_MAX, int(_WINDOW_TIME / max(w.ewma, 1e-7))))
+        held = len(w.held)
+        if held > window // 2:
+            return 0
+        room = window - held
         if self._maxtasks is not None:
             room = min(room, self._maxtasks - w.assigned)
         return room
@@ -429,7 +468,7 @@ class PoolCore:
             return
         rooms = []
         for w in self._workers.values():
-            if w.ready:
+            if w.ready and not w.dead:
                 room = self._room(w)
                 if room > 0:
                     rooms.append([w, room, [], w.big])
@@ -451,7 +490,7 @@ class PoolCore:
             if t[_BIG] or t[_JOB].needs_start:
                 if t[_BIG]:
                     # Large messages go to the workers holding fewest of them.
-                    k = next((j for j in range(n) if rooms[(i + j) % n][3] < _BIG_MAX), None)
+                    k = next((j for j in range(n) if rooms[(i + j) % n][3] < _LARGE_MAX), None)
                     if k is None:
                         backlog.appendleft(tid)
                         break
@@ -484,6 +523,11 @@ class PoolCore:
     def _hand(self, w: _Worker, batch: List[int], now: float) -> None:
         if not w.held:
             w.since = now
+        if len(w.held) + len(batch) >= 2:
+            # Tasks now wait behind a running one: look at it again if it runs long.
+            at = w.since + max(_STALL_MIN, _STALL_FACTOR * (w.ewma or 0.0))
+            if self._next_check is None or at < self._next_check:
+                self._next_check = at
         tasks = self._tasks
         held = w.held
         wid = w.wid
@@ -522,6 +566,8 @@ class PoolCore:
         self._next_check = None
         live = []
         for w in self._workers.values():
+            if w.dead:
+                continue   # its notice is on the way
             if w.ready:
                 live.append(w)
             elif now - w.started >= _START_TIMEOUT:
@@ -560,6 +606,7 @@ class PoolCore:
             tasks_pop = self._tasks.pop
             workers_get = self._workers.get
             answered = 0
+            balance = False
             for m in msgs:
                 tid = m[0]
                 if type(tid) is int:
@@ -568,7 +615,10 @@ class PoolCore:
                         continue  # a task of a job that was cancelled or terminated
                     w = workers_get(t[_WID])
                     if w is not None:
-                        w.held.pop(tid, None)
+                        held = w.held
+                        held.pop(tid, None)
+                        if not held:
+                            balance = True   # an idle worker may take queued tasks of another
                         took = m[3]
                         ewma = w.ewma
                         w.ewma = took if ewma is None else ewma + 0.25 * (took - ewma)
@@ -587,14 +637,17 @@ class PoolCore:
                         w.ready = True
                         self._init_failures = 0
                 elif tid == "dead":
+                    balance = True
                     self._on_death(m[1], m[2], actions)
                 elif tid == "init-error":
                     self._on_init_error(m[2], actions)
             if answered:
                 self._init_failures = 0
             if self._state is RUN or self._state is CLOSE:
-                self._balance(now)
-                self._dispatch(actions)
+                if balance or (self._next_check is not None and now >= self._next_check):
+                    self._balance(now)
+                if self._backlog or self._sources:
+                    self._dispatch(actions)
             self._cond.notify_all()
         if actions:
             self._run(actions)
@@ -616,7 +669,10 @@ class PoolCore:
         if w is None:
             return
         back = self._take_back(w, 1 << 62)
-        _close_and_unlink(w.queue)
+        # The monitor closes its queue: closing a segment takes a while, the caller waiting for
+        # the lost task's result should not.
+        self._retired.append(w.queue)
+        self._wake_monitor()
         requeue: List[int] = []
         for tid in list(w.held):
             t = self._tasks.get(tid)
@@ -633,7 +689,7 @@ class PoolCore:
             exc = WorkerLost(w.proc.pid, exitcode, job.describe(t[_INDEX]), t[_TRIES])
             job.on_result(t[_INDEX], False, exc, actions)
         self._backlog.extendleft(reversed(requeue + back))
-        if (self._state is RUN or self._state is CLOSE) and self._broken is None:
+        if not w.replaced and self._may_spawn():
             self._spawn()
 
     def _on_init_error(self, exc: BaseException, actions: List[Callable[[], None]]) -> None:
@@ -691,6 +747,21 @@ class PoolCore:
             if not nested:
                 self._step_down()
         return done()
+
+    @contextlib.contextmanager
+    def leading(self) -> Iterator[None]:
+        """Makes the calling thread the leader (if nobody leads) for a synchronous call that
+        submits and then waits: no other thread starts reading its results in between."""
+        me = threading.get_ident()
+        with self._lock:
+            mine = self._leader is None
+            if mine:
+                self._leader = me
+        try:
+            yield
+        finally:
+            if mine:
+                self._step_down()
 
     def poll(self) -> None:
         """Files whatever results are already there, without waiting (if nobody leads)."""
@@ -864,13 +935,17 @@ class PoolCore:
 
     def _forget_after_fork(self) -> None:
         # The child is single-threaded and the parent's lock may have been held at the fork.
+        if self._handles_closed:
+            return   # its descriptor numbers may belong to something else by now
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._pusher_cond = threading.Condition(self._lock)
         self._state = STOPPED
         self._handles_closed = True
         queues = [w.queue for w in self._workers.values()] + [self._results, self._notifier]
+        queues += self._retired
         fds = [w.fd for w in self._workers.values() if w.fd >= 0] + [self._wake_r, self._wake_w]
+        self._wake_r = self._wake_w = -1
         self._workers.clear()
         self._watch.clear()
         self._tasks.clear()
@@ -901,13 +976,18 @@ class PoolCore:
             if self._handles_closed or self._leader == me:
                 return
             self._handles_closed = True
-            queues = [w.queue for w in self._workers.values()]
-            fds = [w.fd for w in self._workers.values() if w.fd >= 0]
+            queues = [w.queue for w in self._workers.values()] + self._retired
+            self._retired = []
+            fds = [w.fd for w in self._workers.values() if w.fd >= 0] + [self._wake_r, self._wake_w]
+            for w in self._workers.values():
+                w.fd = -1
+            self._wake_r = self._wake_w = -1
             self._workers.clear()
             self._watch.clear()
+        _cores.discard(self)
         for q in queues + [self._notifier, self._results]:
             _close_and_unlink(q)
-        for fd in fds + [self._wake_r, self._wake_w]:
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:

@@ -41,7 +41,9 @@ __all__ = ["APPLY", "MAP", "STARMAP", "pickle_function", "encode_call", "task_id
 
 APPLY, MAP, STARMAP = 0, 1, 2
 
-_HEADER = struct.Struct("<Q")
+# The task id after a task's pickle.
+HEADER = struct.Struct("<Q")
+_HEADER = HEADER
 # How often an idle worker looks whether its parent still exists (seconds).
 _PARENT_CHECK = 0.5
 # Functions a worker keeps unpickled (by their pickled bytes).

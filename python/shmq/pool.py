@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pickle
 import reprlib
 import threading
 import warnings
@@ -51,7 +52,7 @@ def _context(context: Any) -> Any:
     return context
 
 
-# map pickles its chunks in batches of this many and hands each batch out at once.
+# map pickles its chunks in batches (1, 2, 4, ... up to this many) and hands each batch out at once.
 _SUBMIT_BATCH = 256
 
 
@@ -352,7 +353,8 @@ class Pool:
     # ---- calls
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Dict[str, Any] = {}) -> Any:
         """``func(*args, **kwds)`` in a worker; returns its result."""
-        return self._apply(func, args, kwds, None, None, False).get()
+        with self._core.leading():
+            return self._apply(func, args, kwds, None, None, False).get()
 
     def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (),
                     kwds: Dict[str, Any] = {}, callback: Optional[Callable[[Any], Any]] = None,
@@ -375,12 +377,14 @@ class Pool:
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
             chunksize: Optional[int] = None) -> List[Any]:
         """``list(map(func, iterable))`` computed by the workers, ``chunksize`` items per task."""
-        return self._map_async(func, iterable, _w.MAP, chunksize, None, None, False).get()
+        with self._core.leading():
+            return self._map_async(func, iterable, _w.MAP, chunksize, None, None, False).get()
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                 chunksize: Optional[int] = None) -> List[Any]:
         """Like map, with each item unpacked as arguments: ``func(*item)``."""
-        return self._map_async(func, iterable, _w.STARMAP, chunksize, None, None, False).get()
+        with self._core.leading():
+            return self._map_async(func, iterable, _w.STARMAP, chunksize, None, None, False).get()
 
     def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                   chunksize: Optional[int] = None, callback: Optional[Callable[[Any], Any]] = None,
@@ -424,20 +428,30 @@ class Pool:
         core = self._core
         tids = core.tids
         fbytes = _w.pickle_function(func)
-        encode = _w.encode_call
+        dumps = pickle.dumps
+        trailer = _w.HEADER.pack
+        buffers: List[Any] = []
         batch: List[Tuple[int, int, Any]] = []
+        limit = 1   # the first chunk goes out at once, then batches double up to _SUBMIT_BATCH
         try:
             if chunksize == 1:
                 chunks: Iterable[Any] = ((x,) for x in iterable)
             else:
                 it = iter(iterable)
                 chunks = iter(lambda: tuple(itertools.islice(it, chunksize)), ())
+            # encode_call, inlined: this loop runs once per task of a map
             for index, chunk in enumerate(chunks):
                 tid = next(tids)
-                batch.append((tid, index, encode(tid, fbytes, kind, chunk, None)))
-                if len(batch) == _SUBMIT_BATCH:
+                raw = dumps((fbytes, kind, chunk, None), 5, buffer_callback=buffers.append)
+                if buffers:
+                    batch.append((tid, index, (raw + trailer(tid), buffers)))
+                    buffers = []
+                else:
+                    batch.append((tid, index, raw + trailer(tid)))
+                if len(batch) >= limit:
                     core.submit(result, batch, False)
                     batch = []
+                    limit = min(2 * limit, _SUBMIT_BATCH)
             if batch:
                 core.submit(result, batch, wake)
         except BaseException:

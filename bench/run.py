@@ -2,10 +2,10 @@
 """The benchmark runner `make bench` calls.
 
 Runs the C++ Google Benchmark executables from the build directory (JSON via --benchmark_out),
-then the Python comparisons (bench/python/compare.py, dropin.py), computes every target of
-DESIGN.md (P1-P5, Y1-Y6, S1-S5, F1-F3, M1, A1, M2) as a ratio against peers measured in the same
-run, with min/median/max over repetitions, prints one summary table (missed and not-run targets
-included), and writes bench-results/results.json, throughput.png and latency.png.
+then the Python comparisons (bench/python/compare.py, dropin.py, pool.py), computes every target
+of DESIGN.md (P1-P5, Y1-Y6, S1-S5, F1-F3, M1, A1, M2, K1-K5) as a ratio against peers measured in
+the same run, with min/median/max over repetitions, prints one summary table (missed and not-run
+targets included), and writes bench-results/results.json, throughput.png and latency.png.
 
     .venv/bin/python bench/run.py --quick              # about 5 minutes on 2 cores
     .venv/bin/python bench/run.py --full               # more repetitions, longer runs
@@ -256,6 +256,50 @@ def run_python(args: argparse.Namespace, script: str = "compare.py",
             os.unlink(out)
 
 
+def run_pool(args: argparse.Namespace) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """shmq.Pool against multiprocessing.Pool and ProcessPoolExecutor (bench/python/pool.py)."""
+    out = tempfile.NamedTemporaryFile(prefix="shmq-bench-pool-", suffix=".json", delete=False).name
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "python", "pool.py"),
+           "--full" if args.full else "--quick", "--out", out]
+    if args.filter:
+        cmd += ["--filter", args.filter]
+    print("running the Pool comparison", file=sys.stderr)
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, timeout=3600 if args.full else 900)
+        if p.returncode != 0:
+            return None, f"pool.py exit code {p.returncode}"
+        with open(out) as f:
+            return json.load(f), None
+    except subprocess.TimeoutExpired:
+        return None, "pool.py timed out"
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+
+
+def pool_targets(pool: Optional[Dict[str, Any]], err: Optional[str]) -> List[Dict[str, Any]]:
+    """K1-K5: shmq.Pool against multiprocessing.Pool and ProcessPoolExecutor, same run."""
+    K = lambda sid: py_series(pool, err, sid)  # noqa: E731
+    rows = [
+        ratio("K1", "Pool map, 20k tiny tasks, chunksize=1", K("pool/K1/shmq.Pool"),
+              K("pool/K1/mp.Pool"), ">=", 5, "mp.Pool", "tasks/s"),
+        ratio("K1 cf", "Pool map, tiny tasks, chunksize=1", K("pool/K1/shmq.Pool"),
+              K("pool/K1/cf.ProcessPoolExecutor"), ">=", 20, "ProcessPoolExecutor", "tasks/s"),
+        ratio("K2", "Pool map, 200k tiny tasks, default chunksize", K("pool/K2/shmq.Pool"),
+              K("pool/K2/mp.Pool"), ">=", 1.0, "mp.Pool", "tasks/s"),
+        ratio("K3", "Pool imap_unordered, 20k tiny tasks", K("pool/K3/shmq.Pool"),
+              K("pool/K3/mp.Pool"), ">=", 5, "mp.Pool", "tasks/s"),
+        ratio("K4", "Pool map, a 1 MiB numpy array per task", K("pool/K4/shmq.Pool"),
+              K("pool/K4/mp.Pool"), ">=", 3, "mp.Pool", "tasks/s"),
+    ]
+    k5 = absolute("K5", "kill -9 of a busy worker -> its task's WorkerLost (info)",
+                  K("pool/K5/shmq.Pool"), "<=", 1000, "ms")
+    if k5["verdict"] != "not run":
+        k5["verdict"], k5["target"] = "info", "ms (mp.Pool: never)"
+    rows.append(k5)
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # Targets
 
@@ -390,7 +434,8 @@ def recovery_row(p50: Series, worst: Series) -> Dict[str, Any]:
 def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict[str, Any]],
                     perr: Optional[str], nats: Optional[Dict[str, Any]] = None,
                     nerr: Optional[str] = "not run", dropin: Optional[Dict[str, Any]] = None,
-                    derr: Optional[str] = "not run") -> List[Dict[str, Any]]:
+                    derr: Optional[str] = "not run", pool: Optional[Dict[str, Any]] = None,
+                    pool_err: Optional[str] = "not run") -> List[Dict[str, Any]]:
     C = lambda name, field="items_per_second": cpp_series(cpp, cerr, name, field)  # noqa: E731
     Y = lambda sid, field="reps": py_series(py, perr, sid, field)  # noqa: E731
     rows = []
@@ -521,6 +566,7 @@ def compute_targets(cpp: Dict[str, Any], cerr: Dict[str, str], py: Optional[Dict
     rows.append(absolute("M1 RSS", "worker RSS beyond its segments' resident pages (max)",
                          Series(rss, why), "<=", 4096, "KiB"))
     rows += nats_rows(nats, nerr)
+    rows += pool_targets(pool, pool_err)
     return rows
 
 
@@ -693,8 +739,10 @@ def main() -> int:
         cpp, cerr = run_cpp(args)
     if args.skip_python:
         py, perr = None, "skipped (--skip-python)"
+        pool, poolerr = None, "skipped (--skip-python)"
     else:
         py, perr = run_python(args)
+        pool, poolerr = run_pool(args)
     if args.skip_nats:
         nats, nerr = None, "skipped (--skip-nats)"
     else:
@@ -704,7 +752,7 @@ def main() -> int:
     else:
         dropin, derr = run_python(args, "dropin.py", ())
 
-    rows = compute_targets(cpp, cerr, py, perr, nats, nerr, dropin, derr)
+    rows = compute_targets(cpp, cerr, py, perr, nats, nerr, dropin, derr, pool, poolerr)
     print_table(rows, machine)
 
     os.makedirs(args.out_dir, exist_ok=True)
@@ -740,6 +788,8 @@ def main() -> int:
         "nats_error": nerr,
         "python_dropin": dropin,
         "python_dropin_error": derr,
+        "pool": pool,
+        "pool_error": poolerr,
         "dev_shm_leftovers": leftovers,
     }
     path = os.path.join(args.out_dir, "results.json")

@@ -72,8 +72,10 @@ _NOTICE_FIRST = 0.05
 # Results read per batch by the leader.
 _BATCH = 256
 # The pusher waits this long after a leader stepped down before it leads: a caller that reads
-# results in a loop (imap) takes the lead back within microseconds.
+# results in a loop (imap) takes the lead back within microseconds. Callbacks and futures wait
+# the short grace; undispatched tasks the long one (the workers' queues hold ~_WINDOW_TIME).
 _GRACE = 0.002
+_GRACE_BACKLOG = 0.02
 # The pusher, while leading, looks at least this often whether it should stop.
 _PUSHER_SLICE = 0.25
 _RESULT_SLOTS = 4096
@@ -763,6 +765,17 @@ class PoolCore:
             if mine:
                 self._step_down()
 
+    def drain_if_leading(self) -> None:
+        """Files the results already there if the calling thread leads (map, between batches of
+        submissions: the workers' queues are topped up from what comes back)."""
+        if self._leader != threading.get_ident():
+            return
+        try:
+            msgs = self._results.get_many(_BATCH, False)
+        except Empty:
+            return
+        self._process(msgs)
+
     def poll(self) -> None:
         """Files whatever results are already there, without waiting (if nobody leads)."""
         me = threading.get_ident()
@@ -825,7 +838,8 @@ class PoolCore:
                         stop = True
                         break
                     if self._leader is None and self._pusher_needed():
-                        wait = self._stepped_down + _GRACE - time.monotonic()
+                        grace = _GRACE if self._push or self._notices else _GRACE_BACKLOG
+                        wait = self._stepped_down + grace - time.monotonic()
                         if wait <= 0:
                             break
                         self._pusher_cond.wait(wait)

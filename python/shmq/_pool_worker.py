@@ -12,7 +12,8 @@ worker keeps the functions it has seen by those bytes, so a tiny task costs neit
 nor importing its function again. The task id is at the end so that the parent can read it from
 a message it takes back from a dead or stalled worker's queue without unpickling anything.
 ``kind`` says how to call: ``APPLY`` ``func(*args, **kwds)``, ``MAP`` ``[func(x) for x in
-args]``, ``STARMAP`` ``[func(*x) for x in args]``.
+args]``, ``STARMAP`` ``[func(*x) for x in args]``, and for chunks of one item ``CALL1``
+``func(args)``, ``STAR1`` ``func(*args)``.
 
 A worker answers each task with one message on the shared result queue,
 ``(tid, ok, value, seconds)``: ``value`` is the return value (a list for MAP/STARMAP) or, with
@@ -37,9 +38,15 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from ._queues import Empty, Queue
 
-__all__ = ["APPLY", "MAP", "STARMAP", "pickle_function", "encode_call", "task_id", "worker_main"]
+__all__ = ["APPLY", "MAP", "STARMAP", "CALL1", "STAR1", "single", "pickle_function", "encode_call",
+           "task_id", "worker_main"]
 
-APPLY, MAP, STARMAP = 0, 1, 2
+APPLY, MAP, STARMAP, CALL1, STAR1 = 0, 1, 2, 3, 4
+
+
+def single(kind: int) -> int:
+    """The kind for a chunk of one item (no list around the argument or the result)."""
+    return CALL1 if kind == MAP else STAR1 if kind == STARMAP else kind
 
 # The task id after a task's pickle.
 HEADER = struct.Struct("<Q")
@@ -123,8 +130,12 @@ def worker_main(task_name: str, result_name: str, wid: int, initializer: Optiona
                 if len(functions) >= _FUNCTION_CACHE:
                     functions.clear()
                 func = functions[fbytes] = loads(fbytes)
-            if kind == MAP:
+            if kind == CALL1:
+                value = func(args)
+            elif kind == MAP:
                 value = list(map(func, args))
+            elif kind == STAR1:
+                value = func(*args)
             elif kind == STARMAP:
                 value = list(starmap(func, args))
             else:

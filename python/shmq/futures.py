@@ -151,10 +151,14 @@ class ProcessPoolExecutor(_cf.Executor):
                                f"map({_name(fn)})", nchunks)
             tasks = []
             fbytes = _w.pickle_function(fn)
+            kind = _w.STAR1 if chunksize == 1 else _w.STARMAP
             for index in range(nchunks):
-                chunk = tuple(items[index * chunksize:(index + 1) * chunksize])
+                if chunksize == 1:
+                    chunk = items[index]
+                else:
+                    chunk = tuple(items[index * chunksize:(index + 1) * chunksize])
                 tid = next(core.tids)
-                tasks.append((tid, index, _w.encode_call(tid, fbytes, _w.STARMAP, chunk, None)))
+                tasks.append((tid, index, _w.encode_call(tid, fbytes, kind, chunk, None)))
             if tasks:
                 core.submit(job, tasks, True)
         end = None if timeout is None else time.monotonic() + timeout

@@ -164,7 +164,10 @@ class MapResult(ApplyResult):
         self._left -= 1
         if ok and self._success:
             cs = self._chunksize
-            self._value[index * cs:(index + 1) * cs] = value
+            if cs == 1:
+                self._value[index] = value   # a chunk of one: the value itself
+            else:
+                self._value[index * cs:(index + 1) * cs] = value
         elif not ok and self._success:
             self._success = False
             self._value = value   # only the first error is kept
@@ -175,7 +178,10 @@ class MapResult(ApplyResult):
 class IMapIterator(Job):
     """What ``imap`` returns: results in input order; ``next(timeout)`` raises
     multiprocessing.TimeoutError when nothing arrived in time. A failed chunk raises its
-    exception (or WorkerLost) at its place; iteration then goes on with the next chunk."""
+    exception (or WorkerLost) at its place; iteration then goes on with the next chunk.
+
+    The leader files results (``_record``, core lock held) and one consumer takes them: each
+    side only appends to or pops from its ends, which the GIL makes atomic."""
 
     _ordered = True
 
@@ -189,32 +195,39 @@ class IMapIterator(Job):
         self._func = func
         self._it: Optional[Iterator[Any]] = None if iterable is None else iter(iterable)
         self._chunksize = chunksize
-        self._kind = kind
+        self._kind = _w.single(kind) if chunksize == 1 else kind   # one item: the value alone
         self._what = what
         self._made = nchunks              # chunks pulled from the input so far
         self._length: Optional[int] = None if iterable is not None else nchunks
-        self._done: Dict[int, Tuple[bool, Any]] = {}
-        self._order: Deque[int] = deque()  # unordered: chunk indexes in completion order
+        self._done: Dict[int, Tuple[bool, Any]] = {}   # ordered: chunk index -> (ok, value)
+        self._ready: Deque[Tuple[bool, Any]] = deque()  # unordered: in completion order
         self._next = 0                     # ordered: the next chunk to yield
         self._taken = 0                    # chunks yielded
+        self._filed = 0                    # chunks whose result is in
         self._current: List[Any] = []
         self._pos = 0
 
     # -- the lazy source (core's lock held)
     def pull(self, tid: int) -> Any:
-        if self._it is None:
+        it = self._it
+        if it is None:
             return None
         try:
-            chunk = tuple(itertools.islice(self._it, self._chunksize))
+            if self._chunksize == 1:
+                chunk: Any = next(it)
+            else:
+                chunk = tuple(itertools.islice(it, self._chunksize))
+                if not chunk:
+                    raise StopIteration
+        except StopIteration:
+            self._end()
+            return None
         except Exception as e:
             # The input raised: that is the result at this place (multiprocessing does the same).
             self._record(self._made, False, e)
             self._made += 1
             self._end()
             return False
-        if not chunk:
-            self._end()
-            return None
         index = self._made
         self._made += 1
         try:
@@ -226,14 +239,19 @@ class IMapIterator(Job):
 
     def _end(self) -> None:
         self._it = None
-        self._length = self._made
         self._func = None
-        if self._taken >= self._length:
+        self._length = self._made
+        if self._filed >= self._length:
             self._pool = None
 
     def _record(self, index: int, ok: bool, value: Any) -> None:
-        self._done[index] = (ok, value)
-        self._order.append(index)
+        if self._ordered:
+            self._done[index] = (ok, value)
+        else:
+            self._ready.append((ok, value))
+        self._filed += 1
+        if self._length is not None and self._filed >= self._length:
+            self._pool = None   # every result is in: the pool may go
 
     def on_result(self, index: int, ok: bool, value: Any, actions: List[Callable[[], None]]) -> None:
         self._record(index, ok, value)
@@ -251,39 +269,50 @@ class IMapIterator(Job):
     def __iter__(self) -> "IMapIterator":
         return self
 
+    def _exhausted(self) -> bool:
+        length = self._length
+        return length is not None and self._taken >= length
+
     def _available(self) -> bool:
         if self._ordered:
-            return self._next in self._done or (self._length is not None and self._next >= self._length)
-        return bool(self._order) or (self._length is not None and self._taken >= self._length)
+            return self._next in self._done or self._exhausted()
+        return bool(self._ready) or self._exhausted()
+
+    def _take(self) -> Optional[Tuple[bool, Any]]:
+        if self._ordered:
+            got = self._done.pop(self._next, None)
+            if got is not None:
+                self._next += 1
+        else:
+            got = self._ready.popleft() if self._ready else None
+        if got is not None:
+            self._taken += 1
+        return got
 
     def next(self, timeout: Optional[float] = None) -> Any:
+        pos = self._pos
+        current = self._current
+        if pos < len(current):
+            self._pos = pos + 1
+            return current[pos]
         while True:
-            if self._pos < len(self._current):
-                item = self._current[self._pos]
-                self._pos += 1
-                return item
-            if not self._available() and not self._core.wait_until(self._available, timeout):
-                raise _MpTimeoutError
-            with self._core._lock:
-                if self._ordered:
-                    if self._next not in self._done:   # exhausted
-                        self._pool = None
-                        raise StopIteration
-                    index = self._next
-                    self._next += 1
-                else:
-                    if not self._order:
-                        self._pool = None
-                        raise StopIteration
-                    index = self._order.popleft()
-                ok, value = self._done.pop(index)
-                self._taken += 1
-                if self._length is not None and self._taken >= self._length:
+            got = self._take()
+            if got is None:
+                if self._exhausted():
                     self._pool = None
+                    raise StopIteration
+                if not self._core.wait_until(self._available, timeout):
+                    raise _MpTimeoutError
+                continue
+            ok, value = got
             if not ok:
                 self._current, self._pos = [], 0
                 raise value
-            self._current, self._pos = value, 0
+            if self._chunksize == 1:
+                return value
+            if value:
+                self._current, self._pos = value, 1
+                return value[0]
 
     __next__ = next
 
@@ -435,7 +464,12 @@ class Pool:
         limit = 1   # the first chunk goes out at once, then batches double up to _SUBMIT_BATCH
         try:
             if chunksize == 1:
-                chunks: Iterable[Any] = ((x,) for x in iterable)
+                kind = _w.single(kind)   # the item itself, no tuple around it
+                chunks: Iterable[Any] = iterable
+            elif type(iterable) in (list, tuple, range):
+                # A slice: a memcpy of a list, three numbers for a range.
+                seq: Any = iterable
+                chunks = (seq[i:i + chunksize] for i in range(0, len(seq), chunksize))
             else:
                 it = iter(iterable)
                 chunks = iter(lambda: tuple(itertools.islice(it, chunksize)), ())
@@ -449,6 +483,7 @@ class Pool:
                 else:
                     batch.append((tid, index, raw + trailer(tid)))
                 if len(batch) >= limit:
+                    core.drain_if_leading()
                     core.submit(result, batch, False)
                     batch = []
                     limit = min(2 * limit, _SUBMIT_BATCH)

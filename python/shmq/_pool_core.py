@@ -21,22 +21,23 @@ helper thread, the *pusher*, leads only when results must move without anyone wa
 callbacks, executor futures, a backlog of undispatched tasks, a death to handle.
 
 Dispatch and balance. The parent keeps each worker's queue topped up to a window of about
-``_WINDOW_TIME`` of work (from the worker's measured task times; 1 for long tasks, up to
-``_WINDOW_MAX`` for tiny ones). Tasks queued behind a task that runs much longer than usual are
-taken back and given to others, and an idle worker gets half of the longest queue once there is
-no backlog, so one slow task never holds up the ones behind it.
+``_WINDOW_TIME`` of work (from the worker's measured task times; 2 tasks for long ones, up to
+``_WINDOW_MAX`` for tiny ones), refilling a queue once it is half empty. Tasks queued behind a
+task that runs much longer than usual are taken back and given to others, and an idle worker
+gets half of the longest queue once there is no backlog, so one slow task never holds up the
+ones behind it.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import os
 import sys
 import threading
 import time
 import traceback
-import itertools
 import weakref
 from collections import deque
 from multiprocessing import connection as _mp_connection
@@ -356,7 +357,7 @@ class PoolCore:
         if self._state is not RUN:
             raise ValueError("Pool not running")
         if self._broken is not None:
-            raise self._broken
+            raise self._make_broken(self._broken.__cause__)
 
     def submit(self, job: Job, items: Sequence[Tuple[int, int, Any]],
                wake_pusher: bool = True) -> None:
@@ -729,12 +730,12 @@ class PoolCore:
             while True:
                 if done():
                     return True
+                if self._handles_closed:
+                    return False   # the pool is gone: nothing more will come
                 if self._leader is None or self._leader == me:
                     nested = self._leader == me
                     self._leader = me
                     break
-                if self._handles_closed:
-                    return done()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -798,6 +799,10 @@ class PoolCore:
             self._stepped_down = time.monotonic()
             self._cond.notify_all()
             self._pusher_cond.notify()
+            # The pool stopped while this thread led (join() from a callback): close up now.
+            close = self._state is STOPPED and not self._handles_closed
+        if close:
+            self._close_handles()
 
     def _lead(self, done: Callable[[], bool], deadline: Optional[float], pusher: bool) -> None:
         get_many = self._results.get_many

@@ -34,12 +34,12 @@ import struct
 import time
 from itertools import starmap
 from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence
 
 from ._queues import Empty, Queue
 
-__all__ = ["APPLY", "MAP", "STARMAP", "CALL1", "STAR1", "single", "pickle_function", "encode_call",
-           "task_id", "worker_main"]
+__all__ = ["APPLY", "MAP", "STARMAP", "CALL1", "STAR1", "TRAILER", "single", "pickle_function",
+           "encode_call", "task_id", "worker_main"]
 
 APPLY, MAP, STARMAP, CALL1, STAR1 = 0, 1, 2, 3, 4
 
@@ -48,9 +48,9 @@ def single(kind: int) -> int:
     """The kind for a chunk of one item (no list around the argument or the result)."""
     return CALL1 if kind == MAP else STAR1 if kind == STARMAP else kind
 
-# The task id after a task's pickle.
-HEADER = struct.Struct("<Q")
-_HEADER = HEADER
+
+# The task id, after a task's pickle.
+TRAILER = struct.Struct("<Q")
 # How often an idle worker looks whether its parent still exists (seconds).
 _PARENT_CHECK = 0.5
 # Functions a worker keeps unpickled (by their pickled bytes).
@@ -67,20 +67,13 @@ def encode_call(tid: int, func: bytes, kind: int, args: Any, kwds: Optional[dict
     Raises at once, in the caller, if an argument cannot be pickled."""
     buffers: List[pickle.PickleBuffer] = []
     raw = pickle.dumps((func, kind, args, kwds), protocol=5,
-                       buffer_callback=buffers.append) + _HEADER.pack(tid)
+                       buffer_callback=buffers.append) + TRAILER.pack(tid)
     return (raw, buffers) if buffers else raw
 
 
 def task_id(msg: Any) -> int:
     raw = msg[0] if type(msg) is tuple else msg
-    return _HEADER.unpack_from(raw, len(raw) - 8)[0]
-
-
-def message_bytes(msg: Any) -> int:
-    """The size of a task message (header, pickle and out-of-band buffers)."""
-    if type(msg) is tuple:
-        return len(msg[0]) + sum(memoryview(b).nbytes for b in msg[1])
-    return len(msg)
+    return TRAILER.unpack_from(raw, len(raw) - 8)[0]
 
 
 def worker_main(task_name: str, result_name: str, wid: int, initializer: Optional[Callable[..., Any]],
@@ -105,7 +98,7 @@ def worker_main(task_name: str, result_name: str, wid: int, initializer: Optiona
     get = tasks.get
     loads = pickle.loads
     clock = time.perf_counter
-    unpack = _HEADER.unpack_from
+    unpack = TRAILER.unpack_from
     functions: dict = {}
     done = 0
     while maxtasks is None or done < maxtasks:

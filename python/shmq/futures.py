@@ -50,16 +50,19 @@ class _Future(_cf.Future):
         self._core = core
 
     def result(self, timeout: Optional[float] = None) -> Any:
-        if not self.done():
-            self._core.wait_until(self.done, timeout)
-            timeout = 0.0 if timeout is not None else None
-        return super().result(timeout)
+        return super().result(self._wait(timeout))
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
-        if not self.done():
-            self._core.wait_until(self.done, timeout)
-            timeout = 0.0 if timeout is not None else None
-        return super().exception(timeout)
+        return super().exception(self._wait(timeout))
+
+    def _wait(self, timeout: Optional[float]) -> Optional[float]:
+        """Leads until done; returns the timeout left for Future's own wait (0 unless done)."""
+        if self.done() or self._core.wait_until(self.done, timeout):
+            return 0.0
+        if timeout is None:
+            # Only a pool that is gone returns early from an unbounded wait.
+            raise BrokenProcessPool("the executor stopped before this future finished")
+        return 0.0   # Future raises TimeoutError
 
 
 class _FutureJob(Job):

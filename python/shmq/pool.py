@@ -10,7 +10,11 @@ How it works is in _pool_core's docstring. What differs:
   task completes and the pool stays usable (multiprocessing's Pool waits forever).
 * Arguments are pickled in the calling thread: an unpicklable function or argument raises in
   ``apply_async``/``map_async``/... (for ``imap``, at that item's place in the results).
-* ``terminate()`` fails every unfinished result with RuntimeError instead of leaving it pending.
+* ``terminate()`` fails every unfinished result with RuntimeError (its error_callback runs)
+  instead of leaving it pending forever.
+* After a failed chunk, ``imap``/``imap_unordered`` go on with the next chunks (multiprocessing
+  ends a chunked imap there).
+* ``context`` may also be a start method's name ("fork", "spawn", "forkserver").
 * Workers ignore SIGINT: Ctrl-C interrupts the caller (``map`` raises KeyboardInterrupt); the
   pool's ``terminate()`` (or the context manager, or interpreter exit) ends the workers.
 * Callbacks run in the thread that reads the results: the caller's own thread while it waits,
@@ -23,15 +27,13 @@ import itertools
 import os
 import pickle
 import reprlib
-import threading
 import warnings
+from collections import deque
 from multiprocessing import TimeoutError as _MpTimeoutError
 from multiprocessing import get_context as _get_context
 from multiprocessing import util as _mp_util
 from multiprocessing.pool import CLOSE, RUN, TERMINATE
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
-
-from collections import deque
 
 from . import _pool_worker as _w
 from ._pool_core import Job, PoolCore, WorkerLost
@@ -458,7 +460,7 @@ class Pool:
         tids = core.tids
         fbytes = _w.pickle_function(func)
         dumps = pickle.dumps
-        trailer = _w.HEADER.pack
+        trailer = _w.TRAILER.pack
         buffers: List[Any] = []
         batch: List[Tuple[int, int, Any]] = []
         limit = 1   # the first chunk goes out at once, then batches double up to _SUBMIT_BATCH

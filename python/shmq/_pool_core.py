@@ -30,21 +30,19 @@ ones behind it.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import itertools
 import os
 import sys
 import threading
 import time
 import traceback
-import weakref
 from collections import deque
-from multiprocessing import connection as _mp_connection
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from . import _pool_worker as _w
-from ._common import unlink as _unlink
+from ._pool_leading import Leadership
+from ._pool_workers import (CLOSE, RUN, START_TIMEOUT, STOPPED, TERMINATE, Supervision, Worker,
+                            close_and_unlink, cores, reap)
 from ._queues import Empty, Full, Queue
 
 __all__ = ["PoolCore", "Job", "WorkerLost"]
@@ -65,50 +63,7 @@ _STALL_MIN = 0.01
 # worker holds at most _LARGE_MAX of them so that they never spill into files.
 _LARGE = 2048
 _LARGE_MAX = 6
-# A worker that has not reported itself ready after this long (seconds) is killed and replaced.
-_START_TIMEOUT = 60.0
-# The monitor waits up to this long (seconds) for a death notice to be read before it forks the
-# replacement.
-_NOTICE_FIRST = 0.05
-# Results read per batch by the leader.
-_BATCH = 256
-# The pusher waits this long after a leader stepped down before it leads: a caller that reads
-# results in a loop (imap) takes the lead back within microseconds. Callbacks and futures wait
-# the short grace; undispatched tasks the long one (the workers' queues hold ~_WINDOW_TIME).
-_GRACE = 0.002
-_GRACE_BACKLOG = 0.02
-# The pusher, while leading, looks at least this often whether it should stop.
-_PUSHER_SLICE = 0.25
 _RESULT_SLOTS = 4096
-
-RUN, CLOSE, TERMINATE, STOPPED = "RUN", "CLOSE", "TERMINATE", "STOPPED"
-
-# Every live pool of this process, for the fork hook below.
-_cores: "weakref.WeakSet[PoolCore]" = weakref.WeakSet()
-
-
-def _drop_inherited_pools() -> None:
-    """In a child made by fork: lets go of every pool's channels and workers inherited from the
-    parent. A forked child shares its parent's open file descriptions, so its copies would hold the
-    segments' liveness locks and keep them from being removed when the parent closes them
-    (workers open their own handles by name)."""
-    for core in list(_cores):
-        core._forget_after_fork()
-
-
-def _end_pools_at_exit() -> None:
-    """Ends every pool at interpreter exit, before shmq's own exit hook closes the channels (atexit
-    runs hooks in reverse order of registration, and this module registers after _common): the
-    workers must be gone first, or the channels they hold would stay in /dev/shm."""
-    for core in list(_cores):
-        try:
-            core.at_exit()
-        except Exception:  # noqa: BLE001 - exit-time clean-up must never raise
-            pass
-
-
-os.register_at_fork(after_in_child=_drop_inherited_pools)
-atexit.register(_end_pools_at_exit)
 
 
 class WorkerLost(RuntimeError):
@@ -179,29 +134,10 @@ class Job:
 _JOB, _INDEX, _MSG, _BIG, _TRIES, _WID = range(6)
 
 
-class _Worker:
-    __slots__ = ("wid", "proc", "queue", "fd", "held", "assigned", "big", "ewma", "since",
-                 "stalled", "ready", "started", "replaced", "dead")
-
-    def __init__(self, wid: int, proc: Any, queue: Queue, fd: int, started: float) -> None:
-        self.wid = wid
-        self.proc = proc
-        self.queue = queue
-        self.fd = fd
-        self.held: Dict[int, None] = {}   # task ids put into its queue and not answered, in order
-        self.assigned = 0                 # tasks handed to it over its life (for maxtasks)
-        self.big = 0                      # held messages larger than _LARGE
-        self.ewma: Optional[float] = None  # its usual task time (seconds)
-        self.since = 0.0                  # when it last answered, or got work while idle
-        self.stalled = False              # a long task: window 1 until it answers
-        self.ready = False                # it said so (its initializer ran): it gets tasks
-        self.started = started
-        self.replaced = False             # the monitor started its replacement
-        self.dead = False                 # the monitor saw it exit
-
-
-class PoolCore:
-    """Workers, channels and bookkeeping shared by Pool and ProcessPoolExecutor."""
+class PoolCore(Supervision, Leadership):
+    """Workers, channels and bookkeeping shared by Pool and ProcessPoolExecutor. Starting and
+    watching workers is in Supervision (_pool_workers), reading the result queue in Leadership
+    (_pool_leading); the bookkeeping of tasks, here."""
 
     def __init__(self, processes: int, ctx: Any, initializer: Optional[Callable[..., Any]],
                  initargs: Sequence[Any], maxtasks: Optional[int], retries: int,
@@ -209,6 +145,7 @@ class PoolCore:
         """``finish_at_exit``: at interpreter exit, finish the submitted tasks first (an executor)
         rather than end the workers at once (a Pool, like multiprocessing's)."""
         self._ctx = ctx
+        self._task_slots = 2 * _WINDOW_MAX
         self.at_exit = self.join_after_close if finish_at_exit else self.terminate
         self.processes = processes
         self._initializer = initializer
@@ -222,7 +159,7 @@ class PoolCore:
         self._state = RUN
         self._broken: Optional[BaseException] = None
         self._init_failures = 0
-        self._workers: Dict[int, _Worker] = {}
+        self._workers: Dict[int, Worker] = {}
         self._tasks: Dict[int, list] = {}   # tid -> task record
         self._backlog: Deque[int] = deque()
         self._sources: Deque[Job] = deque()
@@ -241,7 +178,7 @@ class PoolCore:
         self._wake_r, self._wake_w = os.pipe()
         self._handles_closed = False
         self._auto_stop = False   # executor.shutdown(wait=False): stop once idle
-        _cores.add(self)
+        cores.add(self)
         with self._lock:
             for _ in range(processes):
                 self._spawn()
@@ -251,105 +188,6 @@ class PoolCore:
                                                name="shmq-pool-pusher")
         self._monitor_thread.start()
         self._pusher_thread.start()
-
-    # ---- workers ---------------------------------------------------------------------------------
-
-    def _spawn(self) -> None:
-        wid = self._next_wid
-        self._next_wid += 1
-        queue = Queue(slots=2 * _WINDOW_MAX)
-        proc = self._ctx.Process(
-            target=_w.worker_main, name=f"ShmqPoolWorker-{wid}", daemon=True,
-            args=(queue.name, self._results.name, wid, self._initializer, self._initargs,
-                  self._maxtasks))
-        try:
-            proc.start()
-        except BaseException:
-            queue.close()
-            raise
-        try:
-            # A pidfd reports the exit itself; the sentinel (a pipe) stays open while a child the
-            # worker forked keeps it.
-            fd = os.pidfd_open(proc.pid)
-        except (AttributeError, OSError):
-            fd = -1
-        w = _Worker(wid, proc, queue, fd, time.monotonic())
-        self._workers[wid] = w
-        self._watch[fd if fd >= 0 else proc.sentinel] = wid
-        self._wake_monitor()
-
-    def _wake_monitor(self) -> None:
-        if self._wake_w >= 0:
-            try:
-                os.write(self._wake_w, b"w")
-            except OSError:
-                pass
-
-    def worker_processes(self) -> List[Any]:
-        with self._lock:
-            return [w.proc for w in self._workers.values()]
-
-    def _monitor(self) -> None:
-        """Waits on the workers' pidfds. When one exits: posts a notice on the result queue (the
-        leader settles the dead worker's tasks when it reads it) and, if the worker had been
-        serving, starts its replacement at once."""
-        while True:
-            with self._lock:
-                if self._state is STOPPED:
-                    return
-                watched = dict(self._watch)
-            try:
-                ready = _mp_connection.wait(list(watched) + [self._wake_r])
-            except OSError:
-                ready = [self._wake_r]
-            with self._lock:
-                retired, self._retired = self._retired, []
-            for q in retired:
-                _close_and_unlink(q)
-            for fd in ready:
-                if fd == self._wake_r:
-                    try:
-                        os.read(fd, 4096)
-                    except OSError:
-                        pass
-                    continue
-                wid = watched[fd]
-                with self._lock:
-                    if self._watch.pop(fd, None) is None:
-                        continue
-                    w = self._workers.get(wid)
-                if w is None:
-                    continue
-                if w.fd >= 0:
-                    fd, w.fd = w.fd, -1   # first: a fork now must not close the number again
-                    os.close(fd)
-                code = _reap(w.proc, 5.0)  # the exit code says which signal
-                with self._lock:
-                    self._notices += 1
-                    self._pusher_cond.notify()
-                    # A worker that never became ready (its initializer failing, say) is replaced
-                    # by the leader, which counts such failures; one that served, from here.
-                    w.replaced = w.ready and self._may_spawn()
-                    w.dead = True
-                try:
-                    self._notifier.put(("dead", wid, code))
-                except (ValueError, OSError):
-                    return  # the pool was torn down under us
-                if w.replaced:
-                    with self._lock:
-                        # The notice first: the caller waiting for the lost task should not wait
-                        # for a fork too (a leader, if any, reads it within microseconds).
-                        deadline = time.monotonic() + _NOTICE_FIRST
-                        while wid in self._workers and self._leader is not None:
-                            left = deadline - time.monotonic()
-                            if left <= 0:
-                                break
-                            self._cond.wait(left)
-                        if self._may_spawn():
-                            self._spawn()
-
-    def _may_spawn(self) -> bool:
-        return (self._state is RUN or self._state is CLOSE) and self._broken is None
 
     # ---- submitting ------------------------------------------------------------------------------
 
@@ -449,7 +287,7 @@ class PoolCore:
 
     # ---- dispatch and balance (lock held) -------------------------------------------------------
 
-    def _room(self, w: _Worker) -> int:
+    def _room(self, w: Worker) -> int:
         """How many tasks ``w`` gets now: none while its queue is more than half full (the
         parent tops queues up in large batches, not one task per answer)."""
         if w.stalled:
@@ -523,7 +361,7 @@ class PoolCore:
             if r[2]:
                 self._hand(r[0], r[2], now)
 
-    def _hand(self, w: _Worker, batch: List[int], now: float) -> None:
+    def _hand(self, w: Worker, batch: List[int], now: float) -> None:
         if not w.held:
             w.since = now
         if len(w.held) + len(batch) >= 2:
@@ -545,7 +383,7 @@ class PoolCore:
         w.assigned += len(batch)
         w.queue.put_many(msgs)
 
-    def _take_back(self, w: _Worker, limit: int) -> List[int]:
+    def _take_back(self, w: Worker, limit: int) -> List[int]:
         """Takes up to ``limit`` unstarted tasks out of ``w``'s queue (oldest first)."""
         got: List[int] = []
         try:
@@ -573,11 +411,11 @@ class PoolCore:
                 continue   # its notice is on the way
             if w.ready:
                 live.append(w)
-            elif now - w.started >= _START_TIMEOUT:
+            elif now - w.started >= START_TIMEOUT:
                 w.proc.kill()   # stuck before it could serve: the monitor reports its death
                 w.started = float("inf")
-            elif self._next_check is None or w.started + _START_TIMEOUT < self._next_check:
-                self._next_check = w.started + _START_TIMEOUT
+            elif self._next_check is None or w.started + START_TIMEOUT < self._next_check:
+                self._next_check = w.started + START_TIMEOUT
         if len(live) < 2:
             return
         moved: List[int] = []
@@ -719,152 +557,6 @@ class PoolCore:
 
     # ---- leading ---------------------------------------------------------------------------------
 
-    def wait_until(self, done: Callable[[], bool], timeout: Optional[float] = None) -> bool:
-        """Blocks until ``done()`` is true, reading results as the leader when nobody else does.
-        Returns ``done()`` (False if ``timeout`` seconds passed first)."""
-        if done():
-            return True
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        me = threading.get_ident()
-        with self._lock:
-            while True:
-                if done():
-                    return True
-                if self._handles_closed:
-                    return False   # the pool is gone: nothing more will come
-                if self._leader is None or self._leader == me:
-                    nested = self._leader == me
-                    self._leader = me
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._want += 1
-                try:
-                    self._cond.wait(remaining)
-                finally:
-                    self._want -= 1
-        try:
-            self._lead(done, deadline, False)
-        finally:
-            if not nested:
-                self._step_down()
-        return done()
-
-    @contextlib.contextmanager
-    def leading(self) -> Iterator[None]:
-        """Makes the calling thread the leader (if nobody leads) for a synchronous call that
-        submits and then waits: no other thread starts reading its results in between."""
-        me = threading.get_ident()
-        with self._lock:
-            mine = self._leader is None
-            if mine:
-                self._leader = me
-        try:
-            yield
-        finally:
-            if mine:
-                self._step_down()
-
-    def drain_if_leading(self) -> None:
-        """Files the results already there if the calling thread leads (map, between batches of
-        submissions: the workers' queues are topped up from what comes back)."""
-        if self._leader != threading.get_ident():
-            return
-        try:
-            msgs = self._results.get_many(_BATCH, False)
-        except Empty:
-            return
-        self._process(msgs)
-
-    def poll(self) -> None:
-        """Files whatever results are already there, without waiting (if nobody leads)."""
-        me = threading.get_ident()
-        with self._lock:
-            if self._leader is not None or self._handles_closed:
-                return
-            self._leader = me
-        try:
-            try:
-                msgs = self._results.get_many(_BATCH, False)
-            except Empty:
-                msgs = ()
-            self._process(msgs)
-        finally:
-            self._step_down()
-
-    def _step_down(self) -> None:
-        with self._lock:
-            self._leader = None
-            self._stepped_down = time.monotonic()
-            self._cond.notify_all()
-            self._pusher_cond.notify()
-            # The pool stopped while this thread led (join() from a callback): close up now.
-            close = self._state is STOPPED and not self._handles_closed
-        if close:
-            self._close_handles()
-
-    def _lead(self, done: Callable[[], bool], deadline: Optional[float], pusher: bool) -> None:
-        get_many = self._results.get_many
-        while not done():
-            timeout: Optional[float] = None
-            if deadline is not None or self._next_check is not None or pusher:
-                now = time.monotonic()
-                if deadline is not None:
-                    timeout = deadline - now
-                    if timeout <= 0:
-                        return
-                if self._next_check is not None:
-                    t = max(0.0, self._next_check - now)
-                    timeout = t if timeout is None else min(timeout, t)
-                if pusher:
-                    timeout = _PUSHER_SLICE if timeout is None else min(timeout, _PUSHER_SLICE)
-            try:
-                msgs = get_many(_BATCH, True, timeout)
-            except Empty:
-                msgs = ()
-            self._process(msgs)
-            del msgs
-            if pusher and self._want:
-                return
-
-    def _pusher_needed(self) -> bool:
-        return bool(self._push or self._notices or self._backlog or self._sources)
-
-    def _pusher(self) -> None:
-        me = threading.get_ident()
-        while True:
-            stop = False
-            with self._lock:
-                while True:
-                    if self._state is STOPPED:
-                        return
-                    if self._auto_stop and self._leader is None and self.idle():
-                        stop = True
-                        break
-                    if self._leader is None and self._pusher_needed():
-                        grace = _GRACE if self._push or self._notices else _GRACE_BACKLOG
-                        wait = self._stepped_down + grace - time.monotonic()
-                        if wait <= 0:
-                            break
-                        self._pusher_cond.wait(wait)
-                    else:
-                        self._pusher_cond.wait()
-                if not stop:
-                    self._leader = me
-            if stop:
-                self._stop()
-                return
-            try:
-                self._lead(lambda: bool(self._want) or not self._pusher_needed()
-                           or self._state is STOPPED, None, True)
-            except (ValueError, OSError):
-                if self._state is STOPPED:
-                    return
-                raise
-            finally:
-                self._step_down()
-
     # ---- ending ----------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -937,9 +629,9 @@ class PoolCore:
                 except (Full, ValueError, OSError):
                     w.proc.terminate()
         for w in workers:
-            if _reap(w.proc, 10.0) is None:
+            if reap(w.proc, 10.0) is None:
                 w.proc.kill()
-                _reap(w.proc, 10.0)
+                reap(w.proc, 10.0)
         with self._lock:
             self._state = STOPPED
             self._pusher_cond.notify_all()
@@ -951,35 +643,6 @@ class PoolCore:
             if t is not me and t.is_alive():
                 t.join(5.0)
         self._close_handles()
-
-    def _forget_after_fork(self) -> None:
-        # The child is single-threaded and the parent's lock may have been held at the fork.
-        if self._handles_closed:
-            return   # its descriptor numbers may belong to something else by now
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
-        self._pusher_cond = threading.Condition(self._lock)
-        self._state = STOPPED
-        self._handles_closed = True
-        queues = [w.queue for w in self._workers.values()] + [self._results, self._notifier]
-        queues += self._retired
-        fds = [w.fd for w in self._workers.values() if w.fd >= 0] + [self._wake_r, self._wake_w]
-        self._wake_r = self._wake_w = -1
-        self._workers.clear()
-        self._watch.clear()
-        self._tasks.clear()
-        self._backlog.clear()
-        self._sources.clear()
-        for q in queues:
-            try:
-                q.close()
-            except Exception:
-                pass
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
     def _close_handles(self) -> None:
         me = threading.get_ident()
@@ -1003,37 +666,11 @@ class PoolCore:
             self._wake_r = self._wake_w = -1
             self._workers.clear()
             self._watch.clear()
-        _cores.discard(self)
+        cores.discard(self)
         for q in queues + [self._notifier, self._results]:
-            _close_and_unlink(q)
+            close_and_unlink(q)
         for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def _reap(proc: Any, timeout: float) -> Optional[int]:
-    """Waits until ``proc`` is reaped and returns its exit code (None if it still runs after
-    ``timeout``). Process.join can return early when another thread reaped the process; a reaped
-    process has closed all its files, so its liveness locks are gone."""
-    deadline = time.monotonic() + timeout
-    while True:
-        proc.join(0.05)
-        code = proc.exitcode
-        if code is not None or time.monotonic() >= deadline:
-            return code
-
-
-def _close_and_unlink(q: Queue) -> None:
-    """Closes a pool channel and removes its name: once the pool lets go of a channel nobody may
-    use it, even a process that still maps it (one forked while the parent held it)."""
-    name = q.name
-    try:
-        q.close()
-    except Exception:
-        pass
-    try:
-        _unlink(name)
-    except OSError:
-        pass

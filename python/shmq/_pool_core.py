@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import sys
 import threading
 import time
@@ -441,8 +442,9 @@ class PoolCore(Supervision, Leadership):
     # ---- results ---------------------------------------------------------------------------------
 
     def _process(self, msgs: Sequence[Any]) -> None:
+        """Files a batch read from the result queue, then tops the workers' queues up."""
         actions: List[Callable[[], None]] = []
-        with self._lock:
+        with _ctrl_c_held(), self._lock:
             now = time.monotonic()
             tasks_pop = self._tasks.pop
             workers_get = self._workers.get
@@ -674,3 +676,26 @@ class PoolCore(Supervision, Leadership):
                 os.close(fd)
             except OSError:
                 pass
+
+
+class _ctrl_c_held:
+    """Holds Ctrl-C back while the main thread files a batch: a KeyboardInterrupt in the middle
+    would drop answers already taken from the result queue. It is raised right after."""
+
+    __slots__ = ("_old", "_hit")
+
+    def __enter__(self) -> None:
+        self._old = None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._hit = False
+            self._old = signal.signal(signal.SIGINT, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._hit = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            if self._hit and exc[0] is None:
+                raise KeyboardInterrupt

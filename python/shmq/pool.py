@@ -385,7 +385,7 @@ class Pool:
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Dict[str, Any] = {}) -> Any:
         """``func(*args, **kwds)`` in a worker; returns its result."""
         with self._core.leading():
-            return self._apply(func, args, kwds, None, None, False).get()
+            return self._wait(self._apply(func, args, kwds, None, None, False))
 
     def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (),
                     kwds: Dict[str, Any] = {}, callback: Optional[Callable[[Any], Any]] = None,
@@ -409,13 +409,24 @@ class Pool:
             chunksize: Optional[int] = None) -> List[Any]:
         """``list(map(func, iterable))`` computed by the workers, ``chunksize`` items per task."""
         with self._core.leading():
-            return self._map_async(func, iterable, _w.MAP, chunksize, None, None, False).get()
+            return self._wait(self._map_async(func, iterable, _w.MAP, chunksize, None, None, False))
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                 chunksize: Optional[int] = None) -> List[Any]:
         """Like map, with each item unpacked as arguments: ``func(*item)``."""
         with self._core.leading():
-            return self._map_async(func, iterable, _w.STARMAP, chunksize, None, None, False).get()
+            return self._wait(self._map_async(func, iterable, _w.STARMAP, chunksize, None, None,
+                                              False))
+
+    def _wait(self, result: ApplyResult) -> Any:
+        """The result of a synchronous call. If the wait is interrupted (Ctrl-C), the call's tasks
+        that no worker was given yet are dropped: nobody can get their results any more."""
+        try:
+            return result.get()
+        except BaseException:
+            if not result._ready:
+                self._core.cancel_pending(result)
+            raise
 
     def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                   chunksize: Optional[int] = None, callback: Optional[Callable[[Any], Any]] = None,

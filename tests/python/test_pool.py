@@ -349,6 +349,9 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("body", [
     "with pool:\n        pool.map(slow, range(100))",
     "pool.map(slow, range(100))",   # no context manager: the exit hook ends the workers
+    # caught: the pool goes on (the interrupted map's undispatched tasks are dropped)
+    "try:\n        pool.map(slow, range(100))\n    except KeyboardInterrupt:\n"
+    "        print(pool.map(abs, [-1, -2]), flush=True)\n        raise",
 ])
 def test_ctrl_c_during_map_leaves_no_worker(body):
     script = textwrap.dedent(_CTRL_C_SCRIPT).format(body=body)
@@ -359,11 +362,13 @@ def test_ctrl_c_during_map_leaves_no_worker(body):
     time.sleep(0.3)  # map is running
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
     try:
-        _, err = proc.communicate(timeout=HANG)
+        out, err = proc.communicate(timeout=HANG)
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("the script hung after Ctrl-C")
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    if "except" in body:
+        assert out.strip() == "[1, 2]"
     for pid in pids:
         assert not _alive(pid), f"worker {pid} left behind"
 

@@ -440,10 +440,12 @@ def test_terminate_fails_pending_results_instead_of_hanging():
 def test_failing_initializer_breaks_the_pool_instead_of_looping():
     pool = shmq.Pool(2, initializer=failing_initializer)
     try:
-        r = pool.apply_async(square, (2,))
+        # Raised by get(), or by apply_async() itself once the pool knows it is broken.
         with pytest.raises(RuntimeError, match="initializer") as info:
-            r.get(timeout=HANG)
+            pool.apply_async(square, (2,)).get(timeout=HANG)
         assert "initializer failed" in str(info.value.__cause__)
+        with pytest.raises(RuntimeError, match="initializer"):
+            pool.apply_async(square, (3,)).get(timeout=HANG)
     finally:
         pool.terminate()
         pool.join()
@@ -554,11 +556,11 @@ def test_executor_shutdown_without_wait_still_finishes_the_work():
 def test_executor_initializer_failure_is_broken_process_pool():
     ex = shmq.ProcessPoolExecutor(2, initializer=failing_initializer)
     try:
-        f = ex.submit(square, 2)
+        # Raised by result(), or by submit() itself once the executor knows it is broken.
         with pytest.raises(BrokenProcessPool):
-            f.result(timeout=HANG)
+            ex.submit(square, 2).result(timeout=HANG)
         with pytest.raises(BrokenProcessPool):
-            ex.submit(square, 3)
+            ex.submit(square, 3).result(timeout=HANG)
     finally:
         ex.shutdown(wait=True)
 

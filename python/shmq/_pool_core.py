@@ -59,7 +59,7 @@ _WINDOW_MIN = 2
 # Tasks queued behind a running one are taken back once it has run this many times its worker's
 # usual task time, and at least _STALL_MIN seconds.
 _STALL_FACTOR = 10.0
-_STALL_MIN = 0.01
+_STALL_MIN = 0.1
 # Messages larger than this take a chunk of the queue's large-message arena (8 by default); a
 # worker holds at most _LARGE_MAX of them so that they never spill into files.
 _LARGE = 2048

@@ -38,7 +38,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _pool_worker as _w
 from ._pool_leading import Leadership
@@ -122,11 +122,11 @@ class Job:
         """Called once per task when it is first dispatched; False drops the task (cancelled)."""
         return True
 
-    def pull(self, tid: int) -> Any:
-        """For lazy jobs (imap): the next task, as ``(index, message)`` for task id ``tid``;
-        ``False`` if an item was filed without a task (an unpicklable argument); None when the
-        input is exhausted."""
-        return None
+    def pull(self, n: int, tids: Iterator[int]) -> Tuple[List[Tuple[int, int, Any]], bool]:
+        """For lazy jobs (imap): up to ``n`` next tasks as ``(tid, index, message)`` (ids from
+        ``tids``), and whether more may follow. An item that cannot become a task (an unpicklable
+        argument) is filed as its result instead."""
+        return [], False
 
 
 # A task's record is a list (the hot path makes one per task): its job, its index in the job, its
@@ -228,24 +228,21 @@ class PoolCore(Supervision, Leadership):
             self._pusher_cond.notify()
         self._run(actions)
 
-    def _pull(self, actions: List[Callable[[], None]]) -> bool:
-        """Adds the next task of the first lazy job to the backlog; False when none is left."""
-        while self._sources:
+    def _pull(self, n: int) -> None:
+        """Adds up to ``n`` tasks of the lazy jobs (imap) to the backlog."""
+        tasks = self._tasks
+        backlog = self._backlog
+        while n > 0 and self._sources:
             job = self._sources[0]
-            tid = next(self.tids)
-            got = job.pull(tid)
-            if got is None:
-                self._sources.popleft()
-                continue
-            if got is False:
-                continue
-            index, msg = got
-            self._tasks[tid] = [job, index, msg, type(msg) is tuple or len(msg) > _LARGE, 0, -1]
-            self._backlog.append(tid)
+            got, more = job.pull(n, self.tids)
+            for tid, index, msg in got:
+                tasks[tid] = [job, index, msg, type(msg) is tuple or len(msg) > _LARGE, 0, -1]
+                backlog.append(tid)
             if job.push:
-                self._push += 1
-            return True
-        return False
+                self._push += len(got)
+            n -= len(got)
+            if not more:
+                self._sources.popleft()
 
     def cancel_pending(self, job: Job) -> None:
         """Drops ``job``'s tasks that no worker has been given yet (its consumer went away)."""
@@ -320,11 +317,11 @@ class PoolCore(Supervision, Leadership):
         batches = list(rooms)
         tasks = self._tasks
         backlog = self._backlog
+        if self._sources:
+            self._pull(sum(r[1] for r in rooms) - len(backlog))
         n = len(rooms)
         i = 0
-        while n:
-            if not backlog and not self._pull(actions):
-                break
+        while n and backlog:
             tid = backlog.popleft()
             t = tasks.get(tid)
             if t is None:

@@ -210,34 +210,38 @@ class IMapIterator(Job):
         self._pos = 0
 
     # -- the lazy source (core's lock held)
-    def pull(self, tid: int) -> Any:
+    def pull(self, n: int, tids: Iterator[int]) -> Tuple[List[Tuple[int, int, Any]], bool]:
+        out: List[Tuple[int, int, Any]] = []
         it = self._it
         if it is None:
-            return None
-        try:
-            if self._chunksize == 1:
-                chunk: Any = next(it)
-            else:
-                chunk = tuple(itertools.islice(it, self._chunksize))
-                if not chunk:
-                    raise StopIteration
-        except StopIteration:
-            self._end()
-            return None
-        except Exception as e:
-            # The input raised: that is the result at this place (multiprocessing does the same).
-            self._record(self._made, False, e)
+            return out, False
+        func, kind, size = self._func, self._kind, self._chunksize
+        encode = _w.encode_call
+        while len(out) < n:
+            try:
+                if size == 1:
+                    chunk: Any = next(it)
+                else:
+                    chunk = tuple(itertools.islice(it, size))
+                    if not chunk:
+                        raise StopIteration
+            except StopIteration:
+                self._end()
+                return out, False
+            except Exception as e:
+                # The input raised: that is the result at this place (multiprocessing does the same).
+                self._record(self._made, False, e)
+                self._made += 1
+                self._end()
+                return out, False
+            index = self._made
             self._made += 1
-            self._end()
-            return False
-        index = self._made
-        self._made += 1
-        try:
-            msg = _w.encode_call(tid, self._func, self._kind, chunk, None)
-        except Exception as e:
-            self._record(index, False, e)
-            return False
-        return index, msg
+            tid = next(tids)
+            try:
+                out.append((tid, index, encode(tid, func, kind, chunk, None)))
+            except Exception as e:
+                self._record(index, False, e)
+        return out, True
 
     def _end(self) -> None:
         self._it = None

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List
 
 CTX = mp.get_context("fork")
-WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+WORKERS = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+           else (os.cpu_count() or 1))
 
 
 # ---- task functions (module level: the workers find them by name) --------------------------------
@@ -53,7 +54,7 @@ def report_and_wait(q, pause):
     return 0
 
 
-# ---- implementations -------------------------------------------------------------------------------
+# ---- implementations ----------------------------------------------------------------------------
 
 @dataclass
 class Impl:
@@ -85,7 +86,7 @@ def load_impls() -> Dict[str, Any]:
     return impls
 
 
-# ---- scenarios -------------------------------------------------------------------------------------
+# ---- scenarios ----------------------------------------------------------------------------------
 
 @dataclass
 class Scenario:

@@ -107,7 +107,8 @@ class Job:
     #: True if ``start(index)`` must be called when a task is first handed to a worker.
     needs_start = False
 
-    def on_result(self, index: int, ok: bool, value: Any, actions: List[Callable[[], None]]) -> None:
+    def on_result(self, index: int, ok: bool, value: Any,
+                  actions: List[Callable[[], None]]) -> None:
         """Files one task's result (called with the core's lock held). Work that may run user code
         (callbacks, future callbacks) goes into ``actions``, run after the lock is released."""
         raise NotImplementedError
@@ -503,7 +504,8 @@ class PoolCore(Supervision, Leadership):
             with self._lock:
                 self._cond.notify_all()
 
-    def _on_death(self, wid: int, exitcode: Optional[int], actions: List[Callable[[], None]]) -> None:
+    def _on_death(self, wid: int, exitcode: Optional[int],
+                  actions: List[Callable[[], None]]) -> None:
         self._notices -= 1
         w = self._workers.pop(wid, None)
         if w is None:

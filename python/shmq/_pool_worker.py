@@ -76,8 +76,9 @@ def task_id(msg: Any) -> int:
     return TRAILER.unpack_from(raw, len(raw) - 8)[0]
 
 
-def worker_main(task_name: str, result_name: str, wid: int, initializer: Optional[Callable[..., Any]],
-                initargs: Sequence[Any], maxtasks: Optional[int]) -> None:
+def worker_main(task_name: str, result_name: str, wid: int,
+                initializer: Optional[Callable[..., Any]], initargs: Sequence[Any],
+                maxtasks: Optional[int]) -> None:
     """A pool worker's life: run the initializer, then answer tasks until told to stop, until
     ``maxtasks`` tasks are done, or until the parent is gone."""
     # Ctrl-C reaches the whole process group: the parent decides what it means (its map() raises

@@ -80,7 +80,8 @@ class _FutureJob(Job):
     def describe(self, index: int) -> str:
         return self._what
 
-    def on_result(self, index: int, ok: bool, value: Any, actions: List[Callable[[], None]]) -> None:
+    def on_result(self, index: int, ok: bool, value: Any,
+                  actions: List[Callable[[], None]]) -> None:
         self._owner = None
         f = self.future
         if ok:
@@ -138,8 +139,8 @@ class ProcessPoolExecutor(_cf.Executor):
             core.submit(job, [(tid, 0, msg)], True)
             return fut
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
-            chunksize: int = 1) -> Iterator[Any]:
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+            timeout: Optional[float] = None, chunksize: int = 1) -> Iterator[Any]:
         """Like ``map(fn, *iterables)``: every call is submitted now; the results come in order.
         ``TimeoutError`` if a result is not there ``timeout`` seconds after this call."""
         if chunksize < 1:

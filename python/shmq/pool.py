@@ -68,7 +68,7 @@ def _broken(cause: BaseException) -> BaseException:
     return e
 
 
-# ---- results --------------------------------------------------------------------------------------
+# ---- results ------------------------------------------------------------------------------------
 
 
 class ApplyResult(Job):
@@ -133,7 +133,8 @@ class ApplyResult(Job):
             self._ready = True
             self._pool = None
 
-    def on_result(self, index: int, ok: bool, value: Any, actions: List[Callable[[], None]]) -> None:
+    def on_result(self, index: int, ok: bool, value: Any,
+                  actions: List[Callable[[], None]]) -> None:
         self._complete(ok, value, actions)
 
 
@@ -160,9 +161,12 @@ class MapResult(ApplyResult):
     def describe(self, index: int) -> str:
         first = index * self._chunksize
         last = min(self._length, first + self._chunksize) - 1
-        return f"{self._what} item {first}" if first == last else f"{self._what} items {first}-{last}"
+        if first == last:
+            return f"{self._what} item {first}"
+        return f"{self._what} items {first}-{last}"
 
-    def on_result(self, index: int, ok: bool, value: Any, actions: List[Callable[[], None]]) -> None:
+    def on_result(self, index: int, ok: bool, value: Any,
+                  actions: List[Callable[[], None]]) -> None:
         self._left -= 1
         if ok and self._success:
             cs = self._chunksize
@@ -229,7 +233,7 @@ class IMapIterator(Job):
                 self._end()
                 return out, False
             except Exception as e:
-                # The input raised: that is the result at this place (multiprocessing does the same).
+                # The input raised: that is the result at this place (as in multiprocessing).
                 self._record(self._made, False, e)
                 self._made += 1
                 self._end()
@@ -259,7 +263,8 @@ class IMapIterator(Job):
         if self._length is not None and self._filed >= self._length:
             self._pool = None   # every result is in: the pool may go
 
-    def on_result(self, index: int, ok: bool, value: Any, actions: List[Callable[[], None]]) -> None:
+    def on_result(self, index: int, ok: bool, value: Any,
+                  actions: List[Callable[[], None]]) -> None:
         self._record(index, ok, value)
 
     def end_input(self) -> None:
@@ -269,7 +274,9 @@ class IMapIterator(Job):
     def describe(self, index: int) -> str:
         first = index * self._chunksize
         last = first + self._chunksize - 1
-        return f"{self._what} item {first}" if first == last else f"{self._what} items {first}-{last}"
+        if first == last:
+            return f"{self._what} item {first}"
+        return f"{self._what} items {first}-{last}"
 
     # -- the consumer
     def __iter__(self) -> "IMapIterator":
@@ -329,7 +336,7 @@ class IMapUnorderedIterator(IMapIterator):
     _ordered = False
 
 
-# ---- the pool -------------------------------------------------------------------------------------
+# ---- the pool -----------------------------------------------------------------------------------
 
 
 class Pool:
@@ -386,7 +393,8 @@ class Pool:
             raise ValueError("Pool not running")
 
     # ---- calls
-    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Dict[str, Any] = {}) -> Any:
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (),
+              kwds: Dict[str, Any] = {}) -> Any:
         """``func(*args, **kwds)`` in a worker; returns its result."""
         with self._core.leading():
             return self._wait(self._apply(func, args, kwds, None, None, False))

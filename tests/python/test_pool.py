@@ -103,12 +103,13 @@ class Unpicklable:
         raise TypeError("this object refuses to be pickled")
 
 
-# ---- basics ---------------------------------------------------------------------------------------
+# ---- basics -------------------------------------------------------------------------------------
 
 def test_pool_results_match_builtins():
     with shmq.Pool(2) as pool:
         assert pool.map(square, range(50)) == [x * x for x in range(50)]
-        assert pool.starmap(add, [(i, i) for i in range(30)], chunksize=4) == [2 * i for i in range(30)]
+        assert pool.starmap(add, [(i, i) for i in range(30)], chunksize=4) == \
+            [2 * i for i in range(30)]
         assert pool.apply(add, (2,), {"y": 3}) == 5
         assert list(pool.imap(square, range(25), chunksize=3)) == [x * x for x in range(25)]
         assert sorted(pool.imap_unordered(square, range(25))) == [x * x for x in range(25)]
@@ -169,7 +170,7 @@ def test_task_error_reraised_with_remote_traceback():
         assert pool.map(square, [3]) == [9]  # still usable
 
 
-# ---- worker death -----------------------------------------------------------------------------------
+# ---- worker death -------------------------------------------------------------------------------
 
 def test_worker_killed_fails_only_its_task_and_is_replaced():
     q = shmq.Queue()
@@ -328,7 +329,7 @@ def _wait_replaced(pool, victim):
         time.sleep(0.001)
 
 
-# ---- Ctrl-C -------------------------------------------------------------------------------------------
+# ---- Ctrl-C -------------------------------------------------------------------------------------
 
 _CTRL_C_SCRIPT = """
 import os, sys, time
@@ -381,7 +382,7 @@ def _alive(pid):
         return False
 
 
-# ---- bad input ----------------------------------------------------------------------------------------
+# ---- bad input ----------------------------------------------------------------------------------
 
 def test_unpicklable_function_or_argument_raises_at_the_call_site():
     with shmq.Pool(2) as pool:
@@ -451,7 +452,7 @@ def test_failing_initializer_breaks_the_pool_instead_of_looping():
         pool.join()
 
 
-# ---- start methods, initializer, maxtasksperchild ----------------------------------------------------
+# ---- start methods, initializer, maxtasksperchild -----------------------------------------------
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_start_methods(method):
@@ -484,7 +485,7 @@ def _double(a):
     return a * 2
 
 
-# ---- ProcessPoolExecutor ----------------------------------------------------------------------------
+# ---- ProcessPoolExecutor ------------------------------------------------------------------------
 
 def test_executor_submit_map_and_errors():
     with shmq.ProcessPoolExecutor(2) as ex:

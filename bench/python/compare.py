@@ -16,7 +16,6 @@ a number. Writes JSON (see bench/run.py, which computes the targets Y1-Y6 from i
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import re
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import sync_compare  # noqa: E402 - beside this file
+from benchio import write_doc  # noqa: E402 - beside this file
 
 CTX = mp.get_context("fork")
 SIZES = [8, 64, 1024, 64 * 1024, 1 << 20]
@@ -701,12 +701,7 @@ def main() -> int:
 
     doc = {"reps": reps, "run_seconds": run_s, "scenarios": [s.to_json() for s in scenarios],
            "missing": MISSING}
-    text = json.dumps(doc, indent=1)
-    if args.out == "-":
-        print(text)
-    else:
-        with open(args.out, "w") as f:
-            f.write(text)
+    write_doc(doc, args.out)
     return 0
 
 

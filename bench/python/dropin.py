@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import re
 import sys
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional
+
+from benchio import write_doc  # noqa: E402 - beside this file
 
 CTX = mp.get_context("fork")
 PAYLOAD = b"x" * 64
@@ -195,12 +196,7 @@ def main() -> int:
                 s.status, s.reason = "error", f"{type(e).__name__}: {e}"
                 traceback.print_exc(file=sys.stderr)
     doc = {"reps": reps, "run_seconds": run_s, "scenarios": [s.to_json() for s in chosen]}
-    text = json.dumps(doc, indent=1)
-    if args.out == "-":
-        print(text)
-    else:
-        with open(args.out, "w") as f:
-            f.write(text)
+    write_doc(doc, args.out)
     return 0
 
 

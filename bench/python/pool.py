@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import multiprocessing as mp
 import os
 import re
@@ -32,6 +31,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List
+
+from benchio import write_doc  # noqa: E402 - beside this file
 
 CTX = mp.get_context("fork")
 WORKERS = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -248,12 +249,7 @@ def main() -> int:
                 if pool is not None:
                     impl.close(pool)
     doc = {"reps": reps, "workers": WORKERS, "scenarios": [s.to_json() for s in scenarios]}
-    text = json.dumps(doc, indent=1)
-    if args.out == "-":
-        print(text)
-    else:
-        with open(args.out, "w") as f:
-            f.write(text)
+    write_doc(doc, args.out)
     return 0
 
 

@@ -44,7 +44,9 @@ message could then make field access read out of bounds.
 Interop: messages are plain FlatBuffers with shmq's record prefix, so C++ ``shmq::fb::Reader<T>``
 / ``Writer<T>`` and ``flatc --python`` classes (``q.put_flatbuffer(builder)``, ``q.get_view()``)
 read and write the same messages. ``Type.build(mapping)`` gives the finished buffer as bytes;
-``Type.from_bytes(buf)`` a View of one.
+``Type.from_bytes(buf)`` a View of one. ``Type.build_record(mapping)`` and
+``Type.from_record(payload, kind=2)`` do the same for a message as shmq's queues carry it (the
+8-byte prefix, then the buffer; the form shmq.nats publishes), with get_fb's checks.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 //                                    get_fb(Type, block=True, timeout=None, verify=True)
 //   Connection:                      send_fb(Type, mapping=None, /, **fields), recv_fb(Type, verify=True)
 //   Type:                            build(mapping=None, /, **fields) -> bytes, from_bytes(buf, verify=True)
+//                                    build_record(mapping=None, /, **fields) -> bytes,
+//                                    from_record(payload, kind=2, verify=True)
 //
 // put_fb walks the dict in C++ (PySource, fb_source.hpp) with serialize's DynBuilder, building in
 // place in the claimed ring space through DynWriter; a bad value raises TypeError/ValueError
@@ -210,6 +212,22 @@ Status send_waiting(W& w, std::span<const std::byte> m, Deadline d) {
   }
 }
 
+// The record (kind-2 payload: prefix + buffer) of a finished buffer `node` of type t, after the
+// verifier accepted the buffer; raises VerifyError (nothing sent) if it did not.
+std::vector<std::byte> record_of_finished(TypeObject* t, PyObject* node) {
+  Py_buffer view;
+  if (PyObject_GetBuffer(node, &view, PyBUF_C_CONTIGUOUS) != 0) throw nb::python_error();
+  std::vector<std::byte> rec(fb::kPrefixBytes + static_cast<std::size_t>(view.len));
+  std::memcpy(rec.data() + fb::kPrefixBytes, view.buf, static_cast<std::size_t>(view.len));
+  PyBuffer_Release(&view);
+  // The copy is 8-aligned (operator new), as the verifier wants.
+  if (!fb::verify_dyn(*t->t, std::span<const std::byte>(rec).subspan(fb::kPrefixBytes))) {
+    raise_verify("the buffer is not a valid " + t->t->name + " (rejected by the verifier); nothing was sent");
+  }
+  fb::store_prefix(rec.data(), {t->t->type_id, static_cast<std::uint32_t>(fb::kPrefixBytes)});
+  return rec;
+}
+
 // Builds a.node() as a.type in place in `w` (or sends a finished buffer); raises on a bad value.
 template <class W>
 Status send_fb(W& w, Deadline d, const FbArgs& a) {
@@ -217,16 +235,7 @@ Status send_fb(W& w, Deadline d, const FbArgs& a) {
   TypeCache& cache = t->s->caches[t->t->index];
   PyObject* node = a.node();
   if (is_finished_buffer(node)) {
-    Py_buffer view;
-    if (PyObject_GetBuffer(node, &view, PyBUF_C_CONTIGUOUS) != 0) throw nb::python_error();
-    std::vector<std::byte> rec(fb::kPrefixBytes + static_cast<std::size_t>(view.len));
-    std::memcpy(rec.data() + fb::kPrefixBytes, view.buf, static_cast<std::size_t>(view.len));
-    PyBuffer_Release(&view);
-    // The copy is 8-aligned (operator new), as the verifier wants.
-    if (!fb::verify_dyn(*t->t, std::span<const std::byte>(rec).subspan(fb::kPrefixBytes))) {
-      raise_verify("the buffer is not a valid " + t->t->name + " (rejected by the verifier); nothing was sent");
-    }
-    fb::store_prefix(rec.data(), {t->t->type_id, static_cast<std::uint32_t>(fb::kPrefixBytes)});
+    const std::vector<std::byte> rec = record_of_finished(t, node);
     const std::size_t n = rec.size();
     auto c = claim_waiting(w, n, d);
     if (!c.valid()) return c.status() == Status::too_big ? send_waiting(w, rec, d) : c.status();
@@ -371,24 +380,77 @@ PyObject* type_fields(PyObject* self, void*) {
   return out;
 }
 
+// Builds the (mapping, **fields) of a Type method's arguments into `b`, finished; raises on a bad
+// value. `fname` names the method in errors.
+void build_into(const char* fname, flatbuffers::FlatBufferBuilder& b, PyObject* self,
+                PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  std::vector<PyObject*> all{self};
+  for (Py_ssize_t i = 0; i < nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0); ++i) all.push_back(args[i]);
+  const FbArgs a = parse_args({fname, true, false, false}, all.data(), nargs + 1, kwnames);
+  TypeObject* t = a.type;
+  if (t->t->is_struct) throw_py(PyExc_TypeError, "struct " + t->t->short_name + " cannot be a message: FlatBuffers roots are tables");
+  PySource src(*t->s, fg.mapping_abc);
+  thread_local fb::BuildScratch scratch;
+  fb::DynBuilder<PySource> db(b, src, scratch);
+  const flatbuffers::uoffset_t root = db.table(*t->t, a.node());
+  if (root == 0) raise_build(db.error());
+  b.Finish(flatbuffers::Offset<void>(root), t->t->identifier.empty() ? nullptr : t->t->identifier.c_str());
+}
+
 // Type.build(mapping=None, /, **fields) -> bytes: the finished FlatBuffers buffer, built on the heap
 // (for files, other transports and the flatc-generated classes).
 PyObject* type_build(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   return guarded([&]() -> PyObject* {
-    std::vector<PyObject*> all{self};
-    for (Py_ssize_t i = 0; i < nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0); ++i) all.push_back(args[i]);
-    const FbArgs a = parse_args({"build", true, false, false}, all.data(), nargs + 1, kwnames);
-    TypeObject* t = a.type;
-    if (t->t->is_struct) throw_py(PyExc_TypeError, "struct " + t->t->short_name + " cannot be a message: FlatBuffers roots are tables");
     flatbuffers::FlatBufferBuilder b(1024, nullptr, false, fb::kBufferAlign);
-    PySource src(*t->s, fg.mapping_abc);
-    thread_local fb::BuildScratch scratch;
-    fb::DynBuilder<PySource> db(b, src, scratch);
-    const flatbuffers::uoffset_t root = db.table(*t->t, a.node());
-    if (root == 0) raise_build(db.error());
-    b.Finish(flatbuffers::Offset<void>(root), t->t->identifier.empty() ? nullptr : t->t->identifier.c_str());
+    build_into("build", b, self, args, nargs, kwnames);
     return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(b.GetBufferPointer()),
                                      static_cast<Py_ssize_t>(b.GetSize()));
+  });
+}
+
+// Type.build_record(mapping=None, /, **fields) -> bytes: the message as a queue carries it (the
+// payload of a kind-2 record: prefix + buffer, serialize/prefix.hpp), for transports that carry
+// shmq's message kinds (shmq.nats). A finished buffer instead of a mapping is verified and prefixed.
+PyObject* type_build_record(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  return guarded([&]() -> PyObject* {
+    TypeObject* t = type_arg("build_record", self);
+    const bool no_fields = kwnames == nullptr || PyTuple_GET_SIZE(kwnames) == 0;
+    if (nargs == 1 && no_fields && is_finished_buffer(args[0])) {
+      const std::vector<std::byte> rec = record_of_finished(t, args[0]);
+      return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(rec.data()),
+                                       static_cast<Py_ssize_t>(rec.size()));
+    }
+    flatbuffers::FlatBufferBuilder b(1024, nullptr, false, fb::kBufferAlign);
+    build_into("build_record", b, self, args, nargs, kwnames);
+    const std::size_t size = b.GetSize();
+    PyObject* out = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(fb::kPrefixBytes + size));
+    if (out == nullptr) throw nb::python_error();
+    auto* p = reinterpret_cast<std::byte*>(PyBytes_AS_STRING(out));
+    fb::store_prefix(p, {t->t->type_id, static_cast<std::uint32_t>(fb::kPrefixBytes)});
+    std::memcpy(p + fb::kPrefixBytes, b.GetBufferPointer(), size);
+    return out;
+  });
+}
+
+// Type.from_record(payload, kind=2, verify=True) -> View over a private copy of a record's payload,
+// with get_fb's checks: kind, prefix (type identity, start), verifier. VerifyError says which failed.
+PyObject* type_from_record(PyObject* self, PyObject* args, PyObject* kwargs) {
+  return guarded([&]() -> PyObject* {
+    static const char* kw[] = {"payload", "kind", "verify", nullptr};
+    Py_buffer view;
+    int kind = fb::kFlatBuffersKind;
+    int verify = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*|ip:from_record", const_cast<char**>(kw), &view,
+                                     &kind, &verify)) {
+      return nullptr;
+    }
+    std::vector<std::byte> copy(static_cast<const std::byte*>(view.buf),
+                                static_cast<const std::byte*>(view.buf) + view.len);
+    PyBuffer_Release(&view);
+    if (kind < 0 || kind > 0xffff) throw_py(PyExc_ValueError, "from_record(): kind must be in [0, 65535]");
+    shmq::Message m;
+    m.set_owned(std::move(copy), static_cast<std::uint16_t>(kind));
+    return view_of(reinterpret_cast<TypeObject*>(self), std::move(m), nullptr, verify != 0);
   });
 }
 
@@ -421,6 +483,14 @@ PyMethodDef type_methods[] = {
     {"from_bytes", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(type_from_bytes)),
      METH_VARARGS | METH_KEYWORDS,
      "from_bytes(buffer, verify=True) -> View over a private copy of a finished buffer of this table."},
+    {"build_record", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(type_build_record)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "build_record(mapping=None, /, **fields) -> bytes: the message as shmq's queues carry it "
+     "(kind 2: the 8-byte prefix, then the buffer)."},
+    {"from_record", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(type_from_record)),
+     METH_VARARGS | METH_KEYWORDS,
+     "from_record(payload, kind=2, verify=True) -> View of a record's payload, checked as get_fb "
+     "checks a message (VerifyError if it is not a valid message of this table)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyGetSetDef type_getset[] = {

@@ -1,5 +1,6 @@
 // Module functions over the batch format (batch_format.hpp), for shmq.nats: a shmq.nats.Queue
-// unpacks the batches bridges publish, and tests pack them.
+// unpacks the batches bridges publish, and tests pack them. decode_record decodes one record as
+// shmq.Queue.get does (codec.hpp), for the records a shmq.nats.Queue receives.
 #include <nanobind/nanobind.h>
 
 #include <string>
@@ -42,11 +43,19 @@ nb::bytes batch_pack(nb::handle records) {
   return nb::bytes(out.data(), out.size());
 }
 
+// The object one record stands for (codec.hpp's decode): kind 1 unpickled (out-of-band buffers
+// included), kind 2 the FlatBuffers buffer after its prefix (ValueError if the prefix is
+// malformed), any other kind its bytes.
+nb::object decode_record(nb::bytes payload, std::uint16_t kind) {
+  return steal_or_throw(decode(reinterpret_cast<const std::byte*>(payload.c_str()), payload.size(), kind));
+}
+
 }  // namespace
 
 void bind_batch(nb::module_& m) {
   m.def("batch_records", &batch_records, nb::arg("payload"));
   m.def("batch_pack", &batch_pack, nb::arg("records"));
+  m.def("decode_record", &decode_record, nb::arg("payload"), nb::arg("kind"));
 }
 
 }  // namespace shmq::py

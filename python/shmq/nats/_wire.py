@@ -5,7 +5,9 @@ A JetStream message is one of:
 * no ``Shmq-Kind`` / ``Shmq-Batch`` header: one message of raw bytes (kind 0). Anything a plain
   NATS client publishes arrives this way, so a shmq.nats.Queue reads other publishers' data;
 * ``Shmq-Kind: K``: one message of shmq kind K (1 pickle, 2 FlatBuffers, 256+ user-defined; the
-  kinds of shmq.Queue, see python/src/codec.hpp);
+  kinds of shmq.Queue), its payload exactly as a shmq.Queue record holds it (python/src/codec.hpp:
+  a FlatBuffers payload is the 8-byte prefix of serialize/prefix.hpp, then the buffer), so a
+  bridge moves it between a stream and a local queue unchanged;
 * ``Shmq-Batch: N``: N messages packed by a bridge in the batch format of
   python/src/batch_format.hpp (packed and parsed in C++). A bridge moves batches because the
   per-message cost of Python's asyncio client, not the network, bounds a NATS client here.
@@ -60,11 +62,13 @@ def headers_for(kind: int, msg_id: Optional[str]) -> Optional[dict]:
 
 
 def decode(payload: bytes, kind: int, raw_only: bool) -> Any:
-    """The object a message stands for. With raw_only nothing is unpickled: every kind comes back
-    as its bytes (a pickle arrives as the pickle, which the caller may inspect but need not run)."""
-    if kind == KIND_PICKLE and not raw_only:
-        return pickle.loads(payload)
-    return payload
+    """The object a message stands for, as shmq.Queue.get decodes a record: a pickle unpickled,
+    a FlatBuffers message as its buffer (without the prefix; ValueError if the prefix is
+    malformed), any other kind as its bytes. With raw_only nothing is unpickled: a pickle comes
+    back as its bytes, which the caller may inspect but need not run."""
+    if kind == KIND_BYTES or (kind == KIND_PICKLE and raw_only):
+        return payload
+    return _shmq.decode_record(payload, kind)
 
 
 def pack(records: Iterable[Tuple[bytes, int]]) -> bytes:

@@ -10,10 +10,11 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 import shmq
-from shmq.nats import Bridge, Queue
+from shmq.nats import Bridge, Queue, _wire
 
 from nats_server import NatsServer
 
@@ -71,6 +72,30 @@ def test_bridges_carry_every_kind_between_two_local_queues(server, qname):
         src.close()
         dst.close()
         _unlink(qname + "-a", qname + "-b")
+
+
+def test_a_pickle_with_out_of_band_buffers_crosses_the_bridge(server, qname):
+    # shmq.Queue pickles a large numpy array with its data out of band (codec.hpp's kind-1 form
+    # with a buffer table); a remote shmq.nats.Queue decodes the record as shmq.Queue.get does.
+    src = shmq.Queue(name=qname)
+    out = None
+    remote = Queue("OOB", servers=server.url)
+    try:
+        a = np.arange(50_000, dtype=np.int64)
+        src.put(a)
+        lease = src._h.get_lease(1, True, 5)  # as the out bridge takes it (_LocalSource)
+        (payload, n, _), = lease.batches(1 << 20)
+        (data, kind), = _wire.unpack(payload, n)
+        assert (kind, data[0]) == (_wire.KIND_PICKLE, 1)  # the out-of-band form, not a plain pickle
+        lease.release()
+        out = Bridge(src, "OOB", "out", servers=server.url).start()
+        got = remote.get(timeout=30)
+        assert isinstance(got, np.ndarray) and np.array_equal(got, a)
+    finally:
+        if out is not None:
+            out.close()
+        remote.close()
+        src.close()
 
 
 def test_bridge_command_exits_cleanly_on_sigterm_with_counters(server, qname):

@@ -8,10 +8,11 @@ import queue as _queue_mod
 import ssl
 import threading
 import time
-from typing import Any, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
 from . import _client, _wire
 from ._client import Delivery
+from .. import fb as _fb
 
 try:
     from nats.js import api as _api
@@ -66,14 +67,20 @@ def _tls(tls: Any) -> Optional[ssl.SSLContext]:
 
 class _Buffered:
     """The records of one delivery that are not handed out yet; the delivery is acked when the
-    last one is."""
-    __slots__ = ("delivery", "records", "next", "progressed")
+    last one is (terminated instead if every record was dropped)."""
+    __slots__ = ("delivery", "records", "next", "dropped", "progressed")
 
     def __init__(self, delivery: Delivery, records: List[Tuple[bytes, int]]) -> None:
         self.delivery = delivery
         self.records = records
         self.next = 0
+        self.dropped = 0
         self.progressed = time.monotonic()
+
+
+# How a record becomes what a get returns: (payload, kind) -> object; raises for a record that
+# cannot be handed out (it is then dropped).
+_Convert = Callable[[bytes, int], Any]
 
 
 class Queue:
@@ -96,9 +103,10 @@ class Queue:
     data arrives as bytes), other objects are pickled (protocol 5). ``serializer="bytes"`` refuses
     to send anything but bytes-like objects and never unpickles on ``get`` (a pickled message
     comes back as its bytes): use it for queues that cross a trust boundary, since unpickling a
-    peer's data runs its code. Credentials (``token``, ``user``/``password``) and ``tls`` (an
-    ``ssl.SSLContext``, or True for the default one) go to NATS as they are; a wrong credential
-    raises PermissionError.
+    peer's data runs its code. ``put_fb`` / ``get_fb`` move FlatBuffers messages (see shmq.fb),
+    verified on receipt: they run no peer code, so they work with either serializer.
+    Credentials (``token``, ``user``/``password``) and ``tls`` (an ``ssl.SSLContext``, or True
+    for the default one) go to NATS as they are; a wrong credential raises PermissionError.
 
     ``maxsize > 0`` bounds the stream (``max_msgs``, new messages refused when full): ``put``
     then blocks, polling, until there is room or ``timeout`` passes.
@@ -291,49 +299,62 @@ class Queue:
         return len(encoded)
 
     # ---- get
-    def _take_buffered(self, max_items: int) -> List[Any]:
-        """Up to max_items objects from batches already received (caller holds no lock)."""
+    def _decode(self, data: bytes, kind: int) -> Any:
+        return _wire.decode(data, kind, self._raw_only)
+
+    def _advance(self, b: _Buffered, dropped: bool) -> None:
+        """Moves past b's next record (lock held); settles the delivery after its last record:
+        acked, or terminated if every record was dropped (JetStream never redelivers either)."""
+        b.next += 1
+        b.dropped += dropped
+        if b.next == len(b.records):
+            self._buffer.pop(0)
+            if b.dropped == len(b.records):
+                self._term_later(b.delivery)
+            else:
+                self._ack_later(b.delivery)
+        elif time.monotonic() - b.progressed > _PROGRESS_EVERY:
+            b.progressed = time.monotonic()
+            asyncio.run_coroutine_threadsafe(self._conn.in_progress(b.delivery), _client.loop())
+
+    def _take_buffered(self, max_items: int, convert: _Convert) -> List[Any]:
+        """Up to max_items objects from deliveries already received (caller holds no lock). A
+        record that `convert` refuses is dropped and its error raised when it is the first one;
+        after others, it is left for the next call (which raises), so no error goes unseen."""
         out: List[Any] = []
         with self._lock:
             while self._buffer and len(out) < max_items:
                 b = self._buffer[0]
                 data, kind = b.records[b.next]
-                b.next += 1
-                if b.next == len(b.records):
-                    self._buffer.pop(0)
-                    self._ack_later(b.delivery)
-                elif time.monotonic() - b.progressed > _PROGRESS_EVERY:
-                    b.progressed = time.monotonic()
-                    asyncio.run_coroutine_threadsafe(self._conn.in_progress(b.delivery), _client.loop())
-                out.append(_wire.decode(data, kind, self._raw_only))
+                try:
+                    obj = convert(data, kind)
+                except Exception:
+                    if out:
+                        break
+                    self._advance(b, True)
+                    raise
+                self._advance(b, False)
+                out.append(obj)
         return out
 
-    def _accept(self, deliveries: List[Delivery], max_items: int) -> List[Any]:
-        """Decodes deliveries: returns up to max_items objects, buffers the rest of a batch,
-        acks each delivery whose records have all been handed out."""
-        out: List[Any] = []
+    def _accept(self, deliveries: List[Delivery], max_items: int, convert: _Convert) -> List[Any]:
+        """Buffers the records of the deliveries, in order, and hands out up to max_items of them
+        (see _take_buffered). A malformed delivery is terminated (never redelivered); its error
+        is raised if nothing else came."""
         error: Optional[BaseException] = None
-        for d in deliveries:
-            try:
-                records = _wire.records_of(d.msg.headers, d.msg.data)
-            except ValueError as e:  # malformed: never redeliver it
-                self._term_later(d)
-                error = error or e
-                continue
-            room = max_items - len(out)
-            if len(records) <= room:
+        with self._lock:
+            for d in deliveries:
                 try:
-                    out.extend(_wire.decode(data, kind, self._raw_only) for data, kind in records)
-                except Exception as e:  # noqa: BLE001 - an unpicklable message: drop it, say so
+                    records = _wire.records_of(d.msg.headers, d.msg.data)
+                except ValueError as e:  # malformed: never redeliver it
                     self._term_later(d)
                     error = error or e
                     continue
-                self._ack_later(d)
-            else:
-                with self._lock:
+                if records:
                     self._buffer.append(_Buffered(d, records))
-                if room > 0:
-                    out.extend(self._take_buffered(room))
+                else:
+                    self._ack_later(d)  # an empty batch
+        out = self._take_buffered(max_items, convert)
         if error is not None and not out:
             raise error
         return out
@@ -352,11 +373,13 @@ class Queue:
             if deadline is not None and time.monotonic() >= deadline:
                 return got
 
-    def _get_many_sync(self, max_items: int, block: bool, timeout: Optional[float]) -> List[Any]:
+    def _get_many_sync(self, max_items: int, block: bool, timeout: Optional[float],
+                       convert: Optional[_Convert] = None) -> List[Any]:
         self._check_open()
         if max_items <= 0:
             return []
-        out = self._take_buffered(max_items)
+        convert = convert or self._decode
+        out = self._take_buffered(max_items, convert)
         if out:
             return out
         deadline = self._deadline(block, timeout)
@@ -364,18 +387,19 @@ class Queue:
             deliveries = _client.run(self._pull(max_items, deadline))
             if not deliveries:
                 raise Empty
-            out = self._accept(deliveries, max_items)
+            out = self._accept(deliveries, max_items, convert)
             if out:
                 return out
             if deadline is not None and time.monotonic() >= deadline:
                 raise Empty
 
-    async def _get_many_async(self, max_items: int, block: bool,
-                              timeout: Optional[float]) -> List[Any]:
+    async def _get_many_async(self, max_items: int, block: bool, timeout: Optional[float],
+                              convert: Optional[_Convert] = None) -> List[Any]:
         self._check_open()
         if max_items <= 0:
             return []
-        out = self._take_buffered(max_items)
+        convert = convert or self._decode
+        out = self._take_buffered(max_items, convert)
         if out:
             return out
         deadline = self._deadline(block, timeout)
@@ -383,7 +407,7 @@ class Queue:
             deliveries = await _client.run_async(self._pull(max_items, deadline))
             if not deliveries:
                 raise Empty
-            out = self._accept(deliveries, max_items)
+            out = self._accept(deliveries, max_items, convert)
             if out:
                 return out
             if deadline is not None and time.monotonic() >= deadline:
@@ -470,6 +494,31 @@ class Queue:
         there without waiting. ``queue.Empty`` if none came."""
         return self._get_many_sync(max_items, block, timeout)
 
+    def put_fb(self, fb_type: Any, mapping: Any = None, /, block: bool = True,
+               timeout: Optional[float] = None, **fields: Any) -> None:
+        """Stores a FlatBuffers message of ``fb_type`` (a table of a schema loaded with
+        ``shmq.fb.load``), built in C++ from ``mapping`` and ``fields`` as ``shmq.Queue.put_fb``
+        builds it (a finished buffer instead of a mapping is verified and sent as is). It travels
+        as one JetStream message of kind FlatBuffers (``Shmq-Kind: 2``, payload as a shmq.Queue
+        record holds it), so bridges move it to and from local queues. A bad value raises
+        TypeError/ValueError naming the field's path and nothing is published; then as ``put``."""
+        self._check_open()
+        payload = _fb_record(fb_type, mapping, fields)
+        msg_id = f"{self._id_prefix}-{self._next_id()}"
+        _client.run(self._publish(payload, _wire.KIND_FLATBUFFERS, msg_id,
+                                  self._deadline(block, timeout)))
+
+    def get_fb(self, fb_type: Any, block: bool = True, timeout: Optional[float] = None,
+               verify: bool = True) -> Any:
+        """Removes the oldest message and returns it as a ``shmq.fb.View`` of ``fb_type`` (over a
+        private copy: use it as ``with q.get_fb(T) as m: m.field`` or keep it). The message is
+        checked as ``shmq.Queue.get_fb`` checks one (kind, type identity, FlatBuffers verifier);
+        one that fails (a pickle, raw bytes, another type, a corrupt or hostile buffer) raises
+        ``shmq.fb.VerifyError`` and is dropped: terminated in JetStream, never redelivered.
+        ``verify=False`` checks only the type identity: for trusted peers only. ``queue.Empty``
+        as ``get``."""
+        return self._get_many_sync(1, block, timeout, _fb_reader(fb_type, verify))[0]
+
     def qsize(self) -> int:
         """Messages in the stream (including delivered ones not yet acknowledged): a guess, as
         other hosts change it at any moment."""
@@ -546,6 +595,20 @@ class Queue:
     async def get_many_async(self, max_items: int = 1024, timeout: Optional[float] = None) -> List[Any]:
         return await self._get_many_async(max_items, True, timeout)
 
+    async def put_fb_async(self, fb_type: Any, mapping: Any = None, /,
+                           timeout: Optional[float] = None, **fields: Any) -> None:
+        """``put_fb`` as a coroutine."""
+        self._check_open()
+        payload = _fb_record(fb_type, mapping, fields)
+        msg_id = f"{self._id_prefix}-{self._next_id()}"
+        await _client.run_async(self._publish(payload, _wire.KIND_FLATBUFFERS, msg_id,
+                                              self._deadline(True, timeout)))
+
+    async def get_fb_async(self, fb_type: Any, timeout: Optional[float] = None,
+                           verify: bool = True) -> Any:
+        """``get_fb`` as a coroutine."""
+        return (await self._get_many_async(1, True, timeout, _fb_reader(fb_type, verify)))[0]
+
     async def qsize_async(self) -> int:
         self._check_open()
         return await _client.run_async(self._qsize()) + self._buffered_count()
@@ -573,3 +636,22 @@ class Queue:
 
 def _rebuild(args: dict) -> Queue:
     return Queue(**args)
+
+
+def _check_fb_type(fb_type: Any, verb: str) -> None:
+    if not isinstance(fb_type, _fb.Type):
+        raise TypeError(f"{verb}() needs a shmq.fb Type (schema.Name) as its first argument, "
+                        f"got {type(fb_type).__name__}")
+
+
+def _fb_record(fb_type: Any, mapping: Any, fields: dict) -> bytes:
+    """The payload put_fb publishes: the message built (or a finished buffer verified) in C++."""
+    _check_fb_type(fb_type, "put_fb")
+    return fb_type.build_record(mapping, **fields)
+
+
+def _fb_reader(fb_type: Any, verify: bool) -> _Convert:
+    """get_fb's conversion of a record: a View, or VerifyError."""
+    _check_fb_type(fb_type, "get_fb")
+    verify = bool(verify)
+    return lambda data, kind: fb_type.from_record(data, kind, verify)

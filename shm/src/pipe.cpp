@@ -96,6 +96,19 @@ Result<std::unique_ptr<State>> make_end(const std::shared_ptr<Segment>& seg, uns
   return st;
 }
 
+// Whether the peer of `end` (the reader of a writer's direction, or the writer of a reader's) is
+// alive: with held ends, while any process holds its role; otherwise while a live process holds
+// the role lock, or before the peer's first attach (`peer_attached` still 0: nobody to be dead).
+bool peer_alive(const detail::PipeEnd& end, bool peer_is_reader,
+                const std::atomic<std::uint32_t>& peer_attached) noexcept {
+  const std::uint32_t role = detail::pipe_role(end.direction, peer_is_reader);
+  const Segment& seg = *end.segment;
+  if (end.held_ends) return seg.role_hold_present(role) || seg.role_held(role);
+  // relaxed: a counter; only whether it was ever bumped matters.
+  if (peer_attached.load(std::memory_order_relaxed) == 0) return true;
+  return seg.role_held(role);
+}
+
 }  // namespace
 
 // ---- Pipe
@@ -242,12 +255,7 @@ bool PipeWriter::reader_alive() const noexcept {
   if (!st_) return false;
   const core::SpscRingControl* c = st_->ring.control();
   if (c == nullptr || st_->ring.reader_gone()) return false;
-  const std::uint32_t role = detail::pipe_role(st_->end.direction, true);
-  const Segment& seg = *st_->end.segment;
-  if (st_->end.held_ends) return seg.role_hold_present(role) || seg.role_held(role);
-  // relaxed: a counter; before the first reader attaches there is nobody to be dead.
-  if (c->reader_attached.load(std::memory_order_relaxed) == 0) return true;
-  return seg.role_held(role);
+  return peer_alive(st_->end, /*peer_is_reader=*/true, c->reader_attached);
 }
 
 std::uint64_t PipeWriter::published_head() const noexcept {
@@ -298,12 +306,7 @@ bool PipeReader::writer_alive() const noexcept {
   // relaxed: a flag gating a decision; recv looks at the records again after it (see
   // SpscReader::not_ready()).
   if (c->writer_closed.load(std::memory_order_relaxed) != 0) return false;
-  const std::uint32_t role = detail::pipe_role(st_->end.direction, false);
-  const Segment& seg = *st_->end.segment;
-  if (st_->end.held_ends) return seg.role_hold_present(role) || seg.role_held(role);
-  // relaxed: a counter; before the first writer attaches there is nobody to be dead.
-  if (c->writer_attached.load(std::memory_order_relaxed) == 0) return true;
-  return seg.role_held(role);
+  return peer_alive(st_->end, /*peer_is_reader=*/false, c->writer_attached);
 }
 
 std::uint64_t PipeReader::published_tail() const noexcept {

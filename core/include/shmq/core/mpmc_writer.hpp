@@ -108,30 +108,13 @@ class MpmcWriter : public MpmcEnd {
   // slot for it), closed or corrupt (see "Batches" in status.hpp).
   std::size_t try_send_many(std::span<const std::span<const std::byte>> msgs, std::uint16_t kind,
                             Status* why = nullptr) noexcept {
-    std::size_t fit = 0;
-    while (fit < msgs.size() && fit < kMaxBatch && msgs[fit].size() <= ring_.slot_size()) ++fit;
-    Status st = fit == 0 && !msgs.empty() ? Status::too_big : Status::ok;
-    std::uint64_t pos = 0, n = 0;
-    if (fit != 0) {
-      st = claim(fit, words_[0], pos, &n);
-      if (st == Status::ok) {
-        std::uint64_t bytes = 0;
-        for (std::uint64_t i = 0; i < n; ++i) {
-          fill(ring_.slot(pos + i), msgs[i], kind, 0);
-          bytes += msgs[i].size();
-        }
-        commit_range(pos, n, words_[0]);
-        counters_.add(n, bytes);
-        if (n < msgs.size()) st = msgs[n].size() > ring_.slot_size() ? Status::too_big : Status::full;
-      }
-    }
-    if (why != nullptr) *why = st;
-    return static_cast<std::size_t>(n);
+    return send_run(msgs, kind, 0, 0, [](std::uint64_t, std::uint64_t) noexcept {}, why);
   }
 
   // [Q7] Sealed writes: like try_send_many (and commit), but every slot is marked kSlotSealed
   // with the host's `tag`, and seal(pos, n) runs after the slots are filled and before they are
-  // committed (send_many_sealed passes seal(pos, n, messages sent before this run)). seal() stores (release) a word of the host's that covers [pos, pos + n) and that
+  // committed (send_many_sealed passes seal(pos, n, messages sent before this run)). seal()
+  // stores (release) a word of the host's that covers [pos, pos + n) and that
   // ClaimRegistry::sealed() reads: from that store on, the messages are as good as committed,
   // since a survivor commits them if this writer dies. The host makes that store its record of
   // what was put (shm: a queue journal), exactly once per message across a crash.
@@ -139,28 +122,12 @@ class MpmcWriter : public MpmcEnd {
   std::size_t try_send_many_sealed(std::span<const std::span<const std::byte>> msgs,
                                    std::uint16_t kind, std::uint8_t tag, Seal&& seal,
                                    Status* why = nullptr) noexcept {
-    std::size_t fit = 0;
-    while (fit < msgs.size() && fit < kMaxBatch && msgs[fit].size() <= ring_.slot_size()) ++fit;
-    Status st = fit == 0 && !msgs.empty() ? Status::too_big : Status::ok;
-    std::uint64_t pos = 0, n = 0;
-    if (fit != 0) {
-      st = claim(fit, words_[0], pos, &n);
-      if (st == Status::ok) {
-        std::uint64_t bytes = 0;
-        for (std::uint64_t i = 0; i < n; ++i) {
-          fill(ring_.slot(pos + i), msgs[i], kind, kSlotSealed);
-          ring_.slot(pos + i).reserved = tag;
-          bytes += msgs[i].size();
-        }
-        seal(pos, n);
-        SHMQ_KILL_POINT(KillPoint::sealed);
-        commit_range(pos, n, words_[0]);
-        counters_.add(n, bytes);
-        if (n < msgs.size()) st = msgs[n].size() > ring_.slot_size() ? Status::too_big : Status::full;
-      }
-    }
-    if (why != nullptr) *why = st;
-    return static_cast<std::size_t>(n);
+    return send_run(msgs, kind, kSlotSealed, tag,
+                    [&](std::uint64_t pos, std::uint64_t n) noexcept {
+                      seal(pos, n);
+                      SHMQ_KILL_POINT(KillPoint::sealed);
+                    },
+                    why);
   }
   template <class Seal>
   void commit_sealed(MpmcClaim& c, std::size_t used, std::uint16_t kind, std::uint8_t flags,
@@ -334,6 +301,35 @@ class MpmcWriter : public MpmcEnd {
 
   // Writes a message into its claimed slot. A test armed at mid_write stops us with half of it
   // written; otherwise it is one copy.
+  // try_send_many and its sealed twin: one claim for a prefix of `msgs`, the slots filled with
+  // `flags` and `tag`, then before_commit(pos, n), then one commit of the run.
+  template <class BeforeCommit>
+  std::size_t send_run(std::span<const std::span<const std::byte>> msgs, std::uint16_t kind,
+                       std::uint8_t flags, std::uint8_t tag, BeforeCommit&& before_commit,
+                       Status* why) noexcept {
+    std::size_t fit = 0;
+    while (fit < msgs.size() && fit < kMaxBatch && msgs[fit].size() <= ring_.slot_size()) ++fit;
+    Status st = fit == 0 && !msgs.empty() ? Status::too_big : Status::ok;
+    std::uint64_t pos = 0, n = 0;
+    if (fit != 0) {
+      st = claim(fit, words_[0], pos, &n);
+      if (st == Status::ok) {
+        std::uint64_t bytes = 0;
+        for (std::uint64_t i = 0; i < n; ++i) {
+          fill(ring_.slot(pos + i), msgs[i], kind, flags);
+          ring_.slot(pos + i).reserved = tag;
+          bytes += msgs[i].size();
+        }
+        before_commit(pos, n);
+        commit_range(pos, n, words_[0]);
+        counters_.add(n, bytes);
+        if (n < msgs.size()) st = msgs[n].size() > ring_.slot_size() ? Status::too_big : Status::full;
+      }
+    }
+    if (why != nullptr) *why = st;
+    return static_cast<std::size_t>(n);
+  }
+
   void fill(MpmcSlotHeader& s, std::span<const std::byte> msg, std::uint16_t kind,
             std::uint8_t flags) noexcept {
     std::byte* dst = MpmcRing::payload_of(s);

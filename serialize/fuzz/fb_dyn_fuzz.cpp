@@ -15,33 +15,14 @@
 #include "shmq/core/status.hpp"
 #include "shmq/serialize/dyn_read.hpp"
 #include "shmq/serialize/schema.hpp"
+#include "one_shot_reader.hpp"
 #include "touch_dyn.hpp"
 
 namespace {
 
 namespace fb = shmq::fb;
 
-// A channel that yields one record and counts its release.
-class OneShotReader {
- public:
-  OneShotReader(const std::byte* data, std::size_t size, std::uint16_t kind)
-      : data_(data), size_(size), kind_(kind) {}
-  shmq::Status try_recv(shmq::Message& out) noexcept {
-    if (done_) return shmq::Status::empty;
-    done_ = true;
-    out.set_borrowed(data_, size_, kind_, &on_release, &released_, 0);
-    return shmq::Status::ok;
-  }
-  shmq::Status recv(shmq::Message& out, shmq::Deadline) noexcept { return try_recv(out); }
-  int released_ = 0;
-
- private:
-  static void on_release(void* ctx, std::uint64_t) noexcept { ++*static_cast<int*>(ctx); }
-  const std::byte* data_;
-  std::size_t size_;
-  std::uint16_t kind_;
-  bool done_ = false;
-};
+using shmq::fb::fuzz::OneShotReader;
 
 struct Schemas {
   fb::Schema tick = load(SHMQ_SCHEMA_DIR "/tick.fbs");

@@ -21,25 +21,38 @@ Liveness. The server holds a shared ``flock`` on its accept queue's file for as 
 ``ManagerGone`` at ``recv`` (the pipe's end of stream); a client killed mid-call ends its server
 thread the same way and never wedges the server or other clients.
 
-shmq-native objects. ``Queue()`` and ``JoinableQueue()`` hand out ``shmq.JoinableQueue`` objects
-(shared memory, no proxy round trip; a manager's queue counts tasks like ``queue.Queue``).
+shmq-native objects. SyncManager's ``Queue``, ``JoinableQueue`` (both ``shmq.JoinableQueue``: a
+manager's queue counts tasks like ``queue.Queue``), ``Lock``, ``RLock``, ``Semaphore``,
+``BoundedSemaphore``, ``Condition``, ``Event``, ``Barrier``, ``Value`` and ``Array`` hand out
+shmq's own objects: used in shared memory, with no proxy round trip, and robust to a holder's
+``kill -9`` as shmq's are. Their lifetime is the manager's: the client asks the server to make
+each one (one round trip, like a proxy's creation), the server keeps a handle to every object it
+made until it shuts down, and the client gets a handle of its own. So an object passed on by name
+(through a queue, a proxied dict, a Process' arguments) opens in its receiver even after every
+client dropped theirs, as long as the manager runs; and the manager's memory grows with every
+such object made until shutdown (multiprocessing frees a referent with its last proxy).
+``Value(typecode, value)`` whose type has no shared-memory form (``c_char_p``, ``c_wchar_p``,
+``c_void_p``, a pointer, or a typecode ctypes does not know) stays multiprocessing's
+``ValueProxy`` to a Python object in the server.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import signal
 from multiprocessing import connection as _mp_connection
 from multiprocessing import managers as _mpm
-from typing import Any, Optional
+from multiprocessing.sharedctypes import typecode_to_type as _typecode_to_type
+from typing import Any, Callable, Dict, Optional
 
-from . import _connection, _queues
+from . import _connection, _queues, sharedctypes, synchronize
 
 __all__ = [
     "BaseManager", "SyncManager", "Manager", "BaseProxy", "ManagerGone", "Address",
-    "Listener", "Client", "Token", "Namespace", "RemoteError", "SERIALIZER",
+    "Listener", "Client", "Token", "Namespace", "RemoteError", "SERIALIZER", "Server",
 ]
 
 # multiprocessing's proxy and server machinery, re-exported for BaseManager.register() users.
@@ -311,21 +324,127 @@ class BaseManager(_mpm.BaseManager):
         super()._run_server(*args, **kwds)
 
 
+# The shmq-native types of a SyncManager: typeid -> what its server calls to make one.
+_NATIVE: Dict[str, Callable[..., Any]] = {
+    "Queue": _queues.JoinableQueue,
+    "JoinableQueue": _queues.JoinableQueue,
+    "Lock": synchronize.Lock,
+    "RLock": synchronize.RLock,
+    "Semaphore": synchronize.Semaphore,
+    "BoundedSemaphore": synchronize.BoundedSemaphore,
+    "Condition": synchronize.Condition,
+    "Event": synchronize.Event,
+    "Barrier": synchronize.Barrier,
+    "Value": sharedctypes.Value,
+    "Array": sharedctypes.Array,
+}
+
+
+class Server(_mpm.Server):
+    """multiprocessing's manager Server plus ``make_native``: makes a shmq-native object for a
+    client and keeps it until the server ends, so that the object lives as long as the manager
+    (see the module's docstring)."""
+
+    public = _mpm.Server.public + ["make_native"]
+
+    def __init__(self, *args: Any, **kwds: Any) -> None:
+        super().__init__(*args, **kwds)
+        self.native_objects: "list[Any]" = []
+
+    def make_native(self, c: Any, typeid: str, /, *args: Any, **kwds: Any) -> Any:
+        """``(True, obj)``, or ``(False, exception)`` when making it failed (bad arguments): the
+        client raises that exception itself rather than a RemoteError with its text."""
+        try:
+            obj = _NATIVE[typeid](*args, **kwds)
+        except Exception as e:  # noqa: BLE001 - handed to the client, which raises it
+            return False, e
+        with self.mutex:
+            self.native_objects.append(obj)
+        return True, obj
+
+
+def _in_shared_memory(typecode_or_type: Any) -> bool:
+    """Whether a ctypes object of this typecode or type can live in shared memory: a ctypes
+    type that holds no pointer (at its top level)."""
+    t = _typecode_to_type.get(typecode_or_type, typecode_or_type) \
+        if isinstance(typecode_or_type, str) else typecode_or_type
+    if not isinstance(t, type):
+        return False
+    while issubclass(t, ctypes.Array):
+        t = t._type_
+    if issubclass(t, ctypes._SimpleCData):
+        return t._type_ not in ("z", "Z", "P", "O")  # char*, wchar_t*, void*, PyObject*
+    return issubclass(t, (ctypes.Structure, ctypes.Union))
+
+
 class SyncManager(BaseManager, _mpm.SyncManager):
-    """multiprocessing's SyncManager over shmq pipes: ``dict``, ``list``, ``Namespace``,
-    ``Value``, ``Array``, ``Lock``, ``RLock``, ``Semaphore``, ``BoundedSemaphore``,
-    ``Condition``, ``Event``, ``Barrier``, ``Pool`` are proxies served by the manager's
-    process; ``Queue`` and ``JoinableQueue`` are shmq queues in shared memory."""
+    """multiprocessing's SyncManager over shmq pipes. ``dict``, ``list``, ``Namespace`` and
+    ``Pool`` are proxies served by the manager's process; ``Queue``, ``JoinableQueue``, ``Lock``,
+    ``RLock``, ``Semaphore``, ``BoundedSemaphore``, ``Condition``, ``Event``, ``Barrier``,
+    ``Value`` and ``Array`` are shmq's own objects in shared memory, made and kept by the server
+    until it shuts down (see the module's docstring)."""
+
+    _Server = Server
 
     def Queue(self, maxsize: int = 0) -> _queues.JoinableQueue:
         """A ``shmq.JoinableQueue`` (``queue.Queue``'s semantics: ``task_done``/``join``)."""
-        self._check_started()
-        return _queues.JoinableQueue(maxsize)
+        return self._make_native("Queue", maxsize)
 
     def JoinableQueue(self, maxsize: int = 0) -> _queues.JoinableQueue:
         """A ``shmq.JoinableQueue``."""
+        return self._make_native("JoinableQueue", maxsize)
+
+    def Lock(self) -> synchronize.Lock:
+        """A ``shmq.Lock``."""
+        return self._make_native("Lock")
+
+    def RLock(self) -> synchronize.RLock:
+        """A ``shmq.RLock``."""
+        return self._make_native("RLock")
+
+    def Semaphore(self, value: int = 1) -> synchronize.Semaphore:
+        """A ``shmq.Semaphore``."""
+        return self._make_native("Semaphore", value)
+
+    def BoundedSemaphore(self, value: int = 1) -> synchronize.BoundedSemaphore:
+        """A ``shmq.BoundedSemaphore``."""
+        return self._make_native("BoundedSemaphore", value)
+
+    def Condition(self, lock: Optional[synchronize.Lock] = None) -> synchronize.Condition:
+        """A ``shmq.Condition`` (``lock``: a shmq Lock or RLock, e.g. this manager's)."""
+        return self._make_native("Condition", lock)
+
+    def Event(self) -> synchronize.Event:
+        """A ``shmq.Event``."""
+        return self._make_native("Event")
+
+    def Barrier(self, parties: int, action: Optional[Callable[[], Any]] = None,
+                timeout: Optional[float] = None) -> synchronize.Barrier:
+        """A ``shmq.Barrier`` (``action`` runs in the last process to arrive, not in the
+        server)."""
+        return self._make_native("Barrier", parties, action, timeout)
+
+    def Value(self, typecode: Any, value: Any, lock: Any = True) -> Any:
+        """A ``shmq.Value`` (``.value``, ``get_lock()``, ``get_obj()``); a ValueProxy if the type
+        has no shared-memory form (see the module's docstring)."""
+        if not _in_shared_memory(typecode):
+            return _mpm.SyncManager.Value(self, typecode, value, lock)
+        return self._make_native("Value", typecode, value, lock=lock)
+
+    def Array(self, typecode: Any, sequence: Any, lock: Any = True) -> Any:
+        """A ``shmq.Array`` (``sequence``: its items, or their number)."""
+        return self._make_native("Array", typecode, sequence, lock=lock)
+
+    def _make_native(self, typeid: str, *args: Any, **kwds: Any) -> Any:
         self._check_started()
-        return _queues.JoinableQueue(maxsize)
+        conn = self._Client(self._address, authkey=self._authkey)
+        try:
+            ok, result = _mpm.dispatch(conn, None, "make_native", (typeid,) + args, kwds)
+        finally:
+            conn.close()
+        if not ok:
+            raise result
+        return result
 
     def _check_started(self) -> None:
         if self._state.value != _mpm.State.STARTED:

@@ -2,13 +2,20 @@
 
 Covers SyncManager's types from child processes (fork and spawn), register() with custom types
 and proxies returned by methods, connect() from another process by address, a client killed
-mid-call (the server and the other clients go on), and a dead server (a clear error, no hang)."""
+mid-call (the server and the other clients go on), and a dead server (a clear error, no hang);
+the shmq-native types (shmq's own Queue, Lock, ..., Value, Array) that outlive their creator's
+reference as long as the manager runs, and a lock holder killed with SIGKILL."""
 
+import ctypes
+import gc
 import multiprocessing as mp
 import os
+import pickle
+import queue
 import signal
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -75,13 +82,148 @@ def test_sync_manager_types_work_from_a_child(method):
         assert v.value == 42
         assert list(a[:]) == [101, 2, 3]
         bsem.acquire()
-        with pytest.raises(ValueError):  # BoundedSemaphore's error, raised in the server
+        with pytest.raises(ValueError):  # BoundedSemaphore's error
             bsem.release() or bsem.release()
         with pytest.raises(KeyError):  # the referent's exception travels back
             d["missing"]
         out.close()
         for x in (q, jq):
             x.close()
+
+
+# ---- the shmq-native types -------------------------------------------------------------------------
+
+def test_native_types_are_shmq_objects():
+    with shmq.Manager() as m:
+        made = {
+            shmq.JoinableQueue: [m.Queue(), m.JoinableQueue(3)],
+            shmq.Lock: [m.Lock()], shmq.RLock: [m.RLock()],
+            shmq.Semaphore: [m.Semaphore(2)], shmq.BoundedSemaphore: [m.BoundedSemaphore()],
+            shmq.Condition: [m.Condition(), m.Condition(m.Lock())],
+            shmq.Event: [m.Event()], shmq.Barrier: [m.Barrier(2)],
+            shmq.sharedctypes.Synchronized: [m.Value("i", 7), m.Value(ctypes.c_double, 0.5)],
+            shmq.sharedctypes.SynchronizedArray: [m.Array("i", [1, 2, 3]), m.Array("d", 4)],
+        }
+        for cls, objs in made.items():
+            for obj in objs:
+                assert type(obj) is cls, (cls, obj)
+        assert type(made[shmq.RLock][0]) is not shmq.Lock
+        assert made[shmq.Semaphore][0].get_value() == 2
+        assert made[shmq.Barrier][0].parties == 2
+        v, a = made[shmq.sharedctypes.Synchronized][0], made[shmq.sharedctypes.SynchronizedArray][0]
+        assert v.value == 7 and isinstance(v.get_lock(), shmq.RLock)
+        assert a[:] == [1, 2, 3] and len(made[shmq.sharedctypes.SynchronizedArray][1]) == 4
+        bounded = made[shmq.JoinableQueue][1]
+        for i in range(3):
+            bounded.put(i)
+        with pytest.raises(queue.Full):
+            bounded.put(3, block=False)  # maxsize reached the server
+        assert type(m.Value("i", 1, lock=False)) is ctypes.c_int  # lock=False: the raw value
+        cond_lock = m.Lock()
+        assert m.Condition(cond_lock)._lock._block.handle == cond_lock._block.handle
+        # No shared-memory form (a pointer, or not a ctypes type): multiprocessing's ValueProxy.
+        for typecode, value in ((ctypes.c_char_p, "hello"), ("x", [1, 2])):
+            proxy = m.Value(typecode, value)
+            assert isinstance(proxy, sm._mpm.ValueProxy) and proxy.value == value
+        # Bad arguments raise their own error, not a RemoteError.
+        with pytest.raises(ValueError):
+            m.Semaphore(-1)
+        with pytest.raises(ValueError):
+            m.Barrier(0)
+        with pytest.raises(TypeError):
+            m.Condition(threading.Lock())
+        with pytest.raises(TypeError):
+            m.Value("i", "not a number")
+        with pytest.raises(AttributeError):
+            m.Value("i", 5, lock="no acquire")
+        for q in made[shmq.JoinableQueue]:
+            q.close()
+    with pytest.raises(mp.ProcessError):
+        m.Lock()  # the manager is shut down
+
+
+def _use_dropped(d, pickled, out):
+    objs = [d["lock"], d["event"], d["value"]] + list(pickle.loads(pickled))
+    for lock in (objs[0], objs[3]):
+        assert lock.acquire(timeout=WAIT)
+        lock.release()
+    objs[1].set()
+    objs[4].set()
+    objs[2].value += 1
+    objs[5].value += 10
+    objs[6].put("through the dropped queue")
+    out.put("ok")
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_native_objects_live_as_long_as_the_manager(method):
+    """Made in one client, passed on (through a proxied dict, or pickled to bytes, which no
+    process holds) and dropped by their creator: they still open in a child."""
+    ctx = mp.get_context(method)
+    with shmq.Manager(ctx=ctx) as m:
+        d, out = m.dict(), shmq.Queue()
+        d["lock"], d["event"], d["value"] = m.Lock(), m.Event(), m.Value("i", 1)
+        pickled = pickle.dumps((m.Lock(), m.Event(), m.Value("i", 2), m.Queue()))
+        gc.collect()  # every handle of this process is gone: only the server holds them now
+        p = ctx.Process(target=_use_dropped, args=(d, pickled, out))
+        p.start()
+        assert out.get(timeout=WAIT) == "ok"
+        p.join(WAIT)
+        assert p.exitcode == 0
+        lock, event, value = d["lock"], d["event"], d["value"]
+        assert event.is_set() and value.value == 2
+        assert lock.acquire(timeout=WAIT)
+        lock.release()
+        _, event, value, q = pickle.loads(pickled)
+        assert event.is_set() and value.value == 12
+        assert q.get(timeout=WAIT) == "through the dropped queue"
+        q.close()
+        out.close()
+
+
+def test_a_dropped_shmq_object_without_a_manager_is_gone():
+    """The control of the test above: what no process holds is freed, so the manager's hold is
+    what kept those objects."""
+    pickled = pickle.dumps(shmq.Event())
+    gc.collect()
+    with pytest.raises(FileNotFoundError, match="no longer exists"):
+        pickle.loads(pickled)
+
+
+def _hold(lock, started):
+    with lock:
+        started.set()
+        time.sleep(600)
+
+
+def _acquire_and_report(lock, out):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = lock.acquire(timeout=WAIT)
+    if got:
+        lock.release()
+    out.put((got, [w.category.__name__ for w in caught]))
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock"])
+def test_a_holder_killed_inside_with_lock_does_not_wedge_the_others(kind):
+    with shmq.Manager() as m:
+        lock, started, out = getattr(m, kind)(), m.Event(), shmq.Queue()
+        holder = mp.Process(target=_hold, args=(lock, started))
+        holder.start()
+        assert started.wait(WAIT)
+        assert lock.acquire(timeout=0.05) is False  # held by a live process
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(WAIT)
+        other = mp.Process(target=_acquire_and_report, args=(lock, out))
+        other.start()
+        # Another process takes it over, told that its holder died.
+        assert out.get(timeout=WAIT) == (True, ["OwnerDiedWarning"])
+        other.join(WAIT)
+        assert other.exitcode == 0
+        assert lock.acquire(timeout=WAIT) is True  # and so does this one, after it
+        lock.release()
+        out.close()
 
 
 def _square(x):

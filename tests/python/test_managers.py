@@ -91,7 +91,7 @@ def test_sync_manager_types_work_from_a_child(method):
             x.close()
 
 
-# ---- the shmq-native types -------------------------------------------------------------------------
+# ---- the shmq-native types -----------------------------------------------------------------------
 
 def test_native_types_are_shmq_objects():
     with shmq.Manager() as m:

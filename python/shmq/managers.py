@@ -53,6 +53,7 @@ from . import _connection, _queues, sharedctypes, synchronize
 __all__ = [
     "BaseManager", "SyncManager", "Manager", "BaseProxy", "ManagerGone", "Address",
     "Listener", "Client", "Token", "Namespace", "RemoteError", "SERIALIZER", "Server",
+    "ManagedValue",
 ]
 
 # multiprocessing's proxy and server machinery, re-exported for BaseManager.register() users.
@@ -324,6 +325,27 @@ class BaseManager(_mpm.BaseManager):
         super()._run_server(*args, **kwds)
 
 
+class ManagedValue(sharedctypes.Synchronized):
+    """A manager's ``Value``: a ``shmq.Value`` (``.value``, ``get_lock()``, ``get_obj()``) that
+    also has multiprocessing's ValueProxy's ``get()`` and ``set(value)``."""
+
+    def get(self) -> Any:
+        return self.value
+
+    def set(self, value: Any) -> None:
+        self.value = value
+
+    def __reduce__(self) -> Any:
+        return ManagedValue, (self._obj, self._lock)
+
+
+def _make_value(typecode: Any, value: Any, lock: Any = True) -> Any:
+    v = sharedctypes.Value(typecode, value, lock=lock)
+    if type(v) is sharedctypes.Synchronized:
+        return ManagedValue(v.get_obj(), v.get_lock())
+    return v  # lock=False (the raw ctypes object), or a Structure's synchronized wrapper
+
+
 # The shmq-native types of a SyncManager: typeid -> what its server calls to make one.
 _NATIVE: Dict[str, Callable[..., Any]] = {
     "Queue": _queues.JoinableQueue,
@@ -335,7 +357,7 @@ _NATIVE: Dict[str, Callable[..., Any]] = {
     "Condition": synchronize.Condition,
     "Event": synchronize.Event,
     "Barrier": synchronize.Barrier,
-    "Value": sharedctypes.Value,
+    "Value": _make_value,
     "Array": sharedctypes.Array,
 }
 
@@ -425,8 +447,8 @@ class SyncManager(BaseManager, _mpm.SyncManager):
         return self._make_native("Barrier", parties, action, timeout)
 
     def Value(self, typecode: Any, value: Any, lock: Any = True) -> Any:
-        """A ``shmq.Value`` (``.value``, ``get_lock()``, ``get_obj()``); a ValueProxy if the type
-        has no shared-memory form (see the module's docstring)."""
+        """A ``ManagedValue``: a ``shmq.Value`` with ``get()``/``set()`` too; a ValueProxy if the
+        type has no shared-memory form (see the module's docstring)."""
         if not _in_shared_memory(typecode):
             return _mpm.SyncManager.Value(self, typecode, value, lock)
         return self._make_native("Value", typecode, value, lock=lock)

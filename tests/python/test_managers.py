@@ -101,7 +101,7 @@ def test_native_types_are_shmq_objects():
             shmq.Semaphore: [m.Semaphore(2)], shmq.BoundedSemaphore: [m.BoundedSemaphore()],
             shmq.Condition: [m.Condition(), m.Condition(m.Lock())],
             shmq.Event: [m.Event()], shmq.Barrier: [m.Barrier(2)],
-            shmq.sharedctypes.Synchronized: [m.Value("i", 7), m.Value(ctypes.c_double, 0.5)],
+            sm.ManagedValue: [m.Value("i", 7), m.Value(ctypes.c_double, 0.5)],
             shmq.sharedctypes.SynchronizedArray: [m.Array("i", [1, 2, 3]), m.Array("d", 4)],
         }
         for cls, objs in made.items():
@@ -110,8 +110,12 @@ def test_native_types_are_shmq_objects():
         assert type(made[shmq.RLock][0]) is not shmq.Lock
         assert made[shmq.Semaphore][0].get_value() == 2
         assert made[shmq.Barrier][0].parties == 2
-        v, a = made[shmq.sharedctypes.Synchronized][0], made[shmq.sharedctypes.SynchronizedArray][0]
+        v, a = made[sm.ManagedValue][0], made[shmq.sharedctypes.SynchronizedArray][0]
+        assert isinstance(v, shmq.sharedctypes.Synchronized)  # a shmq Value
         assert v.value == 7 and isinstance(v.get_lock(), shmq.RLock)
+        v.set(8)  # and ValueProxy's get/set
+        assert v.get() == 8 == v.value
+        assert type(pickle.loads(pickle.dumps(v))) is sm.ManagedValue
         assert a[:] == [1, 2, 3] and len(made[shmq.sharedctypes.SynchronizedArray][1]) == 4
         bounded = made[shmq.JoinableQueue][1]
         for i in range(3):

@@ -387,7 +387,7 @@ class Server(_mpm.Server):
 
 def _in_shared_memory(typecode_or_type: Any) -> bool:
     """Whether a ctypes object of this typecode or type can live in shared memory: a ctypes
-    type that holds no pointer (at its top level)."""
+    type that holds no pointer, not even in a field or an item."""
     t = _typecode_to_type.get(typecode_or_type, typecode_or_type) \
         if isinstance(typecode_or_type, str) else typecode_or_type
     if not isinstance(t, type):
@@ -396,7 +396,9 @@ def _in_shared_memory(typecode_or_type: Any) -> bool:
         t = t._type_
     if issubclass(t, ctypes._SimpleCData):
         return t._type_ not in ("z", "Z", "P", "O")  # char*, wchar_t*, void*, PyObject*
-    return issubclass(t, (ctypes.Structure, ctypes.Union))
+    if issubclass(t, (ctypes.Structure, ctypes.Union)):
+        return all(_in_shared_memory(field[1]) for field in getattr(t, "_fields_", ()))
+    return False
 
 
 class SyncManager(BaseManager, _mpm.SyncManager):

@@ -1,7 +1,8 @@
 """CPython's own multiprocessing tests for the synchronization classes and shared ctypes
 (_TestLock, _TestSemaphore, _TestCondition, _TestEvent, _TestBarrier, _TestValue, _TestArray), run
 against the objects a shmq.Manager hands out (its Lock, RLock, ..., Value and Array are shmq's own
-objects, made and kept by the manager's server).
+objects, made and kept by the manager's server); and CPython's _TestContainers (the manager's
+dict, list and Namespace proxies) with CPython's own manager mixin, on a shmq.Manager.
 
 The classes are test_mp_sync.py's (CPython's tests against shmq's objects made directly, with its
 two adaptations); only where the objects come from changes. Two more adaptations, both because an
@@ -17,6 +18,7 @@ import unittest
 
 import shmq
 import test_mp_sync as plain
+from test import _test_multiprocessing as cpython
 
 
 def _from_manager(name):
@@ -85,3 +87,10 @@ class TestManagerValue(ManagerMixin, plain.TestValue):
 
 class TestManagerArray(ManagerMixin, plain.TestArray):
     pass
+
+
+class TestContainers(cpython.ManagerMixin, cpython._TestContainers, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cpython.BaseMixin.setUpClass.__func__(cls)  # CPython's, but for the manager it makes
+        cls.manager = shmq.Manager()

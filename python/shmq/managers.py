@@ -43,6 +43,7 @@ import errno
 import fcntl
 import os
 import signal
+import weakref
 from multiprocessing import connection as _mp_connection
 from multiprocessing import managers as _mpm
 from multiprocessing.sharedctypes import typecode_to_type as _typecode_to_type
@@ -167,6 +168,7 @@ class Listener:
         except BaseException:
             conn.close()
             raise
+        _listeners.accepted(conn)
         return conn
 
     def close(self) -> None:
@@ -189,6 +191,14 @@ class Listener:
         if fd is not None:
             os.close(fd)
 
+    def _forget_in_child(self) -> None:
+        """In a forked child: lets go of this process's copies (the lock fd, the accept queue's
+        handle); the parent goes on listening."""
+        self._drop_lock()
+        q, self._queue = self._queue, None
+        if q is not None:
+            q.close()
+
     def __enter__(self) -> "Listener":
         return self
 
@@ -197,11 +207,17 @@ class Listener:
 
 
 class _ListenerSet:
-    """The live Listeners of this process; a forked child closes its inherited lock fds so that
-    the server's death shows even while its children (a Pool's workers) live on."""
+    """The live Listeners of this process and the connections they accepted. A forked child (a
+    Pool's worker, forked by a server thread while it serves a call) closes its inherited lock
+    fds, so that the server's death shows even while its children live on, and its copies of the
+    accept queues and of the accepted connections, which it never uses: otherwise each would stay
+    open as long as the child, and a child killed after everyone else closed (a Pool's
+    ``terminate()``) would leave them in /dev/shm for the next ``shmq.gc()``. (In a forked
+    child, ``close()`` lets go of this process's copy only: the parent's stay open.)"""
 
     def __init__(self) -> None:
         self._items: "set[Listener]" = set()
+        self._accepted: "weakref.WeakSet[_connection.Connection]" = weakref.WeakSet()
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def add(self, l: Listener) -> None:
@@ -210,10 +226,16 @@ class _ListenerSet:
     def discard(self, l: Listener) -> None:
         self._items.discard(l)
 
+    def accepted(self, conn: _connection.Connection) -> None:
+        self._accepted.add(conn)
+
     def _after_fork_in_child(self) -> None:
         for l in self._items:
-            l._drop_lock()
+            l._forget_in_child()
         self._items.clear()
+        for conn in list(self._accepted):
+            conn.close()
+        self._accepted = weakref.WeakSet()
 
 
 _listeners = _ListenerSet()

@@ -382,6 +382,52 @@ def test_a_client_killed_mid_call_wedges_neither_the_server_nor_other_clients(re
     assert not m._process.is_alive() if m._process is not None else True
 
 
+class Forker:
+    def fork(self):
+        pid = os.fork()
+        if pid == 0:  # a child of the server, forked while a server thread serves this call
+            time.sleep(600)
+            os._exit(0)
+        return pid
+
+
+class ForkingManager(sm.BaseManager):
+    pass
+
+
+ForkingManager.register("Forker", Forker)
+
+
+def _dead(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_child_the_server_forks_holds_none_of_its_connections():
+    """A child forked by the server (as a Pool's workers are) and killed after everyone else
+    closed must leave neither a connection's pipe nor the accept queue behind: it dropped its
+    copies of the server's at the fork."""
+    with ForkingManager() as m:
+        f = m.Forker()
+        pid = f.fork()
+        name = f._tls.connection._h.name  # the connection this proxy's calls went through
+        assert os.path.exists("/dev/shm/shmq." + name)
+        assert m._number_of_objects() == 1  # the server still accepts connections
+        del f
+        gc.collect()  # the last proxy goes: its connection closes
+        address = m.address
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT
+    while not _dead(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _dead(pid)
+    assert not os.path.exists("/dev/shm/shmq." + name)
+    assert not os.path.exists("/dev/shm/shmq." + address)  # nor the accept queue
+
+
 def test_a_dead_server_gives_a_clear_error():
     m = shmq.Manager()
     d = m.dict()

@@ -168,7 +168,7 @@ class Listener:
         except BaseException:
             conn.close()
             raise
-        _listeners.accepted(conn)
+        _listeners.close_in_children(conn)
         return conn
 
     def close(self) -> None:
@@ -210,14 +210,15 @@ class _ListenerSet:
     """The live Listeners of this process and the connections they accepted. A forked child (a
     Pool's worker, forked by a server thread while it serves a call) closes its inherited lock
     fds, so that the server's death shows even while its children live on, and its copies of the
-    accept queues and of the accepted connections, which it never uses: otherwise each would stay
-    open as long as the child, and a child killed after everyone else closed (a Pool's
-    ``terminate()``) would leave them in /dev/shm for the next ``shmq.gc()``. (In a forked
-    child, ``close()`` lets go of this process's copy only: the parent's stay open.)"""
+    accept queues, of the accepted connections and of the queues the server keeps for its
+    clients, which it never uses: otherwise each would stay open as long as the child, and a
+    child killed after everyone else closed (a Pool's ``terminate()``) would leave them in
+    /dev/shm for the next ``shmq.gc()``. (In a forked child, ``close()`` lets go of this
+    process's copy only: the parent's stay open.)"""
 
     def __init__(self) -> None:
         self._items: "set[Listener]" = set()
-        self._accepted: "weakref.WeakSet[_connection.Connection]" = weakref.WeakSet()
+        self._objects: "weakref.WeakSet[Any]" = weakref.WeakSet()
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def add(self, l: Listener) -> None:
@@ -226,16 +227,17 @@ class _ListenerSet:
     def discard(self, l: Listener) -> None:
         self._items.discard(l)
 
-    def accepted(self, conn: _connection.Connection) -> None:
-        self._accepted.add(conn)
+    def close_in_children(self, obj: Any) -> None:
+        """A forked child closes its copy of `obj` (a connection, a queue) at once."""
+        self._objects.add(obj)
 
     def _after_fork_in_child(self) -> None:
         for l in self._items:
             l._forget_in_child()
         self._items.clear()
-        for conn in list(self._accepted):
-            conn.close()
-        self._accepted = weakref.WeakSet()
+        for obj in list(self._objects):
+            obj.close()
+        self._objects = weakref.WeakSet()
 
 
 _listeners = _ListenerSet()
@@ -404,6 +406,8 @@ class Server(_mpm.Server):
             return False, e
         with self.mutex:
             self.native_objects.append(obj)
+        if isinstance(obj, _queues.Queue):
+            _listeners.close_in_children(obj)
         return True, obj
 
 

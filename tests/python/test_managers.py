@@ -391,7 +391,7 @@ class Forker:
         return pid
 
 
-class ForkingManager(sm.BaseManager):
+class ForkingManager(sm.SyncManager):
     pass
 
 
@@ -408,9 +408,11 @@ def _dead(pid):
 
 def test_a_child_the_server_forks_holds_none_of_its_connections():
     """A child forked by the server (as a Pool's workers are) and killed after everyone else
-    closed must leave neither a connection's pipe nor the accept queue behind: it dropped its
-    copies of the server's at the fork."""
+    closed must leave neither a connection's pipe, nor the accept queue, nor a queue the server
+    kept behind: it dropped its copies of the server's at the fork."""
     with ForkingManager() as m:
+        q = m.Queue()  # one the server keeps
+        q.put("kept")
         f = m.Forker()
         pid = f.fork()
         name = f._tls.connection._h.name  # the connection this proxy's calls went through
@@ -418,7 +420,9 @@ def test_a_child_the_server_forks_holds_none_of_its_connections():
         assert m._number_of_objects() == 1  # the server still accepts connections
         del f
         gc.collect()  # the last proxy goes: its connection closes
-        address = m.address
+        address, queue_name = m.address, q._h.name
+        assert q.get(timeout=WAIT) == "kept"
+        q.close()
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + WAIT
     while not _dead(pid) and time.monotonic() < deadline:
@@ -426,6 +430,7 @@ def test_a_child_the_server_forks_holds_none_of_its_connections():
     assert _dead(pid)
     assert not os.path.exists("/dev/shm/shmq." + name)
     assert not os.path.exists("/dev/shm/shmq." + address)  # nor the accept queue
+    assert not os.path.exists("/dev/shm/shmq." + queue_name)  # nor a queue the server kept
 
 
 def test_a_dead_server_gives_a_clear_error():

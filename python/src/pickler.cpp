@@ -142,21 +142,27 @@ PyObject* forking_dumps(PyObject* obj) {
     return nullptr;
   }
   PyObject* res = nullptr;
-  PyObject* r = PyObject_CallNoArgs(p.clear_memo);  // also after a dump that failed midway
-  if (r != nullptr) {
-    Py_DECREF(r);
-    r = PyObject_CallOneArg(p.dump, obj);
-  }
+  PyObject* r = PyObject_CallOneArg(p.dump, obj);
   if (r != nullptr) {
     Py_DECREF(r);
     res = take_pickle(p.parts);
-  } else {
-    PyObject *type, *value, *tb;  // keep the pickling error while the parts are dropped
-    PyErr_Fetch(&type, &value, &tb);
-    if (PyList_SetSlice(p.parts, 0, PyList_GET_SIZE(p.parts), nullptr) != 0) PyErr_Clear();
-    PyErr_Restore(type, value, tb);
   }
-  if (g_pool.size() < kPoolMax) {
+  // The memo is cleared after each dump, not before the next: it holds a reference to every
+  // object pickled, which would keep the last one sent alive in this process (and a pickler
+  // whose memo is not empty must not be reused: its next pickle would refer into it).
+  PyObject *type, *value, *tb;  // keep a pickling error while the pickler is reset
+  PyErr_Fetch(&type, &value, &tb);
+  if (res == nullptr && PyList_SetSlice(p.parts, 0, PyList_GET_SIZE(p.parts), nullptr) != 0)
+    PyErr_Clear();
+  PyObject* cleared = PyObject_CallNoArgs(p.clear_memo);
+  const bool reusable = cleared != nullptr;
+  if (reusable) {
+    Py_DECREF(cleared);
+  } else {
+    PyErr_Clear();
+  }
+  PyErr_Restore(type, value, tb);
+  if (reusable && g_pool.size() < kPoolMax) {
     g_pool.push_back(p);
   } else {
     drop(p);

@@ -538,12 +538,14 @@ def test_the_cli_lists_an_arena_and_names_a_lock_holder():
     lock.release()
 
 
-def test_an_object_received_through_a_queue_lets_go_of_its_block():
+def test_an_object_sent_and_received_through_a_queue_lets_go_of_its_block():
     # The native module does not print nanobind's leak report at exit (module.cpp); this checks
     # the reference counts that report is about.
     v = shmq.Value("d", 1.0)
+    before = sys.getrefcount(v)
     q = shmq.Queue()
     q.put(v)
+    assert sys.getrefcount(v) == before  # the sender's pickler keeps nothing
     o = q.get(timeout=30)
     block = o.get_lock()._block
     assert sys.getrefcount(block) > 2  # held by the received Value too

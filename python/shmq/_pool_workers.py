@@ -135,22 +135,25 @@ class Supervision:
                 if self._state is STOPPED:
                     return
                 watched = dict(self._watch)
+                wake = self._wake_r
             try:
-                ready = _mp_connection.wait(list(watched) + [self._wake_r])
+                ready = _mp_connection.wait(list(watched) + [wake])
             except OSError:
-                ready = [self._wake_r]
+                ready = [wake]
             with self._lock:
                 retired, self._retired = self._retired, []
             for q in retired:
                 close_and_unlink(q)
             for fd in ready:
-                if fd == self._wake_r:
+                if fd == wake:
                     try:
                         os.read(fd, 4096)
                     except OSError:
                         pass
                     continue
-                wid = watched[fd]
+                wid = watched.get(fd)
+                if wid is None:
+                    continue
                 with self._lock:
                     if self._watch.pop(fd, None) is None:
                         continue

@@ -243,34 +243,55 @@ nb::list QueueHandle::get_batches(std::size_t max_items, std::size_t max_bytes, 
   return out;
 }
 
-std::size_t QueueHandle::put_batch(nb::bytes payload, std::size_t start, bool block,
-                                   std::optional<double> timeout) {
+namespace {
+
+// The records of a batch payload (batch_format.hpp), checked, and `start` within them.
+std::vector<BatchRecord> batch_records_from(const nb::bytes& payload, std::size_t start,
+                                            const char* what) {
   std::vector<BatchRecord> records;
   const std::span<const std::byte> all(reinterpret_cast<const std::byte*>(payload.c_str()),
                                        payload.size());
   if (!parse_batch(all, records))
     throw_py(PyExc_ValueError, "shmq batch: a record runs past the end of the message");
   if (start > records.size())
-    throw_py(PyExc_ValueError, "put_batch: start " + std::to_string(start) + " is past the " +
-                                   std::to_string(records.size()) + " records");
+    throw_py(PyExc_ValueError, std::string(what) + ": start " + std::to_string(start) +
+                                   " is past the " + std::to_string(records.size()) + " records");
+  return records;
+}
+
+// Puts records[start..] as runs of one kind: send_run(spans, kind, first) sends a run (records
+// [first, first + spans.size())) and returns how many went. Stops at the first short run.
+template <class SendRun>
+std::size_t put_runs(const std::vector<BatchRecord>& records, std::size_t start,
+                     SendRun&& send_run) {
+  std::size_t done = start;
+  std::vector<std::span<const std::byte>> spans;
+  while (done < records.size()) {
+    const std::uint16_t kind = records[done].kind;
+    spans.clear();
+    for (std::size_t i = done; i < records.size() && records[i].kind == kind; ++i)
+      spans.push_back(records[i].bytes);
+    const std::size_t sent = send_run(spans, kind, done);
+    done += sent;
+    if (sent < spans.size()) break;
+  }
+  return done - start;
+}
+
+}  // namespace
+
+std::size_t QueueHandle::put_batch(nb::bytes payload, std::size_t start, bool block,
+                                   std::optional<double> timeout) {
+  const std::vector<BatchRecord> records = batch_records_from(payload, start, "put_batch");
   const Deadline d = make_deadline(block, timeout);
   QueueState& st = state();
   if (!st.wmu_.lock(d)) return 0;
   Locked guard(st.wmu_);
   shmq::QueueWriter& w = writer(st);
-  std::size_t done = start;
-  std::vector<std::span<const std::byte>> spans;
-  while (done < records.size()) {
-    // A run of one kind goes out with one send_many (which spills what exceeds a slot).
-    const std::uint16_t kind = records[done].kind;
-    spans.clear();
-    for (std::size_t i = done; i < records.size() && records[i].kind == kind; ++i)
-      spans.push_back(records[i].bytes);
-    const std::size_t sent = send_batch(st, w, spans, kind, d);
-    done += sent;
-    if (sent < spans.size()) break;
-  }
-  return done - start;
+  // A run of one kind goes out with one send_many (which spills what exceeds a slot).
+  return put_runs(records, start,
+                  [&](std::span<const std::span<const std::byte>> spans, std::uint16_t kind,
+                      std::size_t) { return send_batch(st, w, spans, kind, d); });
 }
 
 void QueueHandle::open_journal(const std::string& name) {
@@ -292,44 +313,31 @@ nb::tuple QueueHandle::journal_record() {
 std::size_t QueueHandle::put_batch_journaled(nb::bytes payload, std::size_t start,
                                              std::uint64_t token, bool block,
                                              std::optional<double> timeout) {
-  std::vector<BatchRecord> records;
-  const std::span<const std::byte> all(reinterpret_cast<const std::byte*>(payload.c_str()),
-                                       payload.size());
-  if (!parse_batch(all, records))
-    throw_py(PyExc_ValueError, "shmq batch: a record runs past the end of the message");
-  if (start > records.size())
-    throw_py(PyExc_ValueError, "put_batch: start " + std::to_string(start) + " is past the " +
-                                   std::to_string(records.size()) + " records");
+  const std::vector<BatchRecord> records =
+      batch_records_from(payload, start, "put_batch_journaled");
   const Deadline d = make_deadline(block, timeout);
   QueueState& st = state();
   if (!st.wmu_.lock(d)) return 0;
   Locked guard(st.wmu_);
   shmq::QueueWriter& w = writer(st);
-  std::size_t done = start;
-  std::vector<std::span<const std::byte>> spans;
-  while (done < records.size()) {
-    // A run of one kind at a time; each of its claims recorded in the journal as it commits.
-    const std::uint16_t kind = records[done].kind;
-    spans.clear();
-    for (std::size_t i = done; i < records.size() && records[i].kind == kind; ++i)
-      spans.push_back(records[i].bytes);
+  // Each claim of a run is recorded in the journal as it commits.
+  return put_runs(records, start, [&](std::span<const std::span<const std::byte>> spans,
+                                      std::uint16_t kind, std::size_t first) {
     Status why = Status::ok;
-    std::size_t sent = w.send_many_journaled(spans, Deadline::now(), kind, token, done, &why);
+    std::size_t sent = w.send_many_journaled(spans, Deadline::now(), kind, token, first, &why);
     while (sent < spans.size() && !is_poll(d) && !d.expired() &&
            (why == Status::timeout || why == Status::interrupted || why == Status::full)) {
       {
         nb::gil_scoped_release nogil;
-        sent += w.send_many_journaled(std::span(spans).subspan(sent), d.capped(kSlice), kind,
-                                      token, done + sent, &why);
+        sent += w.send_many_journaled(spans.subspan(sent), d.capped(kSlice), kind, token,
+                                      first + sent, &why);
       }
       if (sent < spans.size()) check_signals();
     }
     if (why == Status::closed && sent == 0)
       throw_py(PyExc_ValueError, "put_batch_journaled: no journal is open (open_journal first)");
-    done += sent;
-    if (sent < spans.size()) break;
-  }
-  return done - start;
+    return sent;
+  });
 }
 
 std::string QueueHandle::identity() {

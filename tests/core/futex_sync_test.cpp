@@ -29,6 +29,9 @@ using namespace shmq::core;
 using namespace std::chrono_literals;
 using shmq::testing::scaled;
 
+// The tests' own atomics (counters, flags, start lines) use seq_cst: the simplest order to reason
+// about, and nothing here is timed. The code under test states its own orders.
+
 namespace {
 
 // Holder i is make_holder(i, 1); dead[i] says whether it died; indices beyond the table are invalid.
@@ -83,7 +86,8 @@ TEST_CASE("futex mutex: lock and unlock are one CAS and one exchange when nobody
   CHECK(sut.unlock() == (holder(1) | FutexMutex::kLocked));  // no contended bit: no wake
   CHECK(sut.holder_guess() == 0);
   CHECK(sut.unlock() == 0);  // unlocking a free mutex reports it
-  CHECK(reg.asked.load() == 0);
+  // relaxed: read after every call returned, in this thread.
+  CHECK(reg.asked.load(std::memory_order_relaxed) == 0);
 }
 
 TEST_CASE("futex mutex: a poll or a deadline on a live holder's lock times out") {
@@ -94,7 +98,9 @@ TEST_CASE("futex mutex: a poll or a deadline on a live holder's lock times out")
   CHECK(sut.lock(holder(2), Deadline::now(), reg) == Status::timeout);
   CHECK(sut.lock(holder(2), Deadline::in(30ms), reg) == Status::timeout);
   CHECK(sut.held_by(holder(1)));
-  CHECK(reg.asked.load() >= 1);  // the holder's liveness was checked, not assumed
+  // relaxed: read after the calls returned, in this thread. The holder's liveness was checked,
+  // not assumed.
+  CHECK(reg.asked.load(std::memory_order_relaxed) >= 1);
 }
 
 TEST_CASE("futex mutex: the next acquirer takes a dead holder's lock with owner_died") {
@@ -117,20 +123,27 @@ TEST_CASE("futex mutex: a sleeper takes over when the holder dies while it sleep
   sut.init();
   REQUIRE(sut.try_lock(holder(1)));
   std::atomic<int> got{-1};
-  std::thread waiter([&] { got = static_cast<int>(sut.lock(holder(2), Deadline::in(10s), reg, 0)); });
-  while (reg.asked.load() == 0) std::this_thread::yield();  // it checked once and went to sleep
-  reg.dead[1] = true;  // no wake: only its next liveness check can notice
+  std::thread waiter([&] {
+    // relaxed: read after join(), which orders it.
+    got.store(static_cast<int>(sut.lock(holder(2), Deadline::in(10s), reg, 0)),
+              std::memory_order_relaxed);
+  });
+  // seq_cst: pairs with the registry's seq_cst count; the waiter checked once and went to sleep.
+  while (reg.asked.load(std::memory_order_seq_cst) == 0) std::this_thread::yield();
+  // seq_cst: read by the registry's seq_cst load. No wake: only the waiter's next liveness check
+  // can notice.
+  reg.dead[1].store(true, std::memory_order_seq_cst);
   waiter.join();
-  CHECK(got.load() == static_cast<int>(Status::owner_died));
+  CHECK(got.load(std::memory_order_relaxed) == static_cast<int>(Status::owner_died));  // after join
   CHECK(sut.held_by(holder(2)));
 }
 
 TEST_CASE("futex mutex: a word naming a holder out of range is corrupt, never a crash") {
   FakeRegistry reg;
   FutexMutex sut{};
-  sut.word.store(make_holder(100, 7) | FutexMutex::kLocked);
+  sut.word.store(make_holder(100, 7) | FutexMutex::kLocked, std::memory_order_seq_cst);
   CHECK(sut.lock(holder(1), Deadline::in(50ms), reg, 8) == Status::corrupt);
-  sut.word.store(FutexMutex::kContended);  // bits without kLocked
+  sut.word.store(FutexMutex::kContended, std::memory_order_seq_cst);  // bits without kLocked
   CHECK(sut.lock(holder(1), Deadline::in(50ms), reg, 8) == Status::corrupt);
 }
 
@@ -167,7 +180,7 @@ TEST_CASE("recursive futex mutex: the holding thread counts levels; others wait"
   sut.init();
   CHECK(sut.lock(holder(1), 11, Deadline::never(), reg) == Status::ok);
   CHECK(sut.lock(holder(1), 11, Deadline::never(), reg) == Status::ok);
-  CHECK(sut.depth.load() == 2);
+  CHECK(sut.depth.load(std::memory_order_seq_cst) == 2);
   CHECK(sut.lock(holder(1), 12, Deadline::now(), reg) == Status::timeout);  // same process, other thread
   CHECK_FALSE(sut.unlock(holder(1), 12));
   CHECK(sut.unlock(holder(1), 11));
@@ -186,7 +199,7 @@ TEST_CASE("recursive futex mutex: a dead holder's levels are gone for the next h
   REQUIRE(sut.lock(holder(1), 11, Deadline::never(), reg) == Status::ok);
   reg.dead[1] = true;
   CHECK(sut.lock(holder(2), 21, Deadline::never(), reg) == Status::owner_died);
-  CHECK(sut.depth.load() == 1);
+  CHECK(sut.depth.load(std::memory_order_seq_cst) == 1);
   CHECK(sut.unlock(holder(2), 21));
   CHECK(sut.mutex.holder_guess() == 0);
 }
@@ -220,7 +233,7 @@ TEST_CASE("futex semaphore: a dead holder's units come back to a waiter") {
   std::this_thread::sleep_for(20ms);
   reg.dead[5] = true;
   waiter.join();
-  CHECK(got.load() == static_cast<int>(Status::ok));
+  CHECK(got.load(std::memory_order_seq_cst) == static_cast<int>(Status::ok));
   CHECK(sut->value_guess() == 2);  // 3 returned, 1 taken
   CHECK(sut->units_of(holder(5)) == 0);
 }
@@ -241,29 +254,30 @@ TEST_CASE("futex semaphore: an update left half done by a dead guard holder is u
   sut->init(4, kSemaphoreMax, FutexSemaphore::kTrackUnits);
   // Holder 7 died inside acquire: guard held, journal written, count already lowered.
   REQUIRE(sut->guard.try_lock(holder(7)));
-  sut->journal_index.store(7);
-  sut->journal_count.store(4);
-  sut->journal_holder.store(0);
-  sut->journal_units.store(0);
-  sut->journal_active.store(1);
-  sut->count.store(3);
+  sut->journal_index.store(7, std::memory_order_seq_cst);
+  sut->journal_count.store(4, std::memory_order_seq_cst);
+  sut->journal_holder.store(0, std::memory_order_seq_cst);
+  sut->journal_units.store(0, std::memory_order_seq_cst);
+  sut->journal_active.store(1, std::memory_order_seq_cst);
+  sut->count.store(3, std::memory_order_seq_cst);
   reg.dead[7] = true;
   CHECK(sut->acquire(holder(8), Deadline::now(), reg) == Status::ok);
   CHECK(sut->value_guess() == 3);  // 4 restored, then one taken by holder 8
   CHECK(sut->units_of(holder(7)) == 0);
-  CHECK(sut->journal_active.load() == 0);
+  CHECK(sut->journal_active.load(std::memory_order_seq_cst) == 0);
 }
 
 TEST_CASE("futex semaphore: a count beyond its bound is corrupt") {
   FakeRegistry reg;
   auto sut = zeroed<FutexSemaphore>();
   sut->init(1, 1, FutexSemaphore::kTrackUnits);
-  sut->count.store(5);
+  sut->count.store(5, std::memory_order_seq_cst);
   CHECK(sut->acquire(holder(1), Deadline::now(), reg) == Status::corrupt);
   CHECK(sut->release(holder(1), 1, reg) == Status::corrupt);
-  sut->count.store(0);
-  sut->holdings[9].holder.store(holder(9) + 1000);  // names another index
-  sut->holdings[9].units.store(1);
+  sut->count.store(0, std::memory_order_seq_cst);
+  // names another index
+  sut->holdings[9].holder.store(holder(9) + 1000, std::memory_order_seq_cst);
+  sut->holdings[9].units.store(1, std::memory_order_seq_cst);
   CHECK(sut->acquire(holder(1), Deadline::now(), reg) == Status::corrupt);
 }
 
@@ -284,12 +298,12 @@ TEST_CASE("futex semaphore: producers and consumers move every unit exactly once
       start.arrive_and_wait();
       for (int i = 0; i < per; ++i) {
         REQUIRE(sut->acquire(holder(static_cast<std::uint32_t>(10 + t)), Deadline::in(30s), reg) == Status::ok);
-        consumed.fetch_add(1);
+        consumed.fetch_add(1, std::memory_order_seq_cst);
       }
     });
   }
   for (auto& t : ts) t.join();
-  CHECK(consumed.load() == 2 * per);
+  CHECK(consumed.load(std::memory_order_seq_cst) == 2 * per);
   CHECK(sut->value_guess() == 0);
 }
 
@@ -307,7 +321,7 @@ TEST_CASE("futex event: set, clear, and waits that time out or see a set") {
   CHECK(sut.wait(Deadline::now()) == Status::ok);
   sut.clear();
   CHECK_FALSE(sut.is_set());
-  CHECK(sut.waiters.load() == 0);
+  CHECK(sut.waiters.load(std::memory_order_seq_cst) == 0);
 }
 
 TEST_CASE("futex event: a set wakes every waiter, even one that a quick clear would hide") {
@@ -318,12 +332,12 @@ TEST_CASE("futex event: a set wakes every waiter, even one that a quick clear wo
   std::vector<std::thread> ts;
   for (int i = 0; i < kWaiters; ++i)
     ts.emplace_back([&] { ok += sut.wait(Deadline::in(10s)) == Status::ok ? 1 : 0; });
-  while (sut.waiters.load() < kWaiters) std::this_thread::yield();
+  while (sut.waiters.load(std::memory_order_seq_cst) < kWaiters) std::this_thread::yield();
   sut.set();
   sut.clear();
   for (auto& t : ts) t.join();
-  CHECK(ok.load() == kWaiters);
-  CHECK(sut.waiters.load() == 0);
+  CHECK(ok.load(std::memory_order_seq_cst) == kWaiters);
+  CHECK(sut.waiters.load(std::memory_order_seq_cst) == 0);
 }
 
 // ---- FutexCondition ----------------------------------------------------------------------------
@@ -369,15 +383,16 @@ TEST_CASE("futex condition: notify(n) wakes exactly the n oldest sleepers, notif
   ts[0].join();
   ts[1].join();
   std::this_thread::sleep_for(20ms);
-  CHECK(woken[0].load());
-  CHECK(woken[1].load());
-  for (int i = 2; i < kWaiters; ++i) CHECK_FALSE(woken[static_cast<std::size_t>(i)].load());  // not one more
+  CHECK(woken[0].load(std::memory_order_seq_cst));
+  CHECK(woken[1].load(std::memory_order_seq_cst));
+  for (int i = 2; i < kWaiters; ++i)  // not one more
+    CHECK_FALSE(woken[static_cast<std::size_t>(i)].load(std::memory_order_seq_cst));
   CHECK(f.c->waiting_guess() == 3);
   REQUIRE(f.m.lock(holder(40), Deadline::never(), f.reg) == Status::ok);
   CHECK(f.c->notify_all(holder(40), f.reg) == 3);
   f.m.unlock();
   for (std::size_t i = 2; i < ts.size(); ++i) ts[i].join();
-  for (auto& w : woken) CHECK(w.load());
+  for (auto& w : woken) CHECK(w.load(std::memory_order_seq_cst));
   CHECK(f.c->waiting_guess() == 0);
   CHECK(f.m.holder_guess() == 0);
 }
@@ -396,7 +411,7 @@ TEST_CASE("futex condition: a waiter that times out frees its record; notify ski
   CHECK(f.c->notify(1, holder(2), f.reg) == 1);
   f.m.unlock();
   t.join();
-  CHECK(later.load());
+  CHECK(later.load(std::memory_order_seq_cst));
 }
 
 TEST_CASE("futex condition: a dead waiter's record is freed, not notified in a live one's place") {
@@ -412,7 +427,7 @@ TEST_CASE("futex condition: a dead waiter's record is freed, not notified in a l
   CHECK(f.c->notify(1, holder(2), f.reg) == 1);  // the live one, although the dead one is older
   f.m.unlock();
   t.join();
-  CHECK(live.load());
+  CHECK(live.load(std::memory_order_seq_cst));
   CHECK(f.c->waiting_guess() == 0);
 }
 
@@ -469,21 +484,22 @@ TEST_CASE("futex barrier: parties pass in lockstep round after round, one of eac
   for (std::uint32_t t = 0; t < kParties; ++t) {
     ts.emplace_back([&, t] {
       for (int r = 0; r < rounds; ++r) {
-        arrived.fetch_add(1);
+        arrived.fetch_add(1, std::memory_order_seq_cst);
         const BarrierResult res = sut->wait(holder(t), Deadline::in(30s), reg, [&] {
-          actions.fetch_add(1);
+          actions.fetch_add(1, std::memory_order_seq_cst);
           return true;
         });
-        if (res.status != Status::ok) bad.fetch_add(1);
+        if (res.status != Status::ok) bad.fetch_add(1, std::memory_order_seq_cst);
         // Nobody leaves round r before everyone arrived in it.
-        if (arrived.load() < static_cast<int>(kParties) * (r + 1)) bad.fetch_add(1);
+        if (arrived.load(std::memory_order_seq_cst) < static_cast<int>(kParties) * (r + 1))
+          bad.fetch_add(1, std::memory_order_seq_cst);
         indices[t].push_back(res.index);
       }
     });
   }
   for (auto& t : ts) t.join();
-  CHECK(bad.load() == 0);
-  CHECK(actions.load() == rounds);
+  CHECK(bad.load(std::memory_order_seq_cst) == 0);
+  CHECK(actions.load(std::memory_order_seq_cst) == rounds);
   for (int r = 0; r < rounds; ++r) {
     std::set<std::uint32_t> seen;
     for (std::uint32_t t = 0; t < kParties; ++t) seen.insert(indices[t][static_cast<std::size_t>(r)]);
@@ -527,14 +543,14 @@ TEST_CASE("futex barrier: reset releases the current waiters as broken and works
   while (sut->waiting_guess() != 2) std::this_thread::yield();
   sut->reset();
   for (auto& t : ts) t.join();
-  CHECK(broken.load() == 2);
+  CHECK(broken.load(std::memory_order_seq_cst) == 2);
   CHECK_FALSE(sut->broken());
   ts.clear();
   std::atomic<int> ok{0};
   for (std::uint32_t i = 0; i < 3; ++i)
     ts.emplace_back([&, i] { ok += sut->wait(holder(i), Deadline::in(10s), reg, no_action).status == Status::ok; });
   for (auto& t : ts) t.join();
-  CHECK(ok.load() == 3);
+  CHECK(ok.load(std::memory_order_seq_cst) == 3);
 }
 
 TEST_CASE("futex barrier: a registered party that dies breaks the barrier for the others") {
@@ -557,7 +573,7 @@ TEST_CASE("futex barrier: a registered party that dies breaks the barrier for th
       broken += sut->wait(holder(i), Deadline::in(30s), reg, no_action).status == Status::broken;
     });
   for (auto& t : ts) t.join();
-  CHECK(broken.load() == 2);
+  CHECK(broken.load(std::memory_order_seq_cst) == 2);
   CHECK(sut->broken());
 }
 
@@ -565,8 +581,8 @@ TEST_CASE("futex barrier: an arrival count beyond the parties is corrupt") {
   FakeRegistry reg;
   auto sut = zeroed<FutexBarrier>();
   sut->init(2);
-  sut->state.store(7);
+  sut->state.store(7, std::memory_order_seq_cst);
   CHECK(sut->wait(holder(1), Deadline::now(), reg, [] { return true; }).status == Status::corrupt);
-  sut->parties.store(0);
+  sut->parties.store(0, std::memory_order_seq_cst);
   CHECK(sut->wait(holder(1), Deadline::now(), reg, [] { return true; }).status == Status::corrupt);
 }

@@ -28,6 +28,9 @@ using testing::Cleanup;
 using testing::SharedArray;
 using testing::wait_exit;
 
+// The tests' own atomics (counters, flags, start lines) use seq_cst: the simplest order to reason
+// about, and nothing here is timed. The code under test states its own orders.
+
 namespace {
 
 std::string unique_name() { return testing::unique_name("journal"); }
@@ -130,7 +133,7 @@ TEST_CASE("queue journal: a writer killed after sealing has its messages deliver
   m.release();
   REQUIRE(rx->recv(m, Deadline::in(2s)) == Status::ok);
   CHECK((parse(m.bytes(), t, i) && t == 3 && i == 1));
-  CHECK(sut->stats().recovered.load() == 0);
+  CHECK(sut->stats().recovered.load(std::memory_order_seq_cst) == 0);
   auto tx = sut->writer();
   REQUIRE(tx.has_value());
   REQUIRE(tx->open_journal("in").has_value());
@@ -160,17 +163,17 @@ TEST_CASE("queue journal: kill -9 gauntlet: every message put exactly once acros
   std::thread reader([&] {
     auto rx = sut->reader();
     REQUIRE(rx.has_value());
-    while (reading.load()) {
+    while (reading.load(std::memory_order_seq_cst)) {
       Message m;
       if (rx->recv(m, Deadline::in(20ms)) != Status::ok) continue;
       std::uint64_t t = 0, i = 0;
       if (!parse(m.bytes(), t, i) || t >= kMaxTokens || i >= messages_of(t)) {
-        bad.fetch_add(1);
+        bad.fetch_add(1, std::memory_order_seq_cst);
         continue;
       }
       if (seen[t].empty()) seen[t].resize(messages_of(t));
-      if (++seen[t][i] > 1) doubled.fetch_add(1);
-      delivered.fetch_add(1);
+      if (++seen[t][i] > 1) doubled.fetch_add(1, std::memory_order_seq_cst);
+      delivered.fetch_add(1, std::memory_order_seq_cst);
     }
   });
 
@@ -250,16 +253,17 @@ TEST_CASE("queue journal: kill -9 gauntlet: every message put exactly once acros
   const auto deadline = std::chrono::steady_clock::now() + 30s;
   std::uint64_t expected = 0;
   for (std::uint64_t t = 1; t <= tokens; ++t) expected += messages_of(t);
-  while (delivered.load() < expected && std::chrono::steady_clock::now() < deadline)
+  while (delivered.load(std::memory_order_seq_cst) < expected &&
+         std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(5ms);
   std::this_thread::sleep_for(100ms);  // anything late (a double) arrives now
-  reading.store(false);
+  reading.store(false, std::memory_order_seq_cst);
   reader.join();
 
   MESSAGE(cycles << " writer runs, " << killed << " killed, " << tokens << " tokens put");
   CHECK(killed >= cycles / 2);
-  CHECK(bad.load() == 0);
-  CHECK(doubled.load() == 0);
+  CHECK(bad.load(std::memory_order_seq_cst) == 0);
+  CHECK(doubled.load(std::memory_order_seq_cst) == 0);
   std::uint64_t missing = 0;
   for (std::uint64_t t = 1; t <= tokens; ++t)
     for (std::uint64_t i = 0; i < messages_of(t); ++i)

@@ -31,6 +31,9 @@ using testing::Cleanup;
 using testing::SharedArray;
 using testing::wait_exit;
 
+// The tests' own atomics (counters, flags, start lines) use seq_cst: the simplest order to reason
+// about, and nothing here is timed. The code under test states its own orders.
+
 namespace {
 
 std::string unique_name() { return testing::unique_name("lease"); }
@@ -270,10 +273,10 @@ TEST_CASE("queue lease: kill -9 gauntlet over the lease kill points loses and do
   std::thread writer([&] {
     auto tx = sut->writer();
     REQUIRE(tx.has_value());
-    for (std::uint64_t i = 0; i < kTotal && !stop_writer.load(); ++i) {
+    for (std::uint64_t i = 0; i < kTotal && !stop_writer.load(std::memory_order_seq_cst); ++i) {
       const std::size_t size = i % 97 == 5 ? 9000 : (i % 13 == 3 ? 2500 : 24);
       while (tx->send(message(i, size), Deadline::in(100ms)) == Status::timeout)
-        if (stop_writer.load()) return;
+        if (stop_writer.load(std::memory_order_seq_cst)) return;
     }
   });
 
@@ -287,7 +290,8 @@ TEST_CASE("queue lease: kill -9 gauntlet over the lease kill points loses and do
     std::atomic<std::uint64_t>& mine_count = pending[2 * run + 1];
     // A run ends by itself after a few leases (or when all is seen), so the runs are many.
     const int budget = last_run(run) ? 1 << 30 : 1 + run % 10;
-    for (int leases = 0; leases < budget && distinct[0].load() < kTotal; ++leases) {
+    for (int leases = 0; leases < budget && distinct[0].load(std::memory_order_seq_cst) < kTotal;
+         ++leases) {
       QueueLease l;
       const Status st = rx->lease(1 + run % 7, Deadline::in(50ms), l);
       if (st == Status::timeout) {
@@ -298,15 +302,16 @@ TEST_CASE("queue lease: kill -9 gauntlet over the lease kill points loses and do
       std::vector<std::uint64_t> indexes;
       (void)ids_of(l, &indexes);
       // Recorded before the ack: a kill in between leaves these as the uncertain ones.
-      mine_count.store(0);
-      mine_first.store(indexes.empty() ? 0 : indexes.front() + 1);
-      mine_count.store(indexes.size());
+      mine_count.store(0, std::memory_order_seq_cst);
+      mine_first.store(indexes.empty() ? 0 : indexes.front() + 1, std::memory_order_seq_cst);
+      mine_count.store(indexes.size(), std::memory_order_seq_cst);
       for (std::uint64_t ix : indexes) {
         if (ix >= kTotal) ::_exit(3);  // unreadable bytes
-        if (seen[ix].fetch_add(1) == 0) distinct[0].fetch_add(1);
+        if (seen[ix].fetch_add(1, std::memory_order_seq_cst) == 0)
+          distinct[0].fetch_add(1, std::memory_order_seq_cst);
       }
       l.ack();
-      mine_count.store(0);
+      mine_count.store(0, std::memory_order_seq_cst);
     }
     ::_exit(0);
   };
@@ -341,8 +346,8 @@ TEST_CASE("queue lease: kill -9 gauntlet over the lease kill points loses and do
     } else {
       CHECK(WEXITSTATUS(status) == 0);
     }
-    const std::uint64_t count = pending[2 * run + 1].load();
-    const std::uint64_t first = pending[2 * run].load();
+    const std::uint64_t count = pending[2 * run + 1].load(std::memory_order_seq_cst);
+    const std::uint64_t first = pending[2 * run].load(std::memory_order_seq_cst);
     if (count != 0 && first != 0) {
       uncertain_first.push_back(first - 1);
       uncertain_count.push_back(count);
@@ -354,11 +359,12 @@ TEST_CASE("queue lease: kill -9 gauntlet over the lease kill points loses and do
   REQUIRE(pid >= 0);
   if (pid == 0) run_reader(last, core::KillPoint::none, 0);
   const auto deadline = std::chrono::steady_clock::now() + 60s;
-  while (distinct[0].load() < kTotal && std::chrono::steady_clock::now() < deadline)
+  while (distinct[0].load(std::memory_order_seq_cst) < kTotal &&
+         std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(1ms);
-  if (distinct[0].load() < kTotal) ::kill(pid, SIGKILL);
+  if (distinct[0].load(std::memory_order_seq_cst) < kTotal) ::kill(pid, SIGKILL);
   wait_exit(pid);
-  stop_writer.store(true);
+  stop_writer.store(true, std::memory_order_seq_cst);
   writer.join();
 
   MESSAGE(cycles << " reader runs, " << killed << " killed, " << uncertain_first.size()
@@ -366,7 +372,7 @@ TEST_CASE("queue lease: kill -9 gauntlet over the lease kill points loses and do
   CHECK(killed >= cycles / 3);
   std::uint64_t missing = 0, doubled_outside = 0;
   for (std::uint64_t i = 0; i < kTotal; ++i) {
-    const std::uint32_t n = seen[i].load();
+    const std::uint32_t n = seen[i].load(std::memory_order_seq_cst);
     if (n == 0) ++missing;
     std::uint32_t allowed = 1;
     for (std::size_t k = 0; k < uncertain_first.size(); ++k)

@@ -154,7 +154,8 @@ TEST_CASE("segment: leave_mapped gives up the attachment but keeps the memory ma
   REQUIRE(sut.has_value());
   sut->leave_mapped();
   CHECK(exists_in_dev_shm(name));  // `a` is still attached
-  sut->header().stats[0].wakes.store(7);  // still mapped: a thread inside a call may go on
+  // relaxed: read back below in this thread. Still mapped: a thread inside a call may go on.
+  sut->header().stats[0].wakes.store(7, std::memory_order_relaxed);
   CHECK(core::Stats::read(a->header().stats[0].wakes) == 7);
   a->leave_mapped();  // the last attachment: the generated name goes
   CHECK_FALSE(exists_in_dev_shm(name));

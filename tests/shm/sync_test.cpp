@@ -33,6 +33,9 @@ using testing::kill_and_reap;
 using testing::scaled;
 using testing::wait_exit;
 
+// The tests' own atomics (counters, flags, start lines) use seq_cst: the simplest order to reason
+// about, and nothing here is timed. The code under test states its own orders.
+
 namespace {
 
 constexpr std::string_view kWhat = "sync";
@@ -41,7 +44,7 @@ std::string unique_name() { return testing::unique_name(kWhat); }
 // Waits until `flag` reaches `value` (a child's progress), or fails after 10 s.
 void await(std::atomic<int>& flag, int value) {
   const auto give_up = std::chrono::steady_clock::now() + 10s;
-  while (flag.load() < value) {
+  while (flag.load(std::memory_order_seq_cst) < value) {
     REQUIRE(std::chrono::steady_clock::now() < give_up);
     std::this_thread::sleep_for(100us);
   }
@@ -213,8 +216,8 @@ TEST_CASE("mutex: threads sharing one mapping lose no increment; unlock by a non
   std::vector<std::thread> ts;
   for (int t = 0; t < kThreads; ++t)
     ts.emplace_back([&] {
-      start.fetch_add(1);
-      while (start.load() < kThreads) std::this_thread::yield();
+      start.fetch_add(1, std::memory_order_seq_cst);
+      while (start.load(std::memory_order_seq_cst) < kThreads) std::this_thread::yield();
       for (int i = 0; i < per; ++i) {
         REQUIRE(sut->lock() == Status::ok);
         ++counter;
@@ -289,16 +292,18 @@ TEST_CASE("corrupt words in shared blocks are corrupt, never a crash") {
   auto bar = Barrier::create(2);
   REQUIRE((m.has_value() && sem.has_value() && bar.has_value()));
   auto* ms = reinterpret_cast<MutexState*>(m->block().data());
-  ms->m.mutex.word.store(core::make_holder(99, 1) | core::FutexMutex::kLocked);  // slot out of range
+  // slot out of range
+  ms->m.mutex.word.store(core::make_holder(99, 1) | core::FutexMutex::kLocked,
+                         std::memory_order_seq_cst);
   CHECK(m->lock(Deadline::in(50ms)) == Status::corrupt);
-  ms->m.mutex.word.store(0);
+  ms->m.mutex.word.store(0, std::memory_order_seq_cst);
   CHECK(m->lock() == Status::ok);
   auto* ss = reinterpret_cast<SemaphoreState*>(sem->block().data());
-  ss->sem.count.store(7);  // beyond its bound of 1
+  ss->sem.count.store(7, std::memory_order_seq_cst);  // beyond its bound of 1
   CHECK(sem->acquire(Deadline::in(50ms)) == Status::corrupt);
   CHECK(sem->release() == Status::corrupt);
   auto* bs = reinterpret_cast<BarrierState*>(bar->block().data());
-  bs->barrier.state.store(9);  // 9 arrived of 2
+  bs->barrier.state.store(9, std::memory_order_seq_cst);  // 9 arrived of 2
   CHECK(bar->wait(Deadline::in(50ms)).status == Status::corrupt);
 }
 
@@ -316,8 +321,8 @@ TEST_CASE("mutex: processes incrementing under the lock lose no increment") {
   for (int p = 0; p < kProcs; ++p) {
     const pid_t pid = ::fork();
     if (pid == 0) {
-      start[0].fetch_add(1);
-      while (start[0].load() < kProcs) std::this_thread::yield();
+      start[0].fetch_add(1, std::memory_order_seq_cst);
+      while (start[0].load(std::memory_order_seq_cst) < kProcs) std::this_thread::yield();
       for (int i = 0; i < per; ++i) {
         if (m->lock() != Status::ok) ::_exit(2);
         *value += 1;
@@ -355,7 +360,7 @@ TEST_CASE("mutex: a holder killed with -9 passes the lock on with owner_died and
   const pid_t pid = ::fork();
   if (pid == 0) {
     if (m->lock() != Status::ok || rm->lock() != Status::ok || rm->lock() != Status::ok) ::_exit(2);
-    holding[0].store(1);
+    holding[0].store(1, std::memory_order_seq_cst);
     for (;;) ::pause();
   }
   await(holding[0], 1);
@@ -375,8 +380,8 @@ TEST_CASE("mutex: a holder killed with -9 passes the lock on with owner_died and
   CHECK(Mutex::last_dead_pid() == static_cast<std::uint32_t>(pid));
   sleeper.join();
   MESSAGE("recovery after kill -9: " << ms_since(t0) << " ms");
-  CHECK(waited.load() == static_cast<int>(Status::owner_died));
-  CHECK(dead_pid.load() == static_cast<std::uint32_t>(pid));
+  CHECK(waited.load(std::memory_order_seq_cst) == static_cast<int>(Status::owner_died));
+  CHECK(dead_pid.load(std::memory_order_seq_cst) == static_cast<std::uint32_t>(pid));
   CHECK(m->unlock());
   CHECK(m->try_lock() == Status::ok);  // an ordinary lock again
   CHECK(m->unlock());
@@ -391,7 +396,7 @@ TEST_CASE("semaphore: the units of a process killed with -9 come back") {
   if (pid == 0) {
     if (sem->acquire() != Status::ok || sem->acquire() != Status::ok) ::_exit(2);
     if (signal->acquire() != Status::ok) ::_exit(3);
-    holding[0].store(1);
+    holding[0].store(1, std::memory_order_seq_cst);
     for (;;) ::pause();
   }
   await(holding[0], 1);
@@ -443,7 +448,7 @@ TEST_CASE("barrier: processes pass rounds together; a party killed with -9 break
     if (pid == 0) {
       for (int r = 0; r < rounds; ++r) {
         if (bar->wait(Deadline::in(30s)).status != Status::ok) ::_exit(2);
-        passed[static_cast<std::size_t>(p)].fetch_add(1);
+        passed[static_cast<std::size_t>(p)].fetch_add(1, std::memory_order_seq_cst);
       }
       for (;;) ::pause();  // a party that will not come back
     }
@@ -522,7 +527,7 @@ struct Rig {
         if (s != Status::ok && s != Status::owner_died) ::_exit(10 + static_cast<int>(s));
         *g.counter += 1;
         g.m.unlock();
-        l.child_done.fetch_add(1);
+        l.child_done.fetch_add(1, std::memory_order_seq_cst);
       }
     }
     case Plan::sem_updating:
@@ -533,7 +538,7 @@ struct Rig {
       }
     case Plan::sem_holding:
       if (g.sem.acquire() != Status::ok) ::_exit(22);
-      l.holding.store(1);
+      l.holding.store(1, std::memory_order_seq_cst);
       ::raise(SIGSTOP);
       ::_exit(23);
     case Plan::cond_waiting:
@@ -648,7 +653,8 @@ void run_cycle(Rig& g, Plan plan, std::uint64_t skip, int timer_us, bool defer_r
     }
     case Plan::barrier_tripping:
       barrier_partner.join();
-      if (partner_status.load() != static_cast<int>(Status::broken)) ++g.hangs;
+      if (partner_status.load(std::memory_order_seq_cst) != static_cast<int>(Status::broken))
+        ++g.hangs;
       g.bar.reset();
       break;
     case Plan::count_: break;
@@ -700,7 +706,7 @@ TEST_CASE("sync: kill -9 at every sync kill point; counter exact, nobody hangs")
   std::sort(rec.begin(), rec.end());
   const double p50 = rec.empty() ? 0 : rec[rec.size() / 2];
   const double worst = rec.empty() ? 0 : rec.back();
-  const std::uint64_t done = g.parent_done + g.ledger[0].child_done.load();
+  const std::uint64_t done = g.parent_done + g.ledger[0].child_done.load(std::memory_order_seq_cst);
   MESSAGE("sync gauntlet: " << cycles << " cycles in " << s << " s; counter " << *g.counter << ", finished "
                             << done << ", holders killed " << g.mutex_kills << "; recovery p50 " << p50
                             << " ms, max " << worst << " ms");

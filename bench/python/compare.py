@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import sync_compare  # noqa: E402 - beside this file
-from benchio import write_doc  # noqa: E402 - beside this file
+from benchio import run_children, write_doc  # noqa: E402 - beside this file
 
 CTX = mp.get_context("fork")
 SIZES = [8, 64, 1024, 64 * 1024, 1 << 20]
@@ -218,21 +218,6 @@ def _ponger(impl_name: str, chans: Any, n: int) -> None:
     os._exit(0)
 
 
-def _run_children(procs: List[Any], timeout: float) -> Optional[str]:
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join()
-    if hung:
-        return f"timeout after {timeout:.0f} s"
-    bad = [p.exitcode for p in procs if p.exitcode != 0]
-    return f"worker exit codes {bad}" if bad else None
-
 
 # ---------------------------------------------------------------------------------------------
 # Scenarios
@@ -289,7 +274,7 @@ def run_throughput(s: Scenario, n_total: int, timeout: float) -> Tuple[Optional[
     procs += [CTX.Process(target=_consumer, args=(s.impl, ch, shares[i], s.spec, s.batch, barrier, times, P + i))
               for i in range(C)]
     try:
-        err = _run_children(procs, timeout)
+        err = run_children(procs, timeout)
     finally:
         try:
             impl.close(ch)
@@ -533,7 +518,7 @@ def run_flatbuffers(s: Scenario, n: int, timeout: float) -> Tuple[Optional[float
     times = CTX.Array("d", 2, lock=False)
     procs = [CTX.Process(target=_fb_producer, args=(q, n, mode, large, barrier, times)),
              CTX.Process(target=_fb_consumer, args=(q, n, mode, large, barrier, times))]
-    err = _run_children(procs, timeout)
+    err = run_children(procs, timeout)
     IMPLS[s.impl].close(q)
     if err:
         return None, err
@@ -571,7 +556,7 @@ def _fb_reader(n: int, mode: str, times: Any) -> None:
 
 def run_fb_read(s: Scenario, n: int, timeout: float) -> Tuple[Optional[float], Optional[str]]:
     times = CTX.Array("d", 1, lock=False)
-    err = _run_children([CTX.Process(target=_fb_reader, args=(n, s.spec[0], times))], timeout)
+    err = run_children([CTX.Process(target=_fb_reader, args=(n, s.spec[0], times))], timeout)
     if err:
         return None, err
     return n / times[0], None

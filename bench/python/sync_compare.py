@@ -13,7 +13,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
+
+from benchio import run_children  # noqa: E402 - beside this file
 
 CTX = mp.get_context("fork")
 kWithRounds = 200_000
@@ -74,21 +76,6 @@ def _slice(a: Any, times: Any, index: int, barrier: Any) -> None:
     os._exit(0)
 
 
-def _run(procs: List[Any], timeout: float) -> Optional[str]:
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join()
-    if hung:
-        return f"timeout after {timeout:.0f} s"
-    bad = [p.exitcode for p in procs if p.exitcode != 0]
-    return f"worker exit codes {bad}" if bad else None
-
 
 def run_sync(sid: str, timeout: float) -> Tuple[Optional[float], Optional[str]]:
     """Operations per second of scenario `sid`, or (None, why)."""
@@ -101,16 +88,17 @@ def run_sync(sid: str, timeout: float) -> Tuple[Optional[float], Optional[str]]:
     if what == "with":
         barrier = CTX.Barrier(1)
         lock = lib.Lock()
-        err = _run([CTX.Process(target=_with_lock, args=(lock, times, 0, barrier))], timeout)
+        err = run_children([CTX.Process(target=_with_lock, args=(lock, times, 0, barrier))], timeout)
         return (None, err) if err else (kWithRounds / times[0], None)
     if what == "slice":
         barrier = CTX.Barrier(1)
         array = lib.Array("d", kArrayLength)
-        err = _run([CTX.Process(target=_slice, args=(array, times, 0, barrier))], timeout)
+        err = run_children([CTX.Process(target=_slice, args=(array, times, 0, barrier))], timeout)
         return (None, err) if err else (kSlices / times[0], None)
     v = lib.Value("i", 0)
     barrier = CTX.Barrier(2)
-    err = _run([CTX.Process(target=_bump, args=(v, times, i, barrier)) for i in range(2)], timeout)
+    err = run_children([CTX.Process(target=_bump, args=(v, times, i, barrier)) for i in range(2)],
+                       timeout)
     if err:
         return None, err
     if v.value != 2 * kSharedRounds:
